@@ -1,0 +1,139 @@
+"""The task contract: what a domain implements, and nothing more.
+
+A task builds the model and the datasets, collates a batch, computes the loss, turns outputs into
+predictions and metrics, and names the model's ordered layer groups (input to output; the last
+group is the head). Freezing, gradual unfreezing, layer-wise LR decay, checkpointing, evaluation
+and reports are the core's, and work for every task through this contract.
+
+A task class is registered under a name in the ``omnitune.tasks`` entry-point group and is built
+by the core as ``TaskClass(model=recipe.model, data=recipe.data, regularization=..., seed=...)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import nn
+
+from .recipe import DataConfig, ModelConfig, RegularizationConfig
+
+
+@dataclass
+class LayerGroup:
+    """A named group of modules; groups are ordered from the input to the output."""
+
+    name: str
+    modules: list[nn.Module]
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        seen: set[int] = set()
+        for module in self.modules:
+            for p in module.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield p
+
+
+@dataclass
+class DataReport:
+    """What loading and cleaning did, split by split; nothing is dropped without a count here."""
+
+    source: str
+    rows_read: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> reason -> count
+    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> a few offending items
+    rows_kept: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def drop(self, split: str, reason: str, count: int, examples: Sequence[str] = ()) -> None:
+        if count:
+            by_reason = self.dropped.setdefault(split, {})
+            by_reason[reason] = by_reason.get(reason, 0) + count
+            kept = self.examples.setdefault(reason, [])
+            kept.extend(str(e) for e in examples[: max(0, 5 - len(kept))])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "rows_read": self.rows_read,
+            "dropped": self.dropped,
+            "examples": self.examples,
+            "rows_kept": self.rows_kept,
+            "label_counts": self.label_counts,
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class DataBundle:
+    """The datasets a task built, with what the core needs to batch and report them."""
+
+    train: torch.utils.data.Dataset
+    validation: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset | None
+    report: DataReport
+    label_names: list[str] | None = None
+    # Per-sample lengths of the training set (e.g. token counts) for length-grouped batches.
+    train_lengths: list[int] | None = None
+
+
+@runtime_checkable
+class Task(Protocol):
+    """The contract. See text/classification.py for a complete implementation."""
+
+    name: ClassVar[str]
+    ModelConfig: ClassVar[type[ModelConfig]]
+    DataConfig: ClassVar[type[DataConfig]]
+    # The metric that picks the best checkpoint by default, and whether higher is better.
+    main_metric: ClassVar[str]
+    main_metric_mode: ClassVar[str]  # "max" or "min"
+
+    def __init__(
+        self, *, model: ModelConfig, data: DataConfig, regularization: RegularizationConfig, seed: int
+    ) -> None: ...
+
+    def build_model(self) -> nn.Module:
+        """The pretrained model (or random init when model.pretrained is False), head sized."""
+
+    def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
+        """Ordered groups, input to output, covering every parameter; the last is the head."""
+
+    def build_datasets(self) -> DataBundle:
+        """Load, clean, split (seeded) and prepare the data; raise DataError naming the problem."""
+
+    def load_eval_dataset(self, source: str, label_names: list[str] | None) -> tuple[Any, DataReport]:
+        """A whole file/folder as one evaluation set (``omnitune eval RUN --data SOURCE``), with the
+        trained model's label names; cleaned and reported like training data."""
+
+    def collate(self, samples: list[Any]) -> dict[str, Any]:
+        """Samples -> a batch of tensors (dynamic padding belongs here)."""
+
+    def forward(self, model: nn.Module, batch: dict[str, Any], train: bool) -> dict[str, Any]:
+        """Run the model; return at least {"loss": scalar tensor, "outputs": ...}."""
+
+    def predict_batch(
+        self, model: nn.Module, batch: dict[str, Any], outputs: dict[str, Any]
+    ) -> tuple[list[Any], list[Any]]:
+        """Predictions and references for one evaluation batch (outputs from forward(train=False))."""
+
+    def compute_metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        """Metrics over a whole split; must contain main_metric."""
+
+    def report_extras(
+        self, out_dir: Path, split: str, predictions: list[Any], references: list[Any], dataset: Any
+    ) -> list[str]:
+        """Write task-specific plots/tables (confusion matrix, error analysis) into out_dir and
+        return markdown blocks for the run report."""
+
+    def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
+        """Save the model in Hugging Face layout, with its tokenizer/processor and label names."""
+
+    def load_pretrained(self, model_dir: Path) -> nn.Module:
+        """Load a model saved by save_pretrained (for eval and predict)."""
+
+    def predict(self, model: nn.Module, inputs: list[str]) -> list[dict[str, Any]]:
+        """Predictions for raw user inputs (texts, file paths), one dict each."""
