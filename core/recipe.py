@@ -82,7 +82,7 @@ class FinetuneConfig(Section):
     unfreeze_unit: Literal["epoch", "step"] = "epoch"
     # Layer-wise LR decay: group i of n trains at lr * layer_decay ** (n - 1 - i). 0.65-0.9 is usual.
     layer_decay: float | None = Field(default=None, gt=0, le=1)
-    # A separate LR for the head (last layer group); None uses optim.lr.
+    # A separate LR for the head (last layer group); None uses train.lr.
     head_lr: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
@@ -98,7 +98,6 @@ class FinetuneConfig(Section):
 
 class OptimConfig(Section):
     name: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(default=5e-5, gt=0)
     # AdamW decays only weights of rank >= 2: biases and norm parameters are excluded.
     weight_decay: float = Field(default=0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -136,6 +135,9 @@ class RegularizationConfig(Section):
 
 
 class TrainConfig(Section):
+    # Peak learning rate (after warmup). 2e-5..5e-5 suits BERT-base full fine-tuning; heads and
+    # small models take more.
+    lr: float = Field(default=5e-5, gt=0)
     epochs: int = Field(default=3, gt=0)
     # Stops after this many optimiser steps even if epochs remain.
     max_steps: int | None = Field(default=None, gt=0)
@@ -170,6 +172,8 @@ class EvalConfig(Section):
     baseline: bool = False
     # The metric that picks the best checkpoint; None uses the task's main metric.
     metric: str | None = None
+    # Whether higher is better for `metric`; None: "min" for losses and error rates, else "max".
+    mode: Literal["max", "min"] | None = None
 
 
 class OutputConfig(Section):
@@ -199,7 +203,7 @@ class BaseRecipe(Section):
         if self.sched.name == "plateau" and self.train.eval_every is None and self.train.epochs < 2:
             raise ValueError("sched.name 'plateau' needs several evaluations (epochs >= 2 or eval_every)")
         if self.finetune.head_lr is not None and self.finetune.strategy == "feature_extraction":
-            raise ValueError("finetune.head_lr has no effect with feature_extraction: set optim.lr")
+            raise ValueError("finetune.head_lr has no effect with feature_extraction: set train.lr")
         return self
 
 

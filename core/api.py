@@ -1,0 +1,208 @@
+"""The public Python API: train, evaluate and predict from a recipe.
+
+This module is the one thin adapter between the recipe and the components: it turns recipe
+sections into the explicit arguments the task, the trainer and the reports take.
+
+>>> import omnitune
+>>> result = omnitune.train("text/minilm-rotten-tomatoes", **{"train.epochs": 1})  # doctest: +SKIP
+>>> result.metrics["test"]["accuracy"], result.run_dir  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import assets
+from .errors import OmnituneError, RecipeError
+from .recipe import BaseRecipe, apply_overrides, dump_recipe, load_recipe, read_yaml, validate_recipe
+from .registry import TASKS
+from .report import learning_curves_png, write_json, write_model_card, write_report
+
+RECIPE_FILE = "recipe.yaml"
+MODEL_DIR = "model"
+_MIN_METRICS = ("loss", "wer", "cer", "mse", "mae", "perplexity", "error")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_task(recipe: BaseRecipe):
+    task_cls = TASKS.get(recipe.task)
+    return task_cls(model=recipe.model, data=recipe.data, regularization=recipe.regularization, seed=recipe.seed)
+
+
+def as_recipe(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str] | None = None) -> BaseRecipe:
+    """A recipe file, shipped recipe name or Recipe object, with dotted overrides validated."""
+    if isinstance(recipe, BaseRecipe):
+        raw = apply_overrides(recipe.model_dump(mode="json"), overrides or {})
+        return validate_recipe(raw, where=f"recipe {recipe.name}")
+    return load_recipe(recipe, overrides)
+
+
+def selection(recipe: BaseRecipe, task) -> tuple[str, str]:
+    metric = recipe.eval.metric or task.main_metric
+    if recipe.eval.mode:
+        return metric, recipe.eval.mode
+    if metric == task.main_metric:
+        return metric, task.main_metric_mode
+    return metric, "min" if any(m in metric for m in _MIN_METRICS) else "max"
+
+
+def _new_run_dir(recipe: BaseRecipe) -> Path:
+    name = recipe.output.run_name or f"{recipe.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = Path(recipe.output.dir) / name
+    if (run_dir / RECIPE_FILE).exists():
+        raise OmnituneError(f"{run_dir}: a run already exists there; choose another output.run_name "
+                            f"or resume it with `omnitune train --resume {run_dir}`")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _asset_origin(ref: str) -> str:
+    if ref.startswith(assets.ASSET_PREFIX):
+        a = assets.ASSETS.get(ref[len(assets.ASSET_PREFIX):].split("/")[0])
+        return f"{a.description}; {a.origin}; licence {a.licence}"
+    return ref
+
+
+def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str] | None = None, *,
+          resume: str | Path | None = None, callbacks: list[Callable] = (), **kw_overrides: Any) -> RunResult:
+    """Train from a recipe (file, shipped name or object) and return the run's metrics and folder.
+
+    Overrides use dotted keys: ``train(r, {"train.lr": 3e-5})`` or ``train(r, **{"train.lr": 3e-5})``.
+    ``resume=RUN_DIR`` continues an interrupted run from its last checkpoint.
+    """
+    import torch
+
+    from .trainer import Trainer
+
+    t_start = time.perf_counter()
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / RECIPE_FILE).is_file() or not (run_dir / "checkpoints" / "last").is_dir():
+            raise OmnituneError(f"{run_dir}: not a run folder with a checkpoint to resume")
+        if overrides or kw_overrides:
+            raise OmnituneError("--resume continues a run with its own recipe; overrides are not allowed")
+        rec = validate_recipe(read_yaml(run_dir / RECIPE_FILE), where=str(run_dir / RECIPE_FILE))
+    else:
+        merged = dict(overrides) if isinstance(overrides, dict) else {}
+        merged.update(kw_overrides)
+        rec = as_recipe(recipe, overrides if isinstance(overrides, list) else merged)
+    if rec.train.threads:
+        torch.set_num_threads(rec.train.threads)
+    seed_everything(rec.seed)
+    task = build_task(rec)
+    bundle = task.build_datasets()  # data errors surface before any run folder is made
+    if resume is None:
+        run_dir = _new_run_dir(rec)
+        (run_dir / RECIPE_FILE).write_text(dump_recipe(rec))
+    write_json(run_dir / "data_report.json", bundle.report.to_dict())
+    seed_everything(rec.seed)
+    model = task.build_model()
+    metric, mode = selection(rec, task)
+    trainer = Trainer(task, model, bundle, run_dir, seed=rec.seed, train=rec.train, optim=rec.optim,
+                      sched=rec.sched, finetune=rec.finetune, regularization=rec.regularization,
+                      early_stopping=rec.early_stopping, select_metric=metric, select_mode=mode,
+                      baseline=rec.eval.baseline, callbacks=list(callbacks))
+    print(f"run folder: {run_dir}  (precision {trainer.precision}, {len(bundle.train)} train / "
+          f"{len(bundle.validation)} validation samples, {trainer.total_steps} steps)", flush=True)
+    state = trainer.fit(resume=resume is not None)
+
+    # --- final evaluation of the best checkpoint, model export, report
+    trainer.load_best()
+    t_eval = time.perf_counter()
+    val_metrics, _, _ = trainer.evaluate(bundle.validation, "validation")
+    metrics: dict[str, Any] = {"validation": val_metrics}
+    extras: list[str] = []
+    if bundle.test is not None:
+        test_metrics, preds, refs = trainer.evaluate(bundle.test, "test")
+        metrics["test"] = test_metrics
+        extras = task.report_extras(run_dir, "test", preds, refs, bundle.test)
+    if state.baseline is not None:
+        metrics["baseline_test"] = state.baseline
+    eval_seconds = time.perf_counter() - t_eval
+    metrics.update(best_step=state.best_step, selected_by=metric, stop_reason=state.stop_reason,
+                   steps=state.step, epochs_completed=state.epoch)
+    metrics["timing"] = {
+        "train_seconds": round(state.train_seconds, 2),
+        "train_samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
+        "final_eval_seconds": round(eval_seconds, 2),
+        "wall_seconds_this_process": round(time.perf_counter() - t_start, 2),
+        "precision": trainer.precision, "threads": torch.get_num_threads(),
+        "device": str(trainer.accelerator.device), "samples_seen": state.samples_seen,
+    }
+    model_dir = run_dir / MODEL_DIR
+    task.save_pretrained(trainer.accelerator.unwrap_model(trainer.model), model_dir)
+    write_model_card(model_dir, recipe_name=rec.name, task=rec.task, base_model=rec.model.name,
+                     base_origin=_asset_origin(rec.model.name), data_source=rec.data.source,
+                     data_origin=_asset_origin(rec.data.source), metrics=metrics, recipe_yaml=dump_recipe(rec))
+    write_json(run_dir / "metrics.json", metrics)
+    curves = learning_curves_png(state.history, metric, run_dir / "learning_curves.png")
+    write_report(run_dir, recipe_name=rec.name, task=rec.task, model_name=rec.model.name, metrics=metrics,
+                 data_report=bundle.report.to_dict(), extras=extras, curves=curves, timing=metrics["timing"])
+    trainer.log.close()
+    return RunResult(run_dir=run_dir, metrics=metrics)
+
+
+def _load_run(run_dir: str | Path):
+    run_dir = Path(run_dir)
+    if not (run_dir / RECIPE_FILE).is_file():
+        raise OmnituneError(f"{run_dir}: not a run folder (no {RECIPE_FILE})")
+    if not (run_dir / MODEL_DIR).is_dir():
+        raise OmnituneError(f"{run_dir}: the run has no saved model yet (did it finish?)")
+    rec = validate_recipe(read_yaml(run_dir / RECIPE_FILE), where=str(run_dir / RECIPE_FILE))
+    task = build_task(rec)
+    model = task.load_pretrained(run_dir / MODEL_DIR)
+    return rec, task, model
+
+
+def evaluate(run_dir: str | Path, data: str | None = None, batch_size: int | None = None) -> dict[str, Any]:
+    """Evaluate a finished run's model on its test split, or on another file/folder (``data``)."""
+    import torch
+
+    from .trainer import evaluate_model, resolve_precision
+
+    rec, task, model = _load_run(run_dir)
+    if data is not None:
+        dataset, report = task.load_eval_dataset(data, getattr(task, "label_names", None))
+    else:
+        bundle = task.build_datasets()
+        dataset, report = (bundle.test or bundle.validation), bundle.report
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    precision = resolve_precision(rec.train.precision, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    metrics, _, _ = evaluate_model(task, model, dataset, batch_size or rec.train.eval_batch_size or 64, device,
+                                   autocast)
+    return {"data": data or "test split", "samples": len(dataset), "metrics": metrics,
+            "data_report": report.to_dict()}
+
+
+def predict(run_dir: str | Path, inputs: list[str]) -> list[dict[str, Any]]:
+    """Predictions of a finished run's model for raw inputs (texts, or file paths for images/audio)."""
+    _, task, model = _load_run(run_dir)
+    return task.predict(model, list(inputs))

@@ -1,0 +1,99 @@
+"""Optimisers and LR schedules with explicit step counts.
+
+The schedule sets every parameter group's LR as ``base_lr * lr_scale * factor(step)`` where
+``factor`` is warmup followed by one decay shape, written once in :func:`lr_factor` (the shape of
+nanoGPT's ``get_lr``). ``plateau`` is warmup + constant, multiplied down when the validation metric
+stops improving.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def build_optimizer(
+    groups: list[dict], name: str, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
+    momentum: float = 0.9, nesterov: bool = False,
+) -> torch.optim.Optimizer:
+    for g in groups:
+        g["base_lr"] = lr
+        g["lr"] = lr * g["lr_scale"]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    raise ValueError(f"unknown optimiser {name!r}")
+
+
+def lr_factor(
+    step: int, total_steps: int, warmup_steps: int, kind: str, min_ratio: float = 0.0, power: float = 1.0
+) -> float:
+    """The LR multiplier before optimiser update number ``step`` (0-based).
+
+    >>> lr_factor(0, 110, 10, "linear"), lr_factor(9, 110, 10, "linear"), lr_factor(60, 110, 10, "linear")
+    (0.1, 1.0, 0.5)
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind in ("constant", "plateau"):
+        return 1.0
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    if kind == "linear":
+        shape = 1.0 - progress
+    elif kind == "cosine":
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif kind == "polynomial":
+        shape = (1.0 - progress) ** power
+    else:
+        raise ValueError(f"unknown schedule {kind!r}")
+    return min_ratio + (1.0 - min_ratio) * shape
+
+
+class LRSchedule:
+    """Sets group LRs from the update count; `step_metric` drives reduce-on-plateau."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_steps: int,
+        min_ratio: float = 0.0, power: float = 1.0, plateau_factor: float = 0.5, plateau_patience: int = 1,
+        mode: str = "max",
+    ) -> None:
+        self.optimizer = optimizer
+        self.kind, self.total_steps, self.warmup_steps = kind, total_steps, warmup_steps
+        self.min_ratio, self.power = min_ratio, power
+        self.plateau_factor, self.plateau_patience, self.mode = plateau_factor, plateau_patience, mode
+        self.plateau_scale = 1.0
+        self._best: float | None = None
+        self._bad = 0
+        self.step_update(0)
+
+    def factor(self, step: int) -> float:
+        return lr_factor(step, self.total_steps, self.warmup_steps, self.kind, self.min_ratio, self.power)
+
+    def step_update(self, num_updates: int) -> None:
+        f = self.factor(num_updates) * self.plateau_scale
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * g["lr_scale"] * f
+
+    def step_metric(self, value: float) -> bool:
+        """Feed a validation metric; returns True when the LR was reduced."""
+        if self.kind != "plateau":
+            return False
+        better = self._best is None or (value > self._best if self.mode == "max" else value < self._best)
+        if better:
+            self._best, self._bad = value, 0
+            return False
+        self._bad += 1
+        if self._bad > self.plateau_patience:
+            self.plateau_scale *= self.plateau_factor
+            self._bad = 0
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return {"plateau_scale": self.plateau_scale, "best": self._best, "bad": self._bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.plateau_scale, self._best, self._bad = state["plateau_scale"], state["best"], state["bad"]

@@ -1,0 +1,148 @@
+"""Run reports: learning curves, confusion matrix, per-class table, report.md and a model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curves_png(history: list[dict[str, Any]], main_metric: str, path: Path) -> Path | None:
+    """Train and validation loss, and the validation main metric, against optimiser steps."""
+    train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
+    val = [(h["step"], h["val_loss"], h.get(f"val_{main_metric}")) for h in history if "val_loss" in h]
+    if not train and not val:
+        return None
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    if train:
+        ax1.plot(*zip(*train), label="train loss", alpha=0.8)
+    if val:
+        ax1.plot([v[0] for v in val], [v[1] for v in val], "o-", label="validation loss")
+        ax2.plot([v[0] for v in val], [v[2] for v in val], "o-", color="tab:green")
+    ax1.set_xlabel("optimiser step")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    ax2.set_xlabel("optimiser step")
+    ax2.set_ylabel(f"validation {main_metric}")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix_png(refs: Sequence[int], preds: Sequence[int], names: Sequence[str], path: Path,
+                         title: str = "Confusion matrix") -> Path:
+    n = len(names)
+    cm = np.zeros((n, n), dtype=int)
+    for r, p in zip(refs, preds):
+        cm[r, p] += 1
+    plt = _plt()
+    size = max(4.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def per_class_table(refs: Sequence[int], preds: Sequence[int], names: Sequence[str]) -> str:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    p, r, f, s = precision_recall_fscore_support(refs, preds, labels=list(range(len(names))), zero_division=0)
+    rows = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    rows += [f"| {n} | {a:.3f} | {b:.3f} | {c:.3f} | {d} |" for n, a, b, c, d in zip(names, p, r, f, s)]
+    return "\n".join(rows)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def metrics_table(columns: dict[str, dict[str, Any]]) -> str:
+    """Markdown table: one row per metric, one column per split."""
+    keys = sorted({k for m in columns.values() for k, v in m.items() if isinstance(v, (int, float))})
+    rows = ["| metric | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for k in keys:
+        rows.append(f"| {k} | " + " | ".join(_fmt(m.get(k, "")) for m in columns.values()) + " |")
+    return "\n".join(rows)
+
+
+def data_report_md(report: dict[str, Any]) -> str:
+    lines = [f"Source: `{report['source']}`", "", "| split | rows read | dropped | kept |", "|---|---|---|---|"]
+    for split in report["rows_kept"]:
+        dropped = report["dropped"].get(split, {})
+        why = ", ".join(f"{n} {k}" for k, n in dropped.items()) or "none"
+        lines.append(f"| {split} | {report['rows_read'].get(split, '')} | {why} | {report['rows_kept'][split]} |")
+    if report.get("examples"):
+        lines += ["", "Examples of dropped items:"]
+        lines += [f"- {k}: {', '.join(v)}" for k, v in report["examples"].items()]
+    if report.get("label_counts"):
+        lines += ["", "Label counts: " + "; ".join(
+            f"{s}: " + ", ".join(f"{k} {v}" for k, v in c.items()) for s, c in report["label_counts"].items())]
+    lines += [f"- {n}" for n in report.get("notes", [])]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path, *, recipe_name: str, task: str, model_name: str, metrics: dict[str, Any],
+                 data_report: dict[str, Any], extras: list[str], curves: Path | None,
+                 timing: dict[str, Any]) -> Path:
+    columns = {k: metrics[k] for k in ("baseline_test", "validation", "test") if isinstance(metrics.get(k), dict)}
+    parts = [f"# Run report: {recipe_name}", "",
+             f"Task `{task}`, model `{model_name}`; best checkpoint at step {metrics.get('best_step')} "
+             f"selected by validation `{metrics.get('selected_by')}`; stopped: {metrics.get('stop_reason')}.", "",
+             "## Metrics", "", metrics_table(columns), ""]
+    if "baseline_test" in columns:
+        parts += ["`baseline_test` is the starting model on the test split before any training.", ""]
+    if curves:
+        parts += ["## Learning curves", "", f"![learning curves]({curves.name})", ""]
+    if extras:
+        parts += ["## Error analysis (test split)", "", *[b + "\n" for b in extras]]
+    parts += ["## Data", "", data_report_md(data_report), "",
+              "## Timing and throughput", "", "| quantity | value |", "|---|---|"]
+    parts += [f"| {k} | {_fmt(v)} |" for k, v in timing.items()]
+    path = Path(run_dir) / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path
+
+
+def write_model_card(model_dir: Path, *, recipe_name: str, task: str, base_model: str, base_origin: str,
+                     data_source: str, data_origin: str, metrics: dict[str, Any], recipe_yaml: str) -> None:
+    test = metrics.get("test") or {}
+    lines = ["---", "library_name: transformers" if task.startswith("text") else "library_name: omnitune",
+             "tags: [omnitune, fine-tuned]", "---", "", f"# {recipe_name}", "",
+             f"Fine-tuned with [omnitune] from `{base_model}` for `{task}`.", "",
+             "## Sources and licences", "", f"- Base model: {base_origin}", f"- Training data: {data_origin}", "",
+             "## Test metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(test.items())]
+    lines += ["", "## Recipe", "", "```yaml", recipe_yaml.rstrip(), "```", ""]
+    (Path(model_dir) / "README.md").write_text("\n".join(lines))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    tmp.replace(path)

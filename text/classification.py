@@ -1,0 +1,352 @@
+"""Text classification with BERT-style encoders: single texts or pairs, multi-label, regression."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from omnitune.core import assets
+from omnitune.core.errors import DataError, OmnituneError
+from omnitune.core.metrics import compute as compute_metric
+from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
+from omnitune.core.report import confusion_matrix_png, per_class_table
+from omnitune.core.task import DataBundle, DataReport, LayerGroup
+
+from . import data as tdata
+
+LABELS_FILE = "omnitune_labels.json"
+
+
+class TextModelConfig(ModelConfig):
+    # Longer texts are truncated; batches are padded only to their longest text (dynamic padding).
+    max_length: int = Field(default=128, gt=0)
+
+
+class TextDataConfig(DataConfig):
+    text_column: str = "text"
+    # Second text of a pair (e.g. premise/hypothesis, question/answer); None for single texts.
+    text_pair_column: str | None = None
+    problem_type: Literal["single_label", "multi_label", "regression"] = "single_label"
+    # Multi-label rows hold labels joined by this separator ("drama|comedy"), or a list in JSON.
+    label_separator: str = "|"
+
+
+class _TextDataset(torch.utils.data.Dataset):
+    def __init__(self, encodings: dict[str, list[list[int]]], labels: list[Any], texts: list[str]) -> None:
+        self.encodings, self.labels, self.texts = encodings, labels, texts
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = {k: v[i] for k, v in self.encodings.items()}
+        item["labels"] = self.labels[i]
+        item["index"] = i
+        return item
+
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.encodings["input_ids"]]
+
+
+class TextClassificationTask:
+    name: ClassVar[str] = "text-classification"
+    ModelConfig: ClassVar[type] = TextModelConfig
+    DataConfig: ClassVar[type] = TextDataConfig
+    main_metric: ClassVar[str] = "accuracy"
+    main_metric_mode: ClassVar[str] = "max"
+
+    def __init__(self, *, model: TextModelConfig, data: TextDataConfig,
+                 regularization: RegularizationConfig, seed: int) -> None:
+        self.model_cfg, self.data_cfg, self.seed = model, data, seed
+        self.label_smoothing = regularization.label_smoothing
+        self.problem_type = data.problem_type
+        if self.problem_type == "regression":
+            self.main_metric, self.main_metric_mode = "mse", "min"
+        elif self.problem_type == "multi_label":
+            self.main_metric = "f1_micro"
+        self.label_names: list[str] | None = data.labels
+        self._tokenizer = None
+
+    # ------------------------------------------------------------------ model
+    @property
+    def model_path(self) -> str:
+        return assets.resolve(self.model_cfg.name)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.model_path, revision=self.model_cfg.revision)
+            except OSError as exc:
+                raise OmnituneError(f"model.name: cannot load tokenizer for {self.model_cfg.name!r} ({exc})") from None
+        return self._tokenizer
+
+    def _num_labels(self) -> int:
+        return 1 if self.problem_type == "regression" else len(self.label_names or [])
+
+    def build_model(self) -> nn.Module:
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        if self.label_names is None and self.problem_type != "regression":
+            raise OmnituneError("build_datasets() must run before build_model() to learn the label set")
+        kwargs: dict[str, Any] = {"num_labels": self._num_labels(),
+                                  "problem_type": {"single_label": "single_label_classification",
+                                                   "multi_label": "multi_label_classification",
+                                                   "regression": "regression"}[self.problem_type]}
+        if self.problem_type != "regression":
+            kwargs["id2label"] = dict(enumerate(self.label_names))
+            kwargs["label2id"] = {n: i for i, n in enumerate(self.label_names)}
+        try:
+            config = AutoConfig.from_pretrained(self.model_path, revision=self.model_cfg.revision, **kwargs)
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # the "newly initialised head" notice is expected here
+            try:
+                if self.model_cfg.pretrained:
+                    return AutoModelForSequenceClassification.from_pretrained(
+                        self.model_path, config=config, revision=self.model_cfg.revision)
+                return AutoModelForSequenceClassification.from_config(config)
+            finally:
+                hf_logging.set_verbosity(verbosity)
+        except OSError as exc:
+            raise OmnituneError(f"model.name: cannot load {self.model_cfg.name!r} ({exc})") from None
+
+    def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
+        """Embeddings, each encoder block, then the head (pooler, classifier, final norms)."""
+        base = model.base_model
+        blocks = max((m for m in base.modules() if isinstance(m, nn.ModuleList)), key=len, default=None)
+        if blocks is None or len(blocks) == 0:
+            raise OmnituneError(f"{type(model).__name__}: no list of encoder blocks found for layer groups")
+        in_blocks = {id(p) for p in blocks.parameters()}
+        embed_modules, head_modules = [], []
+        for name, module in base.named_children():
+            if any(id(p) in in_blocks for p in module.parameters()):
+                continue
+            (embed_modules if "embed" in name else head_modules).append(module)
+        base_ids = {id(p) for p in base.parameters()}
+        head_modules += [m for n, m in model.named_children() if not any(id(p) in base_ids for p in m.parameters())]
+        # Modules that hold the blocks but also own parameters directly (e.g. a final norm).
+        container_extras = [m for m in base.modules() if m is not base and blocks in list(m.children())]
+        for m in container_extras:
+            for child in m.children():
+                if child is not blocks:
+                    head_modules.append(child)
+        groups = [LayerGroup("embeddings", embed_modules)]
+        groups += [LayerGroup(f"block_{i}", [b]) for i, b in enumerate(blocks)]
+        groups.append(LayerGroup("head", head_modules))
+        return groups
+
+    # ------------------------------------------------------------------ data
+    def _text_columns(self) -> list[str]:
+        cols = [self.data_cfg.text_column]
+        if self.data_cfg.text_pair_column:
+            cols.append(self.data_cfg.text_pair_column)
+        return cols
+
+    def _encode_labels(self, values) -> list[Any]:
+        if self.problem_type == "regression":
+            try:
+                return [float(v) for v in values]
+            except ValueError as exc:
+                raise DataError(f"{self.data_cfg.label_column}: regression labels must be numbers ({exc})") from None
+        index = {n: i for i, n in enumerate(self.label_names)}
+        if self.problem_type == "multi_label":
+            out = []
+            for v in values:
+                items = v if isinstance(v, (list, tuple)) else str(v).split(self.data_cfg.label_separator)
+                vec = [0.0] * len(index)
+                for x in items:
+                    if str(x).strip():
+                        vec[index[str(x).strip()]] = 1.0
+                out.append(vec)
+            return out
+        return [index[str(v)] for v in values]
+
+    def _prepare(self, df, split: str) -> _TextDataset:
+        texts = df[self.data_cfg.text_column].astype(str).tolist()
+        pairs = df[self.data_cfg.text_pair_column].astype(str).tolist() if self.data_cfg.text_pair_column else None
+        key = f"{self.model_cfg.name}@{self.model_cfg.revision}|{type(self.tokenizer).__name__}|{len(self.tokenizer)}"
+        enc = tdata.tokenize_cached(self.tokenizer, texts, pairs, self.model_cfg.max_length, key)
+        labels = self._encode_labels(df[self.data_cfg.label_column].tolist())
+        return _TextDataset(enc, labels, texts if pairs is None else [f"{a} ||| {b}" for a, b in zip(texts, pairs)])
+
+    def _clean(self, df, split: str, where: str, report: DataReport):
+        d = self.data_cfg
+        return tdata.clean_frame(
+            df, split, where, self._text_columns(), d.label_column,
+            None if self.problem_type == "regression" else self.label_names, d.unknown_labels,
+            d.drop_duplicates, d.label_separator if self.problem_type == "multi_label" else None, report)
+
+    def build_datasets(self) -> DataBundle:
+        d = self.data_cfg
+        source = assets.resolve(d.source)
+        report = DataReport(source=d.source)
+        splits = tdata.load_splits(source, d.validation_source and assets.resolve(d.validation_source),
+                                   d.test_source and assets.resolve(d.test_source))
+        where = {"train": d.source, "validation": d.validation_source or d.source, "test": d.test_source or d.source}
+        if self.label_names is None and self.problem_type != "regression":
+            values = splits["train"][d.label_column].dropna() if d.label_column in splits["train"] else []
+            if self.problem_type == "multi_label":
+                values = [x.strip() for v in values for x in str(v).split(d.label_separator)]
+            self.label_names = sorted({str(v) for v in values if str(v).strip()})
+            report.notes.append(f"labels not declared: using the {len(self.label_names)} seen in training data")
+        splits = {s: self._clean(df, s, where[s], report) for s, df in splits.items()}
+        stratify = self.problem_type == "single_label"
+        splits = tdata.split_frames(splits, d.label_column, d.val_size, d.test_size, self.seed, report, stratify)
+        splits["train"] = tdata.subsample(splits["train"], d.max_samples, d.label_column, self.seed, stratify)
+        for s in ("validation", "test"):
+            if s in splits:
+                splits[s] = tdata.subsample(splits[s], d.max_eval_samples, d.label_column, self.seed, stratify)
+        for s, df in splits.items():
+            if len(df) == 0:
+                raise DataError(f"{where[s]}: the {s} split is empty after cleaning "
+                                f"(dropped: {report.dropped.get(s, {})})")
+            report.rows_kept[s] = len(df)
+            if stratify:
+                report.label_counts[s] = tdata.label_counts(df[d.label_column])
+        train = self._prepare(splits["train"], "train")
+        return DataBundle(train=train, validation=self._prepare(splits["validation"], "validation"),
+                          test=self._prepare(splits["test"], "test") if "test" in splits else None,
+                          report=report, label_names=self.label_names, train_lengths=train.lengths())
+
+    def load_eval_dataset(self, source: str, label_names: list[str] | None) -> tuple[Any, DataReport]:
+        self.label_names = label_names
+        report = DataReport(source=source)
+        path = assets.resolve(source)
+        splits = tdata.load_splits(path, None, None)
+        frame = splits.get("test", splits["train"])
+        df = self._clean(frame, "eval", source, report)
+        if len(df) == 0:
+            raise DataError(f"{source}: no usable rows after cleaning (dropped: {report.dropped.get('eval', {})})")
+        return self._prepare(df, "eval"), report
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        pad = self.tokenizer.pad_token_id or 0
+        width = max(len(s["input_ids"]) for s in samples)
+        ids = torch.full((len(samples), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(samples), width), dtype=torch.long)
+        types = torch.zeros((len(samples), width), dtype=torch.long) if "token_type_ids" in samples[0] else None
+        for i, s in enumerate(samples):
+            n = len(s["input_ids"])
+            ids[i, :n] = torch.tensor(s["input_ids"])
+            mask[i, :n] = 1
+            if types is not None:
+                types[i, :n] = torch.tensor(s["token_type_ids"])
+        batch = {"input_ids": ids, "attention_mask": mask,
+                 "labels": torch.tensor([s["labels"] for s in samples],
+                                        dtype=torch.long if self.problem_type == "single_label" else torch.float),
+                 "index": torch.tensor([s["index"] for s in samples])}
+        if types is not None:
+            batch["token_type_ids"] = types
+        return batch
+
+    # ------------------------------------------------------------------ step
+    def forward(self, model: nn.Module, batch: dict[str, Any], train: bool) -> dict[str, Any]:
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        logits = model(**inputs).logits.float()
+        labels = batch["labels"]
+        if self.problem_type == "single_label":
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing if train else 0.0)
+        elif self.problem_type == "multi_label":
+            target = labels
+            if train and self.label_smoothing:
+                target = labels * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
+            loss = F.binary_cross_entropy_with_logits(logits, target)
+        else:
+            loss = F.mse_loss(logits.squeeze(-1), labels)
+        return {"loss": loss, "outputs": logits}
+
+    def predict_batch(self, model, batch, outputs) -> tuple[list[Any], list[Any]]:
+        logits = outputs["outputs"].detach().float().cpu()
+        refs = batch["labels"].cpu().tolist()
+        if self.problem_type == "single_label":
+            probs = logits.softmax(-1)
+            conf, pred = probs.max(-1)
+            idx = batch["index"].cpu().tolist()
+            return ([{"label": int(p), "score": float(c), "index": i} for p, c, i in zip(pred, conf, idx)], refs)
+        if self.problem_type == "multi_label":
+            return ((logits.sigmoid() > 0.5).int().tolist(), [[int(x) for x in r] for r in refs])
+        return logits.squeeze(-1).tolist(), refs
+
+    def compute_metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        if self.problem_type == "regression":
+            return {**compute_metric("mse", predictions, references), **compute_metric("mae", predictions, references)}
+        if self.problem_type == "multi_label":
+            from sklearn.metrics import f1_score
+
+            p, r = np.asarray(predictions), np.asarray(references)
+            return {"f1_micro": float(f1_score(r, p, average="micro", zero_division=0)),
+                    "f1_macro": float(f1_score(r, p, average="macro", zero_division=0)),
+                    "subset_accuracy": float((p == r).all(axis=1).mean())}
+        preds = [p["label"] for p in predictions]
+        out = dict(compute_metric("accuracy", preds, references))
+        labels = list(range(len(self.label_names)))
+        for name in ("precision", "recall", "f1"):
+            for avg in ("macro", "micro", "weighted"):
+                value = compute_metric(name, preds, references, average=avg, labels=labels)[name]
+                out[f"{name}_{avg}"] = float(value)
+        return out
+
+    def report_extras(self, out_dir: Path, split: str, predictions, references, dataset) -> list[str]:
+        if self.problem_type != "single_label":
+            return []
+        preds = [p["label"] for p in predictions]
+        png = confusion_matrix_png(references, preds, self.label_names, out_dir / f"confusion_matrix_{split}.png",
+                                   title=f"Confusion matrix ({split})")
+        blocks = [f"![confusion matrix]({png.name})", per_class_table(references, preds, self.label_names)]
+        wrong = sorted((p for p, r in zip(predictions, references) if p["label"] != r), key=lambda p: -p["score"])[:5]
+        if wrong:
+            rows = ["| text | true | predicted | confidence |", "|---|---|---|---|"]
+            for p in wrong:
+                text = dataset.texts[p["index"]].replace("|", "\\|")[:120]
+                rows.append(f"| {text} | {self.label_names[dataset.labels[p['index']]]} | "
+                            f"{self.label_names[p['label']]} | {p['score']:.2f} |")
+            blocks.append("Most confidently wrong:\n\n" + "\n".join(rows))
+        return blocks
+
+    # ------------------------------------------------------------------ save / load / predict
+    def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
+        model.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+        (Path(out_dir) / LABELS_FILE).write_text(json.dumps(
+            {"label_names": self.label_names, "problem_type": self.problem_type}, indent=1))
+
+    def load_pretrained(self, model_dir: Path) -> nn.Module:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        meta = json.loads((Path(model_dir) / LABELS_FILE).read_text())
+        self.label_names = meta["label_names"]
+        self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        return AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, inputs: list[str]) -> list[dict[str, Any]]:
+        texts, pairs = inputs, None
+        if self.data_cfg.text_pair_column:
+            split = [t.split(" ||| ", 1) for t in inputs]
+            if any(len(s) != 2 for s in split):
+                raise OmnituneError("this model takes text pairs: give each input as 'first ||| second'")
+            texts, pairs = [s[0] for s in split], [s[1] for s in split]
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.model_cfg.max_length,
+                             padding=True, return_tensors="pt")
+        logits = model(**enc).logits.float()
+        if self.problem_type == "regression":
+            return [{"input": t, "value": float(v)} for t, v in zip(inputs, logits.squeeze(-1))]
+        if self.problem_type == "multi_label":
+            probs = logits.sigmoid()
+            return [{"input": t, "labels": [self.label_names[j] for j in range(len(p)) if p[j] > 0.5],
+                     "scores": {n: round(float(x), 4) for n, x in zip(self.label_names, p)}}
+                    for t, p in zip(inputs, probs)]
+        probs = logits.softmax(-1)
+        return [{"input": t, "label": self.label_names[int(p.argmax())], "score": round(float(p.max()), 4),
+                 "scores": {n: round(float(x), 4) for n, x in zip(self.label_names, p)}}
+                for t, p in zip(inputs, probs)]
