@@ -338,7 +338,8 @@ class Trainer:
                             s.finished, s.stop_reason = True, "early stopping"
                         self._save(self.ckpt_dir / "last", rng=rng_after_update)
                     if at_max and not s.finished:
-                        s.finished, s.stop_reason = True, "reached max steps"
+                        s.finished = True
+                        s.stop_reason = "reached train.max_steps" if cfg.max_steps else "finished all epochs"
                     if s.finished:
                         break
                 if s.finished and s.micro_in_epoch < len(batches):

@@ -26,4 +26,11 @@ def load_metric(name: str):
 
 
 def compute(name: str, predictions, references, **kwargs) -> dict:
-    return load_metric(name).compute(predictions=predictions, references=references, **kwargs)
+    """Compute a metric on in-memory lists.
+
+    ``Metric.compute`` first writes the inputs to an Arrow cache file (built for distributed,
+    streamed evaluation), which costs about 0.1 s per call here; on lists already in memory we call
+    the module's own ``_compute`` directly. The result is the module's, unchanged.
+    """
+    metric = load_metric(name)
+    return metric._compute(predictions=list(predictions), references=list(references), **kwargs)
