@@ -1,0 +1,62 @@
+"""Schedules at known steps (values worked out by hand from the formulas in the docstrings)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from omnitune.core.optim import LRSchedule, build_optimizer, lr_factor
+
+
+@pytest.mark.parametrize("step,expected", [(0, 0.1), (4, 0.5), (9, 1.0), (10, 1.0), (60, 0.5), (110, 0.0), (200, 0.0)])
+def test_linear_with_warmup(step, expected):
+    assert lr_factor(step, total_steps=110, warmup_steps=10, kind="linear") == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("step,expected", [(10, 1.0), (35, 0.5 * (1 + math.cos(math.pi / 4))), (60, 0.5), (110, 0.0)])
+def test_cosine(step, expected):
+    assert lr_factor(step, 110, 10, "cosine") == pytest.approx(expected)
+
+
+def test_polynomial_min_ratio_and_constant():
+    assert lr_factor(60, 110, 10, "polynomial", power=2.0) == pytest.approx(0.25)
+    # min_ratio 0.1: halfway through a linear decay is 0.1 + 0.9 * 0.5
+    assert lr_factor(60, 110, 10, "linear", min_ratio=0.1) == pytest.approx(0.55)
+    assert lr_factor(110, 110, 10, "cosine", min_ratio=0.2) == pytest.approx(0.2)
+    assert lr_factor(5, 110, 0, "constant") == 1.0
+
+
+def _optimizer(scales):
+    params = [torch.nn.Parameter(torch.zeros(2, 2)) for _ in scales]
+    groups = [{"params": [p], "weight_decay": 0.0, "lr_scale": s} for p, s in zip(params, scales)]
+    return build_optimizer(groups, "adamw", lr=1e-3)
+
+
+def test_schedule_applies_group_scales():
+    opt = _optimizer([0.25, 1.0])
+    sched = LRSchedule(opt, "linear", total_steps=110, warmup_steps=10)
+    sched.step_update(60)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.25 * 0.5e-3, 0.5e-3])
+
+
+def test_reduce_on_plateau_after_patience():
+    opt = _optimizer([1.0])
+    sched = LRSchedule(opt, "plateau", total_steps=100, warmup_steps=0, plateau_factor=0.5, plateau_patience=1,
+                       mode="max")
+    reductions = [sched.step_metric(v) for v in (0.5, 0.6, 0.6, 0.55, 0.7, 0.7, 0.7)]
+    # 0.6 (no gain, bad=1), 0.55 (bad=2 > patience -> halve); 0.7 new best; two more non-gains -> halve
+    assert reductions == [False, False, False, True, False, False, True]
+    sched.step_update(50)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.25)
+    state = sched.state_dict()
+    other = LRSchedule(_optimizer([1.0]), "plateau", 100, 0)
+    other.load_state_dict(state)
+    assert other.plateau_scale == 0.25
+
+
+def test_sgd_momentum():
+    opt = build_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": 0, "lr_scale": 1}],
+                          "sgd", lr=0.1, momentum=0.9)
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
