@@ -10,8 +10,6 @@ sections into the explicit arguments the task, the trainer and the reports take.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import time
 from dataclasses import dataclass
