@@ -11,7 +11,6 @@ STAMP := $(VENV)/.omnitune-installed
 # set in constraints.txt; every other version is pinned there too, so installs are reproducible.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
