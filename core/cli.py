@@ -120,7 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Domain packages add their own commands (e.g. `omnitune speech import-ct2`) through this group.
     for ep in entry_points(group="omnitune.commands"):
-        ep.load()(sub)
+        try:
+            add_commands = ep.load()
+        except ImportError as exc:  # a broken plug-in must not take the whole CLI down
+            print(f"warning: commands {ep.name!r} ({ep.value}) unavailable: {exc}", file=sys.stderr)
+            continue
+        add_commands(sub)
     return parser
 
 

@@ -106,6 +106,12 @@ class Trainer:
         use_cpu = not torch.cuda.is_available()
         device = torch.device("cpu" if use_cpu else "cuda")
         self.precision = resolve_precision(train.precision, device)
+        # Accelerate keeps the precision in process-wide state; several runs in one process (the
+        # API, search, cross-validation) may each pick their own, so clear it first. The
+        # distributed set-up (PartialState) is kept.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
         self.accelerator = Accelerator(mixed_precision=self.precision, cpu=use_cpu)
 
         # --- strategy: freezing, dropout, parameter groups (all from the task's layer groups)
