@@ -31,6 +31,7 @@ test-slow: install
 # omnitune versus transformers' Trainer on the same model, data and settings.
 bench: install
 	$(PY) bench/text_vs_hf_trainer.py
+	$(PY) bench/vision_pipeline.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Image classification on the shared core (timm/torchvision backbones, albumentations)."""

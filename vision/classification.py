@@ -1,0 +1,292 @@
+"""Image classification on the shared core: any timm/torchvision backbone, albumentations data.
+
+Recipe sections declared here: ``model`` (:class:`VisionModelConfig`) and ``data``
+(:class:`VisionDataConfig`); everything else (strategy, optimiser, EMA, trainer) is the core's.
+Mixup/CutMix and label smoothing come from ``regularization`` and live in core/mixing.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import nn
+
+from omnitune.core.errors import DataError, OmnituneError
+from omnitune.core.mixing import mix_batch, soft_target_cross_entropy
+from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig, Section
+from omnitune.core.report import confusion_matrix_png, per_class_table
+from omnitune.core.task import DataBundle, DataReport, LayerGroup
+
+from . import sources
+from .augment import AugmentSpec, Augmenter, validate_spec
+from .data import ImageDataset, decode_path
+from .models import (Preprocessing, build_classifier, image_layer_groups, load_folder, resolve_preprocessing,
+                     save_folder)
+from .report import confidently_wrong, wrong_grid_png
+
+Interpolation = Literal["nearest", "bilinear", "bicubic", "area", "lanczos"]
+Triple = tuple[float, float, float]
+
+
+class VisionModelConfig(ModelConfig):
+    # None keeps the model's own pretrained preprocessing (timm pretrained_cfg, torchvision weights).
+    image_size: int | None = Field(default=None, ge=16)
+    mean: Triple | None = None
+    std: Triple | None = None
+    interpolation: Interpolation | None = None
+    # Eval resize is image_size / crop_pct before the centre crop; 1.0 keeps the whole image.
+    crop_pct: float | None = Field(default=None, gt=0, le=1)
+    # timm only: classifier dropout and stochastic depth (0.1 is a usual start for ViT/ConvNeXt).
+    drop_rate: float | None = Field(default=None, ge=0, lt=1)
+    drop_path_rate: float | None = Field(default=None, ge=0, lt=1)
+
+
+class AugmentConfig(Section):
+    # A preset (none, light, medium, heavy) or a list of albumentations steps, e.g.
+    # [{name: HorizontalFlip, p: 0.5}, {name: RandomResizedCrop, size: [96, 96], scale: [0.5, 1]}].
+    # Resize to the input size and normalisation are always appended.
+    train: AugmentSpec = "light"
+    # Evaluation: "none" (resize + centre crop) or a list of deterministic steps.
+    eval: AugmentSpec = "none"
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, v: AugmentSpec) -> AugmentSpec:
+        return validate_spec(v)
+
+    @field_validator("eval")
+    @classmethod
+    def _eval(cls, v: AugmentSpec) -> AugmentSpec:
+        if isinstance(v, str) and v != "none":
+            raise ValueError("presets are for training; evaluation takes 'none' or a list of steps")
+        return validate_spec(v)
+
+
+class VisionDataConfig(DataConfig):
+    # Manifest columns (CSV/JSONL...): the image path (relative to the manifest's folder) and
+    # `label_column`. Hub datasets: the image column.
+    path_column: str = "path"
+    image_column: str = "image"
+    augment: AugmentConfig = AugmentConfig()
+    # Probability of erasing a random rectangle of each training image (timm's RandomErasing).
+    random_erasing: float = Field(default=0.0, ge=0, le=1)
+    # full: decode every kept image once before training (catches truncated files); header: only
+    # open it (fast, misses truncation); none: trust the files (a bad one stops the run later).
+    verify_images: Literal["full", "header", "none"] = "full"
+    # Above this share of unreadable images the run stops: a few broken files are noise, many
+    # mean a wrong path or format.
+    max_unreadable_share: float = Field(default=0.05, ge=0, le=1)
+
+
+class ImageClassificationTask:
+    name: ClassVar[str] = "image-classification"
+    ModelConfig: ClassVar[type[ModelConfig]] = VisionModelConfig
+    DataConfig: ClassVar[type[DataConfig]] = VisionDataConfig
+    main_metric: ClassVar[str] = "accuracy"
+    main_metric_mode: ClassVar[str] = "max"
+
+    def __init__(self, *, model: VisionModelConfig, data: VisionDataConfig,
+                 regularization: RegularizationConfig, seed: int) -> None:
+        self.model_cfg, self.data_cfg, self.reg, self.seed = model, data, regularization, seed
+        self.label_names: list[str] | None = list(data.labels) if data.labels else None
+        self._pre: Preprocessing | None = None
+        self._architecture: str | None = None
+
+    # ------------------------------------------------------------------ preprocessing
+    def preprocessing(self) -> Preprocessing:
+        """The model's own input size / mean / std / interpolation, with the recipe's overrides."""
+        if self._pre is None:
+            base = resolve_preprocessing(self.model_cfg.name, self.model_cfg.pretrained)
+            m = self.model_cfg
+            self._pre = Preprocessing(
+                input_size=m.image_size or base.input_size, mean=tuple(m.mean or base.mean),
+                std=tuple(m.std or base.std), interpolation=m.interpolation or base.interpolation,
+                crop_pct=m.crop_pct or base.crop_pct)
+        return self._pre
+
+    def augmenter(self, train: bool) -> Augmenter:
+        pre, aug = self.preprocessing(), self.data_cfg.augment
+        return Augmenter(aug.train if train else aug.eval, train=train, size=pre.input_size, mean=pre.mean,
+                         std=pre.std, crop_pct=pre.crop_pct, interpolation=pre.interpolation,
+                         random_erasing=self.data_cfg.random_erasing)
+
+    # ------------------------------------------------------------------ model
+    def _ensure_labels(self) -> list[str]:
+        if self.label_names is None:  # build_model before build_datasets: read the label set only
+            d = self.data_cfg
+            report = DataReport(source=d.source)
+            raw, native = sources.load_raw_splits(d.source, declared=None, path_column=d.path_column,
+                                                  image_column=d.image_column, label_column=d.label_column,
+                                                  report=report)
+            self.label_names = sources.label_set(None, native, raw["train"], report)
+        return self.label_names
+
+    def build_model(self) -> nn.Module:
+        names = self._ensure_labels()
+        m = self.model_cfg
+        model, _, self._architecture = build_classifier(
+            m.name, pretrained=m.pretrained, num_classes=len(names), drop_rate=m.drop_rate,
+            drop_path_rate=m.drop_path_rate)
+        return model
+
+    def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
+        return image_layer_groups(model)
+
+    # ------------------------------------------------------------------ data
+    def build_datasets(self) -> DataBundle:
+        d = self.data_cfg
+        report = DataReport(source=d.source)
+        raw, native = sources.load_raw_splits(d.source, declared=d.labels, path_column=d.path_column,
+                                              image_column=d.image_column, label_column=d.label_column,
+                                              report=report, drop_duplicates=d.drop_duplicates)
+        for key, extra in (("validation", d.validation_source), ("test", d.test_source)):
+            if extra:
+                more, _ = sources.load_raw_splits(extra, declared=None, path_column=d.path_column,
+                                                  image_column=d.image_column, label_column=d.label_column,
+                                                  report=report)
+                raw[key] = sources.merge_for_eval(more)
+        self.label_names = sources.label_set(d.labels, native, raw["train"], report)
+        for split in raw:
+            report.rows_read[split] = len(raw[split].keys)
+            raw[split] = sources.encode_labels(raw[split], self.label_names, d.unknown_labels, split, d.source, report)
+        splits = sources.split_and_subsample(raw, val_size=d.val_size, test_size=d.test_size,
+                                             max_samples=d.max_samples, max_eval_samples=d.max_eval_samples,
+                                             seed=self.seed, report=report)
+        bad = checked = 0
+        for split in ("train", "validation", "test"):
+            if split in splits:
+                checked += len(splits[split].keys)
+                splits[split], n_bad = sources.drop_unreadable(splits[split], split, d.verify_images, report)
+                bad += n_bad
+        sources.check_bad_share(bad, checked, d.max_unreadable_share, report)
+        for split, records in splits.items():
+            if not records.keys:
+                raise DataError(f"{d.source}: the {split} split is empty after cleaning")
+            report.rows_kept[split] = len(records.keys)
+            report.label_counts[split] = sources.label_counts(records, self.label_names)
+        train_aug, eval_aug = self.augmenter(True), self.augmenter(False)
+        return DataBundle(
+            train=ImageDataset(splits["train"], train_aug, train=True),
+            validation=ImageDataset(splits["validation"], eval_aug, train=False),
+            test=ImageDataset(splits["test"], eval_aug, train=False) if "test" in splits else None,
+            report=report, label_names=list(self.label_names))
+
+    def load_eval_dataset(self, source: str, label_names: list[str] | None) -> tuple[Any, DataReport]:
+        d = self.data_cfg
+        names = label_names or self._ensure_labels()
+        self.label_names = list(names)
+        report = DataReport(source=source)
+        raw, _ = sources.load_raw_splits(source, declared=None, path_column=d.path_column,
+                                         image_column=d.image_column, label_column=d.label_column, report=report)
+        records = sources.merge_for_eval(raw)
+        report.rows_read["eval"] = len(records.keys)
+        records = sources.encode_labels(records, self.label_names, d.unknown_labels, "eval", source, report)
+        checked = len(records.keys)
+        records, bad = sources.drop_unreadable(records, "eval", d.verify_images, report)
+        sources.check_bad_share(bad, checked, d.max_unreadable_share, report)
+        report.rows_kept["eval"] = len(records.keys)
+        return ImageDataset(records, self.augmenter(False), train=False), report
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"pixel_values": torch.from_numpy(np.stack([s["pixel_values"] for s in samples])),
+                "labels": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+                "index": torch.tensor([s["index"] for s in samples], dtype=torch.long)}
+
+    # ------------------------------------------------------------------ loss and predictions
+    def forward(self, model: nn.Module, batch: dict[str, Any], train: bool) -> dict[str, Any]:
+        x, y, reg = batch["pixel_values"], batch["labels"], self.reg
+        if train and (reg.mixup_alpha > 0 or reg.cutmix_alpha > 0):
+            # generator=None: torch's global RNG, which the trainer seeds and checkpoints, so a
+            # resumed run mixes exactly as an uninterrupted one.
+            x, soft = mix_batch(x, y, num_classes=len(self.label_names), mixup_alpha=reg.mixup_alpha,
+                                cutmix_alpha=reg.cutmix_alpha, prob=reg.mix_prob,
+                                label_smoothing=reg.label_smoothing, generator=None)
+            logits = model(x)
+            loss = soft_target_cross_entropy(logits, soft)
+        else:
+            logits = model(x)
+            # Validation/test loss is the plain cross-entropy, comparable across recipes.
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=reg.label_smoothing if train else 0.0)
+        return {"loss": loss, "outputs": logits}
+
+    def predict_batch(self, model: nn.Module, batch: dict[str, Any], outputs: dict[str, Any]) -> tuple[list, list]:
+        probs = outputs["outputs"].detach().float().softmax(-1).cpu()
+        k = min(5, probs.shape[-1])
+        top_p, top_i = probs.topk(k, dim=-1)
+        idx = batch["index"].cpu().tolist()
+        preds = [{"label": int(ti[0]), "score": float(tp[0]), "top5": [int(j) for j in ti], "index": i}
+                 for tp, ti, i in zip(top_p, top_i, idx)]
+        return preds, batch["labels"].cpu().tolist()
+
+    def compute_metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        from sklearn.metrics import precision_recall_fscore_support
+
+        refs = np.asarray(references, dtype=int)
+        top1 = np.asarray([p["label"] for p in predictions], dtype=int)
+        out = {"accuracy": float((top1 == refs).mean()) if len(refs) else 0.0,
+               "top5_accuracy": float(np.mean([r in p["top5"] for p, r in zip(predictions, refs)])) if len(refs) else 0.0}
+        p, r, f, _ = precision_recall_fscore_support(refs, top1, labels=list(range(len(self.label_names))),
+                                                     average="macro", zero_division=0)
+        out.update(precision_macro=float(p), recall_macro=float(r), f1_macro=float(f))
+        return out
+
+    def report_extras(self, out_dir: Path, split: str, predictions: list[Any], references: list[Any],
+                      dataset: Any) -> list[str]:
+        out_dir = Path(out_dir)
+        names = self.label_names
+        top1 = [p["label"] for p in predictions]
+        cm = confusion_matrix_png(references, top1, names, out_dir / f"confusion_matrix_{split}.png",
+                                  title=f"Confusion matrix ({split})")
+        blocks = [f"![confusion matrix]({cm.name})", "Per-class results:\n\n" + per_class_table(references, top1, names)]
+        wrong = confidently_wrong(predictions, references, k=16)
+        if wrong:
+            images = [dataset.raw_image(p["index"]) for p in wrong]
+            grid = wrong_grid_png(wrong, images, names, out_dir / f"confidently_wrong_{split}.png",
+                                  title=f"Most confidently wrong ({split})")
+            rows = ["| image | true | predicted | confidence |", "|---|---|---|---|"]
+            rows += [f"| {dataset.describe(p['index'])} | {names[p['true']]} | {names[p['label']]} | {p['score']:.2f} |"
+                     for p in wrong[:8]]
+            blocks.append(f"Most confidently wrong {split} images:\n\n![confidently wrong]({grid.name})\n\n"
+                          + "\n".join(rows))
+        return blocks
+
+    # ------------------------------------------------------------------ save / load / predict
+    def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
+        if self._architecture is None:
+            raise OmnituneError("save_pretrained: build_model or load_pretrained first")
+        save_folder(model, Path(out_dir), architecture=self._architecture, label_names=self.label_names,
+                    data_config=self.preprocessing(), extra={"base_model": self.model_cfg.name})
+
+    def load_pretrained(self, model_dir: Path) -> nn.Module:
+        model, pre, config = load_folder(Path(model_dir))
+        self.label_names, self._pre, self._architecture = config["label_names"], pre, config["architecture"]
+        return model.eval()
+
+    @staticmethod
+    def _read_for_predict(path: str) -> np.ndarray:
+        try:
+            return decode_path(path)
+        except Exception as exc:  # PIL raises several types for missing or broken files
+            raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, inputs: list[str]) -> list[dict[str, Any]]:
+        augment = self.augmenter(False)
+        out = []
+        model.eval()
+        for start in range(0, len(inputs), 32):
+            chunk = inputs[start:start + 32]
+            arrays = [augment(self._read_for_predict(p), 0) for p in chunk]
+            probs = model(torch.from_numpy(np.stack(arrays))).float().softmax(-1)
+            k = min(5, probs.shape[-1])
+            for path, p in zip(chunk, probs):
+                tp, ti = p.topk(k)
+                out.append({"input": path, "label": self.label_names[int(ti[0])], "score": round(float(tp[0]), 4),
+                            "top5": [{"label": self.label_names[int(j)], "score": round(float(s), 4)}
+                                     for s, j in zip(tp, ti)]})
+        return out

@@ -1,0 +1,283 @@
+"""Image sources -> labelled records -> torch datasets.
+
+Sources: an ImageFolder directory (``root/<class>/*.jpg``, optionally with ``train/``, ``val/``,
+``test/`` split folders), a CSV/TSV/JSONL/Parquet manifest (path, label; relative paths are taken
+from the manifest's folder), ``hub:NAME[/CONFIG]`` (Hugging Face image datasets) and a folder of
+IDX gzip files (MNIST layout; ``asset:fashion-mnist``).
+
+Every image is read as uint8 RGB: greyscale, palette and RGBA images become 3 channels here, so
+every backbone gets the input it was trained on. Files that cannot be decoded are found up front
+(``verify_images``), skipped and listed by path in the data report.
+"""
+
+from __future__ import annotations
+
+import gzip
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from omnitune.core.data import read_table, require_columns, table_suffix
+from omnitune.core.errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+SPLIT_DIRS = {"train": ("train",), "validation": ("val", "validation", "valid"), "test": ("test",)}
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+# ----------------------------------------------------------------------------- image stores
+def to_rgb_array(image) -> np.ndarray:
+    """A PIL image or HxW / HxWx1/3/4 array -> contiguous uint8 HxWx3."""
+    if not isinstance(image, np.ndarray):
+        image = np.asarray(image.convert("RGB"))
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[:, :, :3]
+    return np.ascontiguousarray(image, dtype=np.uint8)
+
+
+def decode_path(path: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()  # full decode: a truncated file fails here, not halfway through training
+        return to_rgb_array(img)
+
+
+@dataclass
+class Records:
+    """One split: how to read an item, a name for reports, the items' keys and labels.
+
+    Labels are class names while loading and class ids once the label set is fixed.
+    """
+
+    load: Callable[[Any], np.ndarray]
+    describe: Callable[[Any], str]
+    keys: list[Any]  # what `load` takes: a file path, or a row of an array / Hub dataset
+    labels: list[Any]
+    from_files: bool = False  # files can be verified (and be corrupt) before training
+
+    def subset(self, keep: Sequence[int]) -> "Records":
+        return Records(self.load, self.describe, [self.keys[i] for i in keep], [self.labels[i] for i in keep],
+                       self.from_files)
+
+    def with_labels(self, labels: list[Any]) -> "Records":
+        return Records(self.load, self.describe, self.keys, labels, self.from_files)
+
+    def concat(self, other: "Records") -> "Records":
+        return Records(self.load, self.describe, self.keys + other.keys, self.labels + other.labels,
+                       self.from_files)
+
+
+def path_records(paths: list[str], labels: list[Any]) -> Records:
+    return Records(load=decode_path, describe=str, keys=list(paths), labels=list(labels), from_files=True)
+
+
+class _ArrayLoader:
+    """A picklable loader (DataLoader workers may be spawned) for rows of an image array."""
+
+    def __init__(self, images: np.ndarray, name: str) -> None:
+        self.images, self.name = images, name
+
+    def __call__(self, i: int) -> np.ndarray:
+        return to_rgb_array(self.images[i])
+
+    def describe(self, i: int) -> str:
+        return f"{self.name}[{i}]"
+
+
+def array_records(images: np.ndarray, labels: list[Any], name: str) -> Records:
+    loader = _ArrayLoader(images, name)
+    return Records(load=loader, describe=loader.describe, keys=list(range(len(labels))), labels=list(labels))
+
+
+# ----------------------------------------------------------------------------- the dataset
+class ImageDataset(torch.utils.data.Dataset):
+    """Items are {"pixel_values": float32 3xSxS, "label": int, "index": int}.
+
+    ``augment(image, seed)`` is an :class:`~omnitune.vision.augment.Augmenter`. Training draws the
+    seed from torch's RNG (seeded by the trainer, per worker); evaluation uses the index, so it
+    never consumes randomness and is the same every time.
+    """
+
+    def __init__(self, records: Records, augment: Callable[[np.ndarray, int], np.ndarray], train: bool) -> None:
+        self.records, self.augment, self.train = records, augment, train
+        self.labels = records.labels
+
+    def __len__(self) -> int:
+        return len(self.records.keys)
+
+    def raw_image(self, i: int) -> np.ndarray:
+        key = self.records.keys[i]
+        try:
+            return self.records.load(key)
+        except Exception as exc:  # only reachable with verify_images: none
+            raise DataError(f"{self.records.describe(key)}: cannot read image ({exc})") from None
+
+    def describe(self, i: int) -> str:
+        return self.records.describe(self.records.keys[i])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if self.train else i
+        return {"pixel_values": self.augment(self.raw_image(i), seed), "label": self.labels[i], "index": i}
+
+
+# ----------------------------------------------------------------------------- verification
+def find_unreadable(paths: Sequence[str], mode: str, threads: int = 2) -> list[str]:
+    """Paths PIL cannot open ("header") or fully decode ("full"); "none" checks nothing."""
+    if mode == "none":
+        return []
+    from PIL import Image
+
+    def bad(path: str) -> bool:
+        try:
+            if mode == "header":
+                with Image.open(path) as img:
+                    img.verify()
+            else:
+                decode_path(path)
+            return False
+        except Exception:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+            return True
+
+    # PIL releases the GIL while decoding, so threads overlap the work.
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        flags = list(pool.map(bad, paths, chunksize=64))
+    return [p for p, f in zip(paths, flags) if f]
+
+
+# ----------------------------------------------------------------------------- sources
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def split_dirs(root: Path) -> dict[str, Path] | None:
+    """{"train": root/train, ...} when root holds split folders rather than class folders."""
+    subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    found = {split: subdirs[n] for split, names in SPLIT_DIRS.items() for n in names if n in subdirs}
+    return found if "train" in found and len(found) == len(subdirs) else None
+
+
+def scan_image_folder(root: Path, declared: list[str] | None) -> dict[str, list[str]]:
+    """class name -> image paths. Missing or empty class folders are errors that
+    name them; folders outside ``declared`` are returned too (the caller applies the policy)."""
+    if not root.is_dir():
+        raise DataError(f"{root}: image folder not found")
+    classes = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    if not classes:
+        raise DataError(f"{root}: no class folders (expected {root}/<class name>/<image files>)")
+    missing = [c for c in (declared or []) if c not in classes]
+    if missing:
+        raise DataError(f"{root}: missing class folder(s) for declared label(s): {', '.join(missing)}")
+    files = {name: [str(p) for p in _image_files(folder)] for name, folder in classes.items()}
+    empty = [str(classes[n]) for n, f in files.items() if not f]
+    if empty:
+        raise DataError(f"{root}: empty class folder(s), no image files: {', '.join(empty)}")
+    return files
+
+
+def read_manifest(path: Path, path_column: str, label_column: str,
+                  drop_duplicates: bool = True) -> tuple[list[str], list[str], int]:
+    """(absolute paths, labels, duplicate rows dropped) from a CSV/JSONL/... manifest; a path
+    listed twice would otherwise count twice (and may land in two splits)."""
+    df = read_table(path)
+    require_columns(df, [path_column, label_column], str(path))
+    df = df.dropna(subset=[path_column, label_column])
+    before = len(df)
+    if drop_duplicates:
+        df = df.drop_duplicates(subset=[path_column])
+    base = path.parent
+    paths = [str(p if Path(p).is_absolute() else base / p) for p in df[path_column].astype(str)]
+    return paths, [str(v) for v in df[label_column]], before - len(df)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    magic = int.from_bytes(data[:4], "big")
+    if magic >> 8 != 0x08:  # 0x08 = unsigned byte data, the only type MNIST-style files use
+        raise DataError(f"{path}: not an unsigned-byte IDX file (magic {magic:#x})")
+    ndim = magic & 0xFF
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def is_idx_folder(root: Path) -> bool:
+    return root.is_dir() and any(root.glob(IDX_FILES["train"][0] + "*"))
+
+
+def read_idx_folder(root: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str] | None]:
+    """{"train": (images, labels), "test": ...} and the class names from labels.txt if present."""
+    out = {}
+    for split, (img_name, lbl_name) in IDX_FILES.items():
+        found = [next(iter(sorted(root.glob(n + "*"))), None) for n in (img_name, lbl_name)]
+        if all(found):
+            images, labels = _read_idx(found[0]), _read_idx(found[1])
+            if len(images) != len(labels):
+                raise DataError(f"{root}: {split} has {len(images)} images but {len(labels)} labels")
+            out[split] = (images, labels)
+    names_file = root / "labels.txt"
+    names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()] \
+        if names_file.is_file() else None
+    return out, names
+
+
+def load_hub(name: str, image_column: str, label_column: str):
+    """A Hugging Face image dataset's splits and its class names (ClassLabel), online only."""
+    import datasets
+
+    # "owner/dataset/config" or "owner/dataset" / "dataset": the config is a third part only.
+    parts = name.split("/")
+    repo, config = ("/".join(parts[:2]), parts[2]) if len(parts) > 2 else (name, None)
+    try:
+        dd = datasets.load_dataset(repo, config)
+    except Exception as exc:  # offline, unknown name, gated...
+        raise DataError(f"hub:{name}: cannot load dataset ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    first = next(iter(dd.values()))
+    for col in (image_column, label_column):
+        if col not in first.column_names:
+            raise DataError(f"hub:{name}: no column {col!r} (columns: {', '.join(first.column_names)})")
+    feature = first.features[label_column]
+    names = list(feature.names) if hasattr(feature, "names") else None
+    return dd, names
+
+
+class _HubLoader:
+    def __init__(self, split_ds, image_column: str, name: str) -> None:
+        self.ds, self.column, self.name = split_ds, image_column, name
+
+    def __call__(self, i: int) -> np.ndarray:
+        return to_rgb_array(self.ds[i][self.column])
+
+    def describe(self, i: int) -> str:
+        return f"hub:{self.name}[{i}]"
+
+
+def hub_records(split_ds, image_column: str, labels: list[Any], name: str) -> Records:
+    loader = _HubLoader(split_ds, image_column, name)
+    return Records(load=loader, describe=loader.describe, keys=list(range(len(labels))), labels=list(labels))
+
+
+def source_kind(source: str) -> str:
+    """"hub", "idx", "folder" or "manifest" for a resolved source string."""
+    if source.startswith("hub:"):
+        return "hub"
+    path = Path(source)
+    if is_idx_folder(path):
+        return "idx"
+    if path.is_dir():
+        return "folder"
+    if path.is_file() and table_suffix(path) in (".csv", ".tsv", ".json", ".jsonl", ".parquet"):
+        return "manifest"
+    if not path.exists():
+        raise DataError(f"{source}: data source not found")
+    raise DataError(f"{source}: not an image folder, IDX folder, manifest (.csv/.jsonl/...) or hub:NAME")

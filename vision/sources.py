@@ -1,0 +1,156 @@
+"""From a recipe's data section to cleaned, split, subsampled records with a data report.
+
+Order matters for cost: split and subsample first, then decode-check only the images kept, so a
+quick run on a big folder does not read every file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import numpy as np
+
+from omnitune.core.assets import resolve as resolve_asset
+from omnitune.core.data import stratified_split, stratified_subsample
+from omnitune.core.errors import DataError
+from omnitune.core.task import DataReport
+
+from .data import (Records, array_records, find_unreadable, hub_records, load_hub, path_records,
+                   read_idx_folder, read_manifest, scan_image_folder, source_kind, split_dirs)
+
+MAX_LISTED_BAD = 200  # unreadable paths listed in the report's notes, per split
+
+
+def load_raw_splits(source: str, *, declared: list[str] | None, path_column: str, image_column: str,
+                    label_column: str, report: DataReport, drop_duplicates: bool = True,
+                    ) -> tuple[dict[str, Records], list[str] | None]:
+    """{split: Records with class-name labels} as the source provides them, and the source's own
+    ordered class names when it has them (IDX labels.txt, a Hub ClassLabel)."""
+    resolved = resolve_asset(source)
+    kind = source_kind(resolved)
+    if kind == "hub":
+        name = resolved[len("hub:"):]
+        dd, names = load_hub(name, image_column, label_column)
+        out = {}
+        for split, ds in dd.items():
+            split = "validation" if split in ("val", "valid") else split
+            raw = list(ds[label_column])
+            labels = [names[int(v)] if names else str(v) for v in raw]
+            out[split] = hub_records(ds, image_column, labels, f"{name}/{split}")
+        if "train" not in out:
+            raise DataError(f"hub:{name}: no 'train' split (splits: {', '.join(dd)})")
+        return out, names
+    path = Path(resolved)
+    if kind == "idx":
+        splits, names = read_idx_folder(path)
+        if "train" not in splits:
+            raise DataError(f"{path}: IDX folder without train-images/train-labels files")
+        names = declared or names
+        out = {}
+        for split, (images, ids) in splits.items():
+            n_classes = int(ids.max()) + 1
+            if names is not None and len(names) < n_classes:
+                raise DataError(f"{path}: {split} has {n_classes} label ids but {len(names)} class names")
+            out[split] = array_records(images, [names[i] if names else str(i) for i in ids.tolist()],
+                                       f"{path.name}/{split}")
+        return out, names
+    if kind == "manifest":
+        paths, labels, dups = read_manifest(path, path_column, label_column, drop_duplicates)
+        report.drop("train", "duplicate path", dups)
+        return {"train": path_records(paths, labels)}, None
+    dirs = split_dirs(path) or {"train": path}
+    out = {}
+    for split, folder in dirs.items():
+        files = scan_image_folder(folder, declared if split == "train" else None)
+        paths = [p for cls in sorted(files) for p in files[cls]]
+        labels = [cls for cls in sorted(files) for _ in files[cls]]
+        out[split] = path_records(paths, labels)
+    return out, None
+
+
+def label_set(declared: list[str] | None, native: list[str] | None, train: Records, report: DataReport) -> list[str]:
+    if declared:
+        return list(declared)
+    if native:
+        return list(native)
+    names = sorted({str(v) for v in train.labels})
+    report.notes.append(f"labels not declared: using the {len(names)} classes seen in the training data")
+    return names
+
+
+def encode_labels(records: Records, names: list[str], policy: str, split: str, where: str,
+                  report: DataReport) -> Records:
+    """Class names -> ids; labels outside ``names`` stop the run ("error") or are dropped ("drop")."""
+    index = {n: i for i, n in enumerate(names)}
+    unknown = [i for i, v in enumerate(records.labels) if str(v) not in index]
+    if unknown and policy == "error":
+        seen = sorted({str(records.labels[i]) for i in unknown})
+        raise DataError(f"{where} ({split}): {len(unknown)} item(s) with label(s) outside data.labels: "
+                        f"{', '.join(seen[:10])} (set data.unknown_labels: drop to skip them)")
+    if unknown:
+        report.drop(split, "unknown label", len(unknown), [records.describe(records.keys[i]) for i in unknown])
+        keep = sorted(set(range(len(records.keys))) - set(unknown))
+        records = records.subset(keep)
+    return records.with_labels([index[str(v)] for v in records.labels])
+
+
+def drop_unreadable(records: Records, split: str, mode: str, report: DataReport) -> tuple[Records, int]:
+    """Decode-check file-backed records; drop and list the bad ones. Returns (kept, bad count)."""
+    if not records.from_files or mode == "none":
+        return records, 0
+    bad = set(find_unreadable(records.keys, mode))
+    if not bad:
+        return records, 0
+    listed = sorted(bad)
+    report.drop(split, "unreadable image", len(bad), listed)
+    more = f" (and {len(listed) - MAX_LISTED_BAD} more)" if len(listed) > MAX_LISTED_BAD else ""
+    report.notes.append(f"{split}: skipped {len(bad)} unreadable image(s): "
+                        f"{', '.join(listed[:MAX_LISTED_BAD])}{more}")
+    return records.subset([i for i, k in enumerate(records.keys) if k not in bad]), len(bad)
+
+
+def check_bad_share(bad: int, total: int, limit: float, report: DataReport) -> None:
+    if total and bad / total > limit:
+        examples = report.examples.get("unreadable image", [])
+        raise DataError(f"{bad} of {total} images ({bad / total:.1%}) are unreadable, above "
+                        f"data.max_unreadable_share={limit:.1%}; e.g. {', '.join(examples[:5])}")
+
+
+def split_and_subsample(splits: dict[str, Records], *, val_size: float, test_size: float,
+                        max_samples: int | None, max_eval_samples: int | None, seed: int,
+                        report: DataReport) -> dict[str, Records]:
+    """Fill in missing validation/test splits from train (seeded, stratified) and apply the caps."""
+    train = splits["train"]
+    out = dict(splits)
+    if "validation" not in out and "test" not in out:
+        rest, val, test = stratified_split(train.labels, [val_size, test_size], seed)
+        out.update(train=train.subset(rest), validation=train.subset(val), test=train.subset(test))
+        report.notes.append(f"validation and test split off the training data ({val_size:.0%} / {test_size:.0%}, "
+                            f"stratified, seed {seed})")
+    elif "validation" not in out:
+        rest, val = stratified_split(train.labels, [val_size], seed)
+        out.update(train=train.subset(rest), validation=train.subset(val))
+        report.notes.append(f"validation split off the training data ({val_size:.0%}, stratified, seed {seed})")
+    caps = {"train": max_samples, "validation": max_eval_samples, "test": max_eval_samples}
+    for split, cap in caps.items():
+        if cap is not None and split in out and len(out[split].keys) > cap:
+            keep = stratified_subsample(out[split].labels, cap, seed)
+            out[split] = out[split].subset(keep.tolist())
+            report.notes.append(f"{split}: stratified subset of {cap} samples (seed {seed})")
+    return out
+
+
+def label_counts(records: Records, names: list[str]) -> dict[str, int]:
+    counts = np.bincount(np.asarray(records.labels, dtype=int), minlength=len(names))
+    return {n: int(c) for n, c in zip(names, counts)}
+
+
+def merge_for_eval(splits: dict[str, Records]) -> Records:
+    """One evaluation set from a source: its test split when it has one, else everything."""
+    if "test" in splits:
+        return splits["test"]
+    if not all(r.from_files for r in splits.values()):  # arrays / Hub splits have separate loaders
+        return splits.get("validation") or splits["train"]
+    merged = None
+    for records in splits.values():
+        merged = records if merged is None else merged.concat(records)
+    return merged
