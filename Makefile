@@ -32,6 +32,7 @@ test-slow: install
 bench: install
 	$(PY) bench/text_vs_hf_trainer.py
 	$(PY) bench/vision_pipeline.py
+	$(PY) bench/speech_window.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,0 +1,353 @@
+"""Whisper speech recognition on the shared core: the ``speech-recognition`` task.
+
+Greedy decoding, WER/CER after one declared normaliser, a table of the worst utterances, and an
+optional short encoder window (``model.max_source_seconds``) for clips much shorter than 30 s.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from omnitune.core import assets
+from omnitune.core.errors import DataError, OmnituneError
+from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
+from omnitune.core.task import DataBundle, DataReport, LayerGroup
+
+from . import data as sdata
+from . import metrics as smetrics
+from .audio import SAMPLE_RATE, AudioProblem, load_clip
+from .augment import AugmentConfig
+from .model import (configure_language, load_whisper, save_model, set_encoder_window, set_feature_window,
+                    whisper_layer_groups)
+
+
+class SpeechModelConfig(ModelConfig):
+    # Language and task tokens for multilingual checkpoints ("english", "transcribe"); English-only
+    # checkpoints (*.en) have none: leave both unset.
+    language: str | None = None
+    task: Literal["transcribe", "translate"] | None = None
+    # Short encoder window in whole seconds (1-30): positions cut and features padded to it.
+    # None keeps the model's own window (30 s). Size it to the longest clip you keep.
+    max_source_seconds: int | None = Field(default=None, ge=1, le=30)
+    # Upper bound on generated tokens per utterance (greedy decoding).
+    max_new_tokens: int = Field(default=128, gt=0, le=440)
+
+
+class SpeechDataConfig(DataConfig):
+    # Transcript file inside a source folder; None looks for transcripts.{csv,jsonl,txt}, metadata.csv.
+    transcripts: str | None = None
+    # Folder that relative audio paths are resolved against; None: the transcript file's folder.
+    audio_dir: str | None = None
+    path_column: str = "path"
+    text_column: str = "text"
+    audio_column: str = "audio"  # Hub datasets
+    # Duration limits in seconds (clips outside are counted in the report, not as bad files).
+    min_seconds: float | None = Field(default=None, ge=0)
+    max_seconds: float | None = Field(default=None, gt=0)
+    # Seeded augmentation of training clips, applied in this order.
+    augment: list[AugmentConfig] = []
+    # Unusable files (unreadable, empty, silent, too long for the window, missing audio or
+    # transcript) above this share of all clips stop the run with a DataError.
+    max_bad_share: float = Field(default=0.2, ge=0, le=1)
+    # Applied identically to references and hypotheses (baseline and fine-tuned) before WER/CER.
+    normalizer: smetrics.NormalizerName = "whisper_english"
+
+    @model_validator(mode="after")
+    def _limits(self) -> "SpeechDataConfig":
+        if self.labels is not None:
+            raise ValueError("labels: speech recognition has transcripts, not labels (use text_column)")
+        if self.min_seconds is not None and self.max_seconds is not None and self.min_seconds >= self.max_seconds:
+            raise ValueError("min_seconds must be below max_seconds")
+        return self
+
+
+def _pad_labels(labels: list[list[int]]) -> torch.Tensor:
+    """Right-pad with -100: cross-entropy ignores those positions, so padding costs no loss."""
+    width = max(len(x) for x in labels)
+    out = torch.full((len(labels), width), -100, dtype=torch.long)
+    for i, x in enumerate(labels):
+        out[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+    return out
+
+
+def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
+    """Decoder inputs: <|startoftranscript|> then the labels, with -100 replaced by the pad id."""
+    dec = labels.new_full(labels.shape, pad_id)
+    dec[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad_id)
+    dec[:, 0] = start_id
+    return dec
+
+
+class SpeechRecognitionTask:
+    name: ClassVar[str] = "speech-recognition"
+    ModelConfig: ClassVar[type] = SpeechModelConfig
+    DataConfig: ClassVar[type] = SpeechDataConfig
+    main_metric: ClassVar[str] = "wer"
+    main_metric_mode: ClassVar[str] = "min"
+
+    def __init__(self, *, model: SpeechModelConfig, data: SpeechDataConfig,
+                 regularization: RegularizationConfig, seed: int) -> None:
+        self.model_cfg, self.data_cfg, self.seed = model, data, seed
+        self.label_smoothing = regularization.label_smoothing
+        self.label_names = None  # not a classification task
+        self._processor = None
+        self._gen_kwargs: dict[str, Any] = {}
+        self._window: float | None = None
+        self._max_label_tokens = 448
+        self._normalize = None
+
+    # ------------------------------------------------------------------ processor and model
+    @property
+    def model_path(self) -> str:
+        return assets.resolve(self.model_cfg.name)
+
+    @property
+    def processor(self):
+        if self._processor is None:
+            from transformers import GenerationConfig, WhisperConfig, WhisperProcessor
+
+            path, rev = self.model_path, self.model_cfg.revision
+            try:
+                processor = WhisperProcessor.from_pretrained(path, revision=rev)
+                config = WhisperConfig.from_pretrained(path, revision=rev)
+            except OSError as exc:
+                raise OmnituneError(f"model.name {self.model_cfg.name!r}: cannot load a Whisper processor ({exc})") from None
+            try:
+                gen = GenerationConfig.from_pretrained(path, revision=rev)
+            except OSError:  # a checkpoint without generation_config.json
+                gen = GenerationConfig.from_model_config(config)
+            self._use_processor(processor, config, gen)
+        return self._processor
+
+    def _use_processor(self, processor, config, generation_config) -> None:
+        model_window = config.max_source_positions / 50
+        seconds = self.model_cfg.max_source_seconds
+        if seconds is not None and seconds > model_window:
+            raise OmnituneError(f"model.max_source_seconds={seconds}: longer than the model's window ({model_window:g} s)")
+        if seconds is not None:
+            set_feature_window(processor.feature_extractor, seconds)
+        self._window = float(seconds or model_window)
+        self._max_label_tokens = config.max_target_positions - 4  # room for the prefix tokens
+        self._gen_kwargs = configure_language(generation_config, processor.tokenizer, self.model_cfg.language,
+                                              self.model_cfg.task)
+        spelling = getattr(processor.tokenizer, "english_spelling_normalizer", None)
+        self._normalize = smetrics.get_normalizer(self.data_cfg.normalizer, spelling)
+        self._processor = processor
+
+    @property
+    def normalize(self):
+        """The declared text normaliser (with the checkpoint's spelling table, if it ships one)."""
+        _ = self.processor
+        return self._normalize
+
+    @property
+    def window_seconds(self) -> float:
+        _ = self.processor
+        return self._window
+
+    def build_model(self) -> nn.Module:
+        processor = self.processor
+        model, _ = load_whisper(self.model_path, self.model_cfg.pretrained, self.model_cfg.revision)
+        if self.model_cfg.max_source_seconds is not None:
+            set_encoder_window(model, processor.feature_extractor, self.model_cfg.max_source_seconds)
+        return model
+
+    def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
+        return whisper_layer_groups(model)
+
+    # ------------------------------------------------------------------ data
+    def _utterances(self, source: str, report: DataReport, split: str) -> dict[str, list[sdata.Utterance]]:
+        """{split: utterances} of one source: Hub sources may bring their own splits."""
+        cfg = self.data_cfg
+        if source.startswith("hub:"):
+            return sdata.hub_utterances(source, None, cfg.audio_column, cfg.text_column, report)
+        path = Path(assets.resolve(source))
+        return {split: sdata.local_utterances(path, cfg.transcripts, cfg.audio_dir, cfg.path_column,
+                                              cfg.text_column, report, split)}
+
+    def _dataset(self, clips: list[sdata.Clip], augment: list) -> sdata.SpeechDataset:
+        return sdata.SpeechDataset(clips, self.processor.feature_extractor, self.processor.tokenizer, augment,
+                                   self.seed, self._max_label_tokens)
+
+    def _clean(self, utts, split: str, report: DataReport) -> list[sdata.Clip]:
+        cfg = self.data_cfg
+        return sdata.clean_clips(utts, split, report, self.normalize, self.window_seconds, cfg.min_seconds,
+                                 cfg.max_seconds)
+
+    def build_datasets(self) -> DataBundle:
+        cfg = self.data_cfg
+        report = DataReport(source=cfg.source)
+        found = self._utterances(cfg.source, report, "all")
+        aliases = {"valid": "validation", "dev": "validation", "val": "validation"}
+        found = {aliases.get(k, k): v for k, v in found.items()}
+        splits: dict[str, list[sdata.Utterance]] = {}
+        for name, extra in (("validation", cfg.validation_source), ("test", cfg.test_source)):
+            if extra:
+                splits[name] = [u for v in self._utterances(extra, report, name).values() for u in v]
+            elif name in found:
+                splits[name] = found[name]
+        pool = found.get("train") or [u for k, v in found.items() if k not in ("validation", "test") for u in v]
+        if "validation" not in splits or "test" not in splits:
+            cut = sdata.split_utterances(pool, cfg.val_size if "validation" not in splits else 0.0,
+                                         cfg.test_size if "test" not in splits else 0.0, self.seed)
+            pool = cut["train"]
+            splits.setdefault("validation", cut["validation"])
+            splits.setdefault("test", cut["test"])
+            report.notes.append(f"seeded utterance-level split (seed {self.seed}, val {cfg.val_size}, "
+                                f"test {cfg.test_size})")
+        splits["train"] = pool
+        clips = {name: self._clean(splits[name], name, report) for name in ("train", "validation", "test")}
+        sdata.check_bad_share(report, cfg.max_bad_share)
+        if cfg.max_samples:
+            clips["train"] = clips["train"][: cfg.max_samples]
+        if cfg.max_eval_samples:
+            clips["validation"] = clips["validation"][: cfg.max_eval_samples]
+            clips["test"] = clips["test"][: cfg.max_eval_samples]
+        for name, kept in clips.items():
+            if not kept:
+                raise DataError(f"{cfg.source}: no usable clips left in the {name} split (see the data report: "
+                                f"{report.dropped.get(name, {})})")
+            report.rows_kept[name] = len(kept)
+        report.notes.append(f"normaliser: {cfg.normalizer} ({smetrics.NORMALIZER_DESCRIPTIONS[cfg.normalizer]})")
+        report.notes.append(f"encoder window: {self.window_seconds:g} s; audio resampled to {SAMPLE_RATE} Hz")
+        hours = sum(len(c.wave) for c in clips["train"]) / SAMPLE_RATE / 3600
+        report.notes.append(f"training audio: {hours * 60:.1f} min; augmentation: "
+                            f"{[a.name for a in cfg.augment] or 'none'}")
+        train = self._dataset(clips["train"], list(cfg.augment))
+        return DataBundle(train=train, validation=self._dataset(clips["validation"], []),
+                          test=self._dataset(clips["test"], []), report=report, train_lengths=train.lengths())
+
+    def load_eval_dataset(self, source: str, label_names: list[str] | None) -> tuple[Any, DataReport]:
+        report = DataReport(source=source)
+        utts = [u for v in self._utterances(source, report, "eval").values() for u in v]
+        clips = self._clean(utts, "eval", report)
+        sdata.check_bad_share(report, self.data_cfg.max_bad_share)
+        if not clips:
+            raise DataError(f"{source}: no usable clips (see the data report: {report.dropped})")
+        return self._dataset(clips, []), report
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        # Every clip is already padded to the encoder window by the feature extractor.
+        return {"input_features": torch.from_numpy(np.stack([s["input_features"] for s in samples])),
+                "labels": _pad_labels([s["labels"] for s in samples]),
+                "texts": [s["text"] for s in samples], "names": [s["name"] for s in samples]}
+
+    # ------------------------------------------------------------------ forward and decoding
+    def forward(self, model: nn.Module, batch: dict[str, Any], train: bool) -> dict[str, Any]:
+        core = getattr(model, "module", model)
+        labels = batch["labels"]
+        dec_in = shift_right(labels, core.config.decoder_start_token_id, core.config.pad_token_id)
+        if train:  # through the (possibly DDP-wrapped) model, so gradients synchronise
+            logits = model(input_features=batch["input_features"], decoder_input_ids=dec_in).logits
+        else:
+            # Evaluation encodes once and reuses the encoder states for the loss and for decoding,
+            # inside the trainer's autocast (so it runs at the training precision).
+            encoded = core.model.encoder(batch["input_features"])
+            logits = core(encoder_outputs=encoded, decoder_input_ids=dec_in).logits
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                               ignore_index=-100, label_smoothing=self.label_smoothing)
+        out = {"loss": loss, "outputs": logits}
+        if not train:
+            out["generated"] = self.generate(model, encoder_outputs=encoded)
+        return out
+
+    @torch.no_grad()
+    def generate(self, model: nn.Module, input_features: torch.Tensor | None = None,
+                 encoder_outputs: Any = None) -> torch.Tensor:
+        """Greedy decoding (one beam, no sampling) from features or precomputed encoder states."""
+        from transformers.utils import logging as hf_logging
+
+        core = getattr(model, "module", model)
+        verbosity = hf_logging.get_verbosity()
+        # Whisper's generate warns on every call about settings it handles itself (no attention mask
+        # for fixed-length features, max_length next to max_new_tokens): expected here.
+        hf_logging.set_verbosity_error()
+        try:
+            inputs = {"input_features": input_features} if encoder_outputs is None else {"encoder_outputs": encoder_outputs}
+            return core.generate(**inputs, max_new_tokens=self.model_cfg.max_new_tokens, num_beams=1,
+                                 do_sample=False, **self._gen_kwargs)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        return [t.strip() for t in self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def predict_batch(self, model: nn.Module, batch: dict[str, Any], outputs: dict[str, Any]
+                      ) -> tuple[list[Any], list[Any]]:
+        """Normalised hypotheses and references (the normaliser is applied here, once)."""
+        ids = outputs.get("generated")
+        if ids is None:
+            ids = self.generate(model, batch["input_features"])
+        hyps = [self.normalize(t) for t in self.decode(ids)]
+        refs = [self.normalize(t) for t in batch["texts"]]
+        return hyps, refs
+
+    def compute_metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        """WER and CER in percent over already-normalised texts (see predict_batch)."""
+        return {"wer": smetrics.word_error_rate(references, predictions),
+                "cer": smetrics.char_error_rate(references, predictions)}
+
+    def report_extras(self, out_dir: Path, split: str, predictions: list[Any], references: list[Any],
+                      dataset: Any) -> list[str]:
+        names = list(getattr(dataset, "names", []))
+        if len(names) != len(predictions):
+            names = [str(i) for i in range(len(predictions))]
+        with open(out_dir / f"predictions_{split}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["name", "reference", "hypothesis", "errors", "reference_words"])
+            for n, r, h in zip(names, references, predictions):
+                e = smetrics.utterance_errors(r, h)
+                w.writerow([n, r, h, e["errors"], e["words"]])
+        worst = smetrics.worst_utterances(names, references, predictions, top=10)
+        table = smetrics.markdown_table(worst) if worst else "No errors."
+        block = (f"### Worst {split} utterances\n\nTexts after the normaliser `{self.data_cfg.normalizer}`: "
+                 f"{smetrics.NORMALIZER_DESCRIPTIONS[self.data_cfg.normalizer]}. All {split} predictions: "
+                 f"`predictions_{split}.csv`.\n\n{table}\n")
+        (out_dir / f"worst_utterances_{split}.md").write_text(block, encoding="utf-8")
+        return [block]
+
+    # ------------------------------------------------------------------ saving and inference
+    def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
+        save_model(getattr(model, "module", model), self.processor, Path(out_dir))
+
+    def load_pretrained(self, model_dir: Path) -> nn.Module:
+        from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
+
+        model_dir = Path(model_dir)
+        model = WhisperForConditionalGeneration.from_pretrained(model_dir)
+        processor = WhisperProcessor.from_pretrained(model_dir)
+        # The saved feature extractor already pads to the saved window; the recipe's window must agree.
+        self._use_processor(processor, model.config, GenerationConfig.from_pretrained(model_dir))
+        if self.model_cfg.max_source_seconds is None:
+            set_feature_window(processor.feature_extractor, int(model.config.max_source_positions // 50))
+            self._window = model.config.max_source_positions / 50
+        return model.eval()
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, inputs: list[str]) -> list[dict[str, Any]]:
+        """Transcribe audio files; a file that cannot be used gets an "error" instead of "text"."""
+        model.eval()
+        fe = self.processor.feature_extractor
+        out: list[dict[str, Any]] = []
+        for path in inputs:
+            try:
+                wave = load_clip(path, SAMPLE_RATE)
+            except AudioProblem as problem:
+                out.append({"input": path, "error": str(problem)})
+                continue
+            if len(wave) > fe.n_samples:
+                out.append({"input": path, "error": f"longer than the model window ({self.window_seconds:g} s)"})
+                continue
+            feats = fe(wave, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+            device = next(model.parameters()).device
+            text = self.decode(self.generate(model, feats.to(device)))[0]
+            out.append({"input": path, "text": text})
+        return out

@@ -1,0 +1,128 @@
+"""Seeded speech augmentation, declared in the recipe's ``data.augment`` list.
+
+Waveform transforms (noise, speed, telephone) run before feature extraction; SpecAugment masks
+the log-mel features after it. Every function takes an explicit ``numpy.random.Generator`` so a run
+is reproducible from its seed.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> noisy = add_noise(np.sin(np.arange(16000) / 5).astype("float32"), snr_db=10.0, rng=rng)
+>>> round(measured_snr_db(np.sin(np.arange(16000) / 5), noisy), 3)
+10.0
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from .audio import resample
+
+
+# ----------------------------------------------------------------------------- recipe schema
+class _Aug(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Share of training clips the transform is applied to.
+    prob: float = Field(default=0.5, ge=0, le=1)
+
+
+class NoiseAug(_Aug):
+    name: Literal["noise"]
+    # White noise at an SNR drawn uniformly from [min_snr_db, max_snr_db] (equal values: fixed SNR).
+    min_snr_db: float = 10.0
+    max_snr_db: float = 20.0
+
+
+class SpeedAug(_Aug):
+    name: Literal["speed"]
+    # Kaldi-style speed perturbation: 0.9/1.1 changes tempo and pitch by 10 %.
+    factors: list[Annotated[float, Field(gt=0.5, lt=2.0)]] = [0.9, 1.1]
+
+
+class TelephoneAug(_Aug):
+    name: Literal["telephone"]
+    # Resample through this rate: removes everything above rate/2 (4 kHz for an 8 kHz channel).
+    rate: int = Field(default=8000, ge=2000, le=16000)
+
+
+class SpecAugmentAug(_Aug):
+    name: Literal["specaugment"]
+    time_masks: int = Field(default=2, ge=0)
+    time_width: int = Field(default=40, ge=1)  # frames of 10 ms
+    freq_masks: int = Field(default=2, ge=0)
+    freq_width: int = Field(default=15, ge=1)  # mel bins
+
+
+AugmentConfig = Annotated[Union[NoiseAug, SpeedAug, TelephoneAug, SpecAugmentAug], Field(discriminator="name")]
+
+
+# ----------------------------------------------------------------------------- waveform transforms
+def measured_snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
+    noise = np.asarray(noisy, dtype=np.float64) - np.asarray(clean, dtype=np.float64)
+    return float(10 * np.log10(np.mean(np.square(clean, dtype=np.float64)) / np.mean(np.square(noise))))
+
+
+def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """Add white noise scaled so that signal power / noise power is exactly ``snr_db``."""
+    noise = rng.standard_normal(wave.shape)
+    signal_power = float(np.mean(np.square(wave, dtype=np.float64)))
+    noise_power = float(np.mean(np.square(noise)))
+    scale = np.sqrt(signal_power / (noise_power * 10 ** (snr_db / 10))) if noise_power > 0 else 0.0
+    return (wave + scale * noise).astype(np.float32)
+
+
+def speed_perturb(wave: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
+    """Play ``factor`` times faster: resample as if recorded at sample_rate * factor.
+    The length becomes about len / factor (that is the point of the transform)."""
+    return resample(wave, int(round(sample_rate * factor)), sample_rate)
+
+
+def telephone_band(wave: np.ndarray, sample_rate: int, rate: int = 8000) -> np.ndarray:
+    """Band-limit like a telephone channel by resampling down to ``rate`` and back; same length."""
+    narrow = resample(resample(wave, sample_rate, rate), rate, sample_rate)
+    if len(narrow) >= len(wave):
+        return narrow[: len(wave)]
+    return np.pad(narrow, (0, len(wave) - len(narrow)))
+
+
+def spec_augment(features: np.ndarray, rng: np.random.Generator, time_masks: int, time_width: int,
+                 freq_masks: int, freq_width: int, valid_frames: int | None = None) -> np.ndarray:
+    """Mask random time and mel-bin stripes of a (n_mels, frames) array with its mean value.
+    Time masks fall inside the first ``valid_frames`` frames (the speech, not the padding)."""
+    out = features.copy()
+    n_mels, frames = out.shape
+    valid = min(frames, valid_frames or frames)
+    fill = float(out[:, :valid].mean())
+    for _ in range(time_masks):
+        width = int(rng.integers(0, min(time_width, valid) + 1))
+        start = int(rng.integers(0, valid - width + 1))
+        out[:, start:start + width] = fill
+    for _ in range(freq_masks):
+        width = int(rng.integers(0, min(freq_width, n_mels) + 1))
+        start = int(rng.integers(0, n_mels - width + 1))
+        out[start:start + width, :] = fill
+    return out
+
+
+def augment_wave(wave: np.ndarray, augs: list, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
+    """Apply the waveform augmentations in recipe order, each with its probability."""
+    for aug in augs:
+        if isinstance(aug, SpecAugmentAug) or rng.random() >= aug.prob:
+            continue
+        if isinstance(aug, NoiseAug):
+            wave = add_noise(wave, float(rng.uniform(aug.min_snr_db, aug.max_snr_db)), rng)
+        elif isinstance(aug, SpeedAug):
+            wave = speed_perturb(wave, float(rng.choice(aug.factors)), sample_rate)
+        elif isinstance(aug, TelephoneAug):
+            wave = telephone_band(wave, sample_rate, aug.rate)
+    return wave
+
+
+def augment_features(features: np.ndarray, augs: list, rng: np.random.Generator, valid_frames: int) -> np.ndarray:
+    for aug in augs:
+        if isinstance(aug, SpecAugmentAug) and rng.random() < aug.prob:
+            features = spec_augment(features, rng, aug.time_masks, aug.time_width, aug.freq_masks,
+                                    aug.freq_width, valid_frames)
+    return features

@@ -1,0 +1,286 @@
+"""Speech data: transcript files, audio folders, Hub audio datasets; cleaning with a report.
+
+Sources (``data.source``):
+- a folder with a transcript file in it (``data.transcripts``, or the first of transcripts.csv,
+  transcripts.jsonl, transcripts.txt, metadata.csv found there);
+- a transcript file: CSV or JSONL with ``path_column`` and ``text_column``, or text lines
+  ``name: text`` (``;`` or ``#`` starts a comment; ``.gz`` is read too). Relative audio paths are
+  resolved against the transcript's folder (or ``data.audio_dir``); a name without a suffix is
+  tried as .wav, .flac, .ogg;
+- ``hub:DATASET[/CONFIG]``: a datasets audio dataset, its Audio column cast with decode=False and
+  decoded with soundfile (no FFmpeg / torchcodec needed).
+
+Every clip is decoded once, resampled to 16 kHz and checked. Unreadable, empty or silent files,
+clips longer than the model's window, missing audio files, audio files without a transcript and
+transcripts that are empty after normalisation are skipped and reported by file name.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from omnitune.core.errors import DataError
+from omnitune.core.task import DataReport
+
+from .audio import SAMPLE_RATE, AudioProblem, load_clip
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+TRANSCRIPT_NAMES = ("transcripts.csv", "transcripts.jsonl", "transcripts.txt", "metadata.csv")
+# Reasons that count towards the bad-file threshold (duration-limit filters are the user's choice).
+BAD_REASONS = ("unreadable", "empty", "silent", "longer than the model window", "missing audio file",
+               "audio without transcript", "empty transcript after normalisation")
+
+
+@dataclass
+class Utterance:
+    name: str  # what the report calls it: a relative path or a Hub row id
+    text: str
+    audio: str | bytes  # a file path or encoded bytes (Hub)
+
+
+@dataclass
+class Clip:
+    name: str
+    text: str
+    wave: np.ndarray  # float32, 16 kHz, mono
+
+
+# ----------------------------------------------------------------------------- transcript files
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def read_transcripts(path: Path, path_column: str, text_column: str) -> list[tuple[str, str]]:
+    """(audio name or path, text) pairs from a CSV, JSONL or ``name: text`` file."""
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    kind = suffixes[-1] if suffixes else ""
+    rows: list[tuple[str, str]] = []
+    with _open_text(path) as f:
+        if kind in (".csv", ".tsv"):
+            reader = csv.DictReader(f, delimiter="\t" if kind == ".tsv" else ",")
+            missing = {path_column, text_column} - set(reader.fieldnames or [])
+            if missing:
+                raise DataError(f"{path}: no column(s) {sorted(missing)} (columns: {reader.fieldnames}); "
+                                "set data.path_column / data.text_column")
+            rows = [(r[path_column], r[text_column] or "") for r in reader]
+        elif kind in (".jsonl", ".json"):
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    obj = json.loads(line)
+                    if path_column not in obj or text_column not in obj:
+                        raise DataError(f"{path}:{i}: needs keys {path_column!r} and {text_column!r}")
+                    rows.append((str(obj[path_column]), str(obj[text_column] or "")))
+        else:
+            for i, line in enumerate(f, 1):
+                line = line.strip()
+                if not line or line[0] in ";#":
+                    continue
+                name, sep, text = line.partition(":")
+                if not sep:
+                    raise DataError(f"{path}:{i}: expected 'name: text', got {line[:60]!r}")
+                rows.append((name.strip(), text.strip()))
+    return rows
+
+
+def _resolve_audio(root: Path, name: str) -> Path | None:
+    p = Path(name)
+    p = p if p.is_absolute() else root / p
+    if p.is_file():
+        return p
+    if not p.suffix or p.suffix.lower() not in AUDIO_SUFFIXES:
+        for suffix in AUDIO_SUFFIXES:
+            q = p.with_name(p.name + suffix)
+            if q.is_file():
+                return q
+    return None
+
+
+def local_utterances(source: Path, transcripts: str | None, audio_dir: str | None, path_column: str,
+                     text_column: str, report: DataReport, split: str) -> list[Utterance]:
+    """Utterances of a folder or transcript file; missing audio and untranscribed audio reported."""
+    if source.is_dir():
+        names = [transcripts] if transcripts else [n for n in TRANSCRIPT_NAMES if (source / n).is_file()][:1]
+        if not names or not (source / names[0]).is_file():
+            raise DataError(f"{source}: no transcript file (looked for {transcripts or ', '.join(TRANSCRIPT_NAMES)}); "
+                            "set data.transcripts")
+        table = source / names[0]
+    elif source.is_file():
+        table = source
+    else:
+        raise DataError(f"data source {source}: no such file or folder")
+    root = Path(audio_dir) if audio_dir and Path(audio_dir).is_absolute() else table.parent / (audio_dir or "")
+    out, missing, seen = [], [], set()
+    for name, text in read_transcripts(table, path_column, text_column):
+        path = _resolve_audio(root, name)
+        if path is None:
+            missing.append(name)
+            continue
+        seen.add(path.resolve())
+        out.append(Utterance(name=name, text=text, audio=str(path)))
+    report.drop(split, "missing audio file", len(missing), missing)
+    if source.is_dir():
+        # A folder source is the data set: audio in it that no transcript line names is reported,
+        # never guessed. (A transcript-file source may share its folder with other splits' files.)
+        orphans = sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                         if p.suffix.lower() in AUDIO_SUFFIXES and p.resolve() not in seen)
+        report.drop(split, "audio without transcript", len(orphans), orphans)
+    return out
+
+
+def hub_utterances(ref: str, split: str | None, audio_column: str, text_column: str,
+                   report: DataReport) -> dict[str, list[Utterance]]:
+    """``hub:DATASET[/CONFIG]`` -> utterances per split, audio kept as encoded bytes."""
+    import datasets
+
+    spec = ref.removeprefix("hub:")
+    parts = spec.split("/")
+    if Path(spec).exists() or len(parts) == 1:  # a local dataset folder, or a bare name
+        attempts = [(spec, None)]
+    elif len(parts) == 3:  # owner/name/config
+        attempts = [("/".join(parts[:2]), parts[2])]
+    else:  # "name/config" or "owner/name": try both, in that order
+        attempts = [(parts[0], parts[1]), (spec, None)] if len(parts) == 2 else [(spec, None)]
+    errors = []
+    for name, config in attempts:
+        try:
+            ds = datasets.load_dataset(name, config, split=split)
+            break
+        except Exception as exc:  # datasets raises many types (not found, no config, offline)
+            errors.append(f"{name}{'/' + config if config else ''}: {exc}")
+    else:
+        raise DataError(f"data.source {ref}: cannot load ({'; '.join(errors)})")
+    dd = {split or "all": ds} if isinstance(ds, datasets.Dataset) else dict(ds)
+    out: dict[str, list[Utterance]] = {}
+    for split_name, d in dd.items():
+        if audio_column not in d.column_names or text_column not in d.column_names:
+            raise DataError(f"{ref} [{split_name}]: needs columns {audio_column!r} and {text_column!r} "
+                            f"(has {d.column_names}); set data.audio_column / data.text_column")
+        d = d.cast_column(audio_column, datasets.Audio(decode=False))
+        utts = []
+        for i, row in enumerate(d):
+            audio = row[audio_column]
+            data = audio.get("bytes") or audio.get("path")
+            utts.append(Utterance(name=audio.get("path") or f"{split_name}/{i}", text=str(row[text_column] or ""),
+                                  audio=data))
+        out[split_name] = utts
+    return out
+
+
+# ----------------------------------------------------------------------------- splitting and cleaning
+def split_utterances(utts: list[Utterance], val_size: float, test_size: float, seed: int
+                     ) -> dict[str, list[Utterance]]:
+    """Seeded utterance-level split; the order of the source does not matter (sorted by name)."""
+    utts = sorted(utts, key=lambda u: u.name)
+    order = np.random.default_rng(seed).permutation(len(utts))
+    n_test = int(round(test_size * len(utts)))
+    n_val = int(round(val_size * len(utts)))
+    test = [utts[i] for i in order[:n_test]]
+    val = [utts[i] for i in order[n_test:n_test + n_val]]
+    train = [utts[i] for i in order[n_test + n_val:]]
+    return {"train": train, "validation": val, "test": test}
+
+
+def clean_clips(utts: Iterable[Utterance], split: str, report: DataReport, normalize: Callable[[str], str],
+                window_seconds: float, min_seconds: float | None, max_seconds: float | None) -> list[Clip]:
+    """Decode and check every clip; skipped ones are counted in the report by reason and name."""
+    kept: list[Clip] = []
+    skipped: dict[str, list[str]] = {}
+    utts = list(utts)
+    report.rows_read[split] = report.rows_read.get(split, 0) + len(utts)
+    for u in utts:
+        if not normalize(u.text):
+            skipped.setdefault("empty transcript after normalisation", []).append(u.name)
+            continue
+        try:
+            wave = load_clip(u.audio, SAMPLE_RATE)
+        except AudioProblem as problem:
+            skipped.setdefault(str(problem), []).append(u.name)
+            continue
+        seconds = len(wave) / SAMPLE_RATE
+        if seconds > window_seconds:
+            skipped.setdefault("longer than the model window", []).append(u.name)
+        elif max_seconds is not None and seconds > max_seconds:
+            skipped.setdefault("longer than data.max_seconds", []).append(u.name)
+        elif min_seconds is not None and seconds < min_seconds:
+            skipped.setdefault("shorter than data.min_seconds", []).append(u.name)
+        else:
+            kept.append(Clip(u.name, u.text, wave))
+    for reason, names in skipped.items():
+        report.drop(split, reason, len(names), names)
+    report.rows_kept[split] = len(kept)
+    return kept
+
+
+def check_bad_share(report: DataReport, max_bad_share: float) -> None:
+    """Raise DataError when the share of bad files (not duration-limit filters) is too high.
+    Transcripts without audio and audio without transcripts were dropped before splitting (split
+    "all"), so they are added to the rows read."""
+    read = sum(report.rows_read.values()) + sum(report.dropped.get("all", {}).values())
+    bad = sum(n for by_reason in report.dropped.values() for r, n in by_reason.items() if r in BAD_REASONS)
+    if read and bad / read > max_bad_share:
+        reasons = {r: n for by_reason in report.dropped.values() for r, n in by_reason.items() if r in BAD_REASONS}
+        examples = {r: report.examples.get(r, [])[:3] for r in reasons}
+        raise DataError(f"{report.source}: {bad} of {read} clips are unusable ({bad / read:.0%} > "
+                        f"data.max_bad_share={max_bad_share:.0%}): {reasons}, e.g. {examples}")
+
+
+# ----------------------------------------------------------------------------- the torch dataset
+class SpeechDataset:
+    """Clips -> {"input_features", "labels", "text", "name"}; augmentation only when ``augment``.
+
+    Augmentation is seeded per item and per draw (``seed``, index, how often the item was drawn),
+    so a run with the same seed and batch order sees the same augmented audio.
+    """
+
+    def __init__(self, clips: list[Clip], feature_extractor, tokenizer, augment: list, seed: int,
+                 max_label_tokens: int) -> None:
+        self.clips, self.feature_extractor, self.tokenizer = clips, feature_extractor, tokenizer
+        self.augment, self.seed, self.max_label_tokens = augment, seed, max_label_tokens
+        self._draws = [0] * len(clips)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.clips]
+
+    def lengths(self) -> list[int]:
+        """Audio lengths in milliseconds (for length-grouped batches)."""
+        return [len(c.wave) * 1000 // SAMPLE_RATE for c in self.clips]
+
+    def labels(self, text: str) -> list[int]:
+        # Whisper writes a space before the first word; the leading <|startoftranscript|> is what
+        # the model prepends itself when it shifts the labels right, so it is not a target.
+        ids = self.tokenizer(" " + text.strip()).input_ids
+        sot = self.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+        if ids and ids[0] == sot:
+            ids = ids[1:]
+        return ids[: self.max_label_tokens]
+
+    def __getitem__(self, index: int) -> dict:
+        from .augment import augment_features, augment_wave
+
+        clip = self.clips[index]
+        wave = clip.wave
+        rng = None
+        if self.augment:
+            rng = np.random.default_rng([self.seed, index, self._draws[index]])
+            self._draws[index] += 1
+            augmented = augment_wave(wave, self.augment, rng, SAMPLE_RATE)
+            # Slowing a clip down can push it past the window; cutting it would cut words that the
+            # labels still hold, so such a draw trains on the clean clip instead.
+            wave = augmented if len(augmented) <= self.feature_extractor.n_samples else wave
+        feats = self.feature_extractor(wave, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
+        if rng is not None:
+            valid = min(feats.shape[-1], len(wave) // self.feature_extractor.hop_length + 1)
+            feats = augment_features(feats, self.augment, rng, valid)
+        return {"input_features": feats.astype(np.float32), "labels": self.labels(clip.text),
+                "text": clip.text, "name": clip.name}
