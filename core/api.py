@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import assets
+from . import peft as peft_lib
 from .errors import OmnituneError, RecipeError
 from .recipe import BaseRecipe, apply_overrides, dump_recipe, load_recipe, read_yaml, validate_recipe
 from .registry import TASKS
@@ -66,6 +67,23 @@ def selection(recipe: BaseRecipe, task) -> tuple[str, str]:
     return metric, "min" if any(m in metric for m in _MIN_METRICS) else "max"
 
 
+def peft_kwargs(recipe: BaseRecipe) -> dict[str, Any]:
+    """The recipe's finetune.peft section as core.peft.apply_peft's keyword arguments."""
+    p = recipe.finetune.peft
+    return {"method": p.method, "r": p.r, "alpha": p.alpha, "dropout": p.dropout,
+            "target_modules": p.target_modules, "feedforward_modules": p.feedforward_modules,
+            "modules_to_save": p.modules_to_save, "adapter_name": p.adapter_name}
+
+
+def build_peft_model(recipe: BaseRecipe, task, model):
+    """Inject the recipe's adapter into ``model`` in place; returns peft's wrapper (or None)."""
+    if recipe.finetune.peft is None:
+        return None
+    if recipe.finetune.peft.quantize == "4bit":
+        peft_lib.quantize_4bit(model, task.layer_groups(model)[-1].modules)
+    return peft_lib.apply_peft(model, task.layer_groups(model)[-1].modules, **peft_kwargs(recipe))
+
+
 def _new_run_dir(recipe: BaseRecipe) -> Path:
     name = recipe.output.run_name or f"{recipe.name}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(recipe.output.dir) / name
@@ -108,6 +126,8 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
         rec = as_recipe(recipe, overrides if isinstance(overrides, list) else merged)
     if rec.train.threads:
         torch.set_num_threads(rec.train.threads)
+    if rec.finetune.peft is not None:  # QLoRA without a GPU fails here, before any work
+        peft_lib.check_quantization(rec.finetune.peft.quantize)
     seed_everything(rec.seed)
     task = build_task(rec)
     bundle = task.build_datasets()  # data errors surface before any run folder is made
@@ -117,6 +137,7 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     write_json(run_dir / "data_report.json", bundle.report.to_dict())
     seed_everything(rec.seed)
     model = task.build_model()
+    peft_model = build_peft_model(rec, task, model)  # None without finetune.peft; model trains either way
     metric, mode = selection(rec, task)
     trainer = Trainer(task, model, bundle, run_dir, seed=rec.seed, train=rec.train, optim=rec.optim,
                       sched=rec.sched, finetune=rec.finetune, regularization=rec.regularization,
@@ -141,6 +162,9 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     eval_seconds = time.perf_counter() - t_eval
     metrics.update(best_step=state.best_step, selected_by=metric, stop_reason=state.stop_reason,
                    steps=state.step, epochs_completed=state.epoch)
+    trainable, total = peft_lib.trainable_share(model)
+    metrics["parameters"] = {"trainable": trainable, "total": total, "trainable_share": round(trainable / total, 6),
+                             "peft": rec.finetune.peft.method if rec.finetune.peft else None}
     metrics["timing"] = {
         "train_seconds": round(state.train_seconds, 2),
         "train_samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
@@ -150,7 +174,11 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
         "device": str(trainer.accelerator.device), "samples_seen": state.samples_seen,
     }
     model_dir = run_dir / MODEL_DIR
-    task.save_pretrained(trainer.accelerator.unwrap_model(trainer.model), model_dir)
+    # A PEFT run saves the adapter only (peft's wrapper writes adapter_config + adapter weights).
+    task.save_pretrained(peft_model or trainer.accelerator.unwrap_model(trainer.model), model_dir)
+    if peft_model is not None and getattr(model, "config", None) is not None:
+        # The base's config (architecture, label names) beside the adapter documents what it adapts.
+        model.config.save_pretrained(model_dir)
     write_model_card(model_dir, recipe_name=rec.name, task=rec.task, base_model=rec.model.name,
                      base_origin=_asset_origin(rec.model.name), data_source=rec.data.source,
                      data_origin=_asset_origin(rec.data.source), metrics=metrics, recipe_yaml=dump_recipe(rec))
@@ -162,7 +190,7 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     return RunResult(run_dir=run_dir, metrics=metrics)
 
 
-def _load_run(run_dir: str | Path):
+def _load_run(run_dir: str | Path, adapter: str | None = None):
     run_dir = Path(run_dir)
     if not (run_dir / RECIPE_FILE).is_file():
         raise OmnituneError(f"{run_dir}: not a run folder (no {RECIPE_FILE})")
@@ -170,17 +198,35 @@ def _load_run(run_dir: str | Path):
         raise OmnituneError(f"{run_dir}: the run has no saved model yet (did it finish?)")
     rec = validate_recipe(read_yaml(run_dir / RECIPE_FILE), where=str(run_dir / RECIPE_FILE))
     task = build_task(rec)
+    if peft_lib.list_adapters(run_dir / MODEL_DIR):
+        return rec, task, load_adapter_model(rec, task, run_dir / MODEL_DIR, active=adapter)
     model = task.load_pretrained(run_dir / MODEL_DIR)
     return rec, task, model
 
 
-def evaluate(run_dir: str | Path, data: str | None = None, batch_size: int | None = None) -> dict[str, Any]:
-    """Evaluate a finished run's model on its test split, or on another file/folder (``data``)."""
+def load_adapter_model(rec: BaseRecipe, task, folder: Path, names: list[str] | None = None,
+                       active: str | None = None):
+    """The base model rebuilt as the run built it (same seed, same head size), with the adapters
+    saved in ``folder`` attached; returns peft's wrapper, which forwards like the task's model."""
+    seed_everything(rec.seed)
+    try:
+        base = task.build_model()
+    except OmnituneError:  # the task learns its label set from the data first
+        task.build_datasets()
+        seed_everything(rec.seed)
+        base = task.build_model()
+    return peft_lib.attach_adapters(base, folder, names, active)
+
+
+def evaluate(run_dir: str | Path, data: str | None = None, batch_size: int | None = None,
+             adapter: str | None = None) -> dict[str, Any]:
+    """Evaluate a finished run's model on its test split, or on another file/folder (``data``);
+    ``adapter`` picks one of several adapters saved in the run's model folder."""
     import torch
 
     from .trainer import evaluate_model, resolve_precision
 
-    rec, task, model = _load_run(run_dir)
+    rec, task, model = _load_run(run_dir, adapter)
     if data is not None:
         dataset, report = task.load_eval_dataset(data, getattr(task, "label_names", None))
     else:
@@ -200,7 +246,42 @@ def evaluate(run_dir: str | Path, data: str | None = None, batch_size: int | Non
             "data_report": report.to_dict()}
 
 
-def predict(run_dir: str | Path, inputs: list[str]) -> list[dict[str, Any]]:
+def merge_adapter(run_dir: str | Path, out_dir: str | Path, adapter: str | None = None) -> Path:
+    """Fold one adapter of a PEFT run (or adapter library) into the base weights and save the plain
+    model in the task's layout (loads without peft, as a full fine-tuning run's model does)."""
+    _, task, model = _load_run(run_dir, adapter)
+    task.save_pretrained(peft_lib.merge_adapter(model, adapter), Path(out_dir))
+    return Path(out_dir)
+
+
+def predict(run_dir: str | Path, inputs: list[str], adapter: str | None = None) -> list[dict[str, Any]]:
     """Predictions of a finished run's model for raw inputs (texts, or file paths for images/audio)."""
-    _, task, model = _load_run(run_dir)
+    _, task, model = _load_run(run_dir, adapter)
     return task.predict(model, list(inputs))
+
+
+def tune(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str] | None = None, *,
+         n_trials: int | None = None, timeout_s: float | None = None, storage: str | None = None,
+         study_dir: str | Path | None = None, callbacks: list[Callable] = (), enqueue: list[dict] = ()):
+    """Hyper-parameter search over the recipe's ``tune.space`` (see core/tune.py); arguments given
+    here win over the recipe's ``tune`` section. Re-running with the same study folder resumes."""
+    from .tune import check_space, run_study, study_dir_for
+
+    rec = as_recipe(recipe, overrides)
+    check_space(rec, rec.tune.space, where=f"recipe {rec.name}")
+    return run_study(rec, study_dir=Path(study_dir) if study_dir else study_dir_for(rec),
+                     storage=storage or rec.tune.storage, n_trials=n_trials or rec.tune.n_trials,
+                     timeout_s=timeout_s or rec.tune.timeout_s, train_fn=train,
+                     selection=selection(rec, build_task(rec)), callbacks=list(callbacks), enqueue=list(enqueue))
+
+
+def cross_validate(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str] | None = None, *,
+                   folds: int = 5, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Stratified K-fold cross-validation (see core/cv.py): each fold is a full run; returns the
+    per-fold test metrics and their mean and standard deviation."""
+    from .cv import run_cv
+
+    rec = as_recipe(recipe, overrides)
+    task = build_task(rec)
+    out = Path(out_dir) if out_dir else Path(rec.output.dir) / f"{rec.name}-cv{folds}-{datetime.now():%Y%m%d-%H%M%S}"
+    return run_cv(rec, folds, out, train_fn=train, main_metric=selection(rec, task)[0])

@@ -29,7 +29,7 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     from .api import evaluate
 
-    out = evaluate(args.run_dir, data=args.data, batch_size=args.batch_size)
+    out = evaluate(args.run_dir, data=args.data, batch_size=args.batch_size, adapter=args.adapter)
     print(json.dumps({"data": out["data"], "samples": out["samples"], "metrics": out["metrics"]}, indent=1))
     return 0
 
@@ -43,7 +43,7 @@ def _cmd_predict(args) -> int:
             inputs += [line.rstrip("\n") for line in f if line.strip()]
     if not inputs:
         raise SystemExit("omnitune predict: give INPUT arguments or --file")
-    for row in predict(args.run_dir, inputs):
+    for row in predict(args.run_dir, inputs, adapter=args.adapter):
         print(json.dumps(row))
     return 0
 
@@ -81,6 +81,58 @@ def _cmd_assets(args) -> int:
     return 0
 
 
+def _cmd_tune(args) -> int:
+    from .api import tune
+
+    result = tune(args.recipe, args.overrides, n_trials=args.n_trials, timeout_s=args.timeout,
+                  storage=args.storage, study_dir=args.study_dir)
+    print(f"best validation {result.metric}: {result.best_value:.4f} with {json.dumps(result.best_params)}")
+    print(f"study folder: {result.study_dir}  (report: {result.study_dir / 'tune_report.md'})")
+    return 0
+
+
+def _cmd_cv(args) -> int:
+    from .api import cross_validate
+
+    out = cross_validate(args.recipe, args.overrides, folds=args.folds, out_dir=args.out)
+    for key, v in out["summary"].items():
+        print(f"{key:<20} {v['mean']:.4f} ± {v['std']:.4f}")
+    print(f"cv folder: {out['cv_dir']}  (report: {out['cv_dir'] / 'cv_report.md'})")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .suite import run_suite
+
+    out = run_suite(args.suite, out_dir=args.out, only=args.only, validate_only=args.validate_only)
+    print(out)
+    return 0
+
+
+def _cmd_adapters(args) -> int:
+    from pathlib import Path
+
+    from . import peft as peft_lib
+    from .api import MODEL_DIR, RECIPE_FILE, merge_adapter
+
+    if args.action == "list":
+        for a in peft_lib.list_adapters(Path(args.folder) / MODEL_DIR) or peft_lib.list_adapters(Path(args.folder)):
+            print(f"{a['name']:<16} {a['method']:<5} r={a['r']}  {a['bytes'] / 1e6:.2f} MB  "
+                  f"targets={a['target_modules']}  head={a['modules_to_save']}")
+        return 0
+    if args.action == "add":
+        if not args.source:
+            raise SystemExit("omnitune adapters add LIBRARY RUN_DIR")
+        name = peft_lib.add_to_library(Path(args.folder), Path(args.source), RECIPE_FILE, MODEL_DIR, args.name)
+        print(f"added adapter {name!r} to {args.folder}")
+        return 0
+    # merge: base + one adapter folded into plain weights, saved in the task's full model layout
+    if not args.out:
+        raise SystemExit("omnitune adapters merge FOLDER --out DIR [--name ADAPTER]")
+    print(f"merged adapter {args.name or 'default'} into {merge_adapter(args.folder, args.out, args.name)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omnitune", description="Fine-tune pretrained text, vision and speech models from YAML recipes.")
@@ -97,13 +149,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--data", help="a file or folder to evaluate on instead of the run's test split")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--adapter", help="which adapter of a PEFT run or adapter library to evaluate")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="predict with a finished run's model")
     p.add_argument("run_dir")
     p.add_argument("inputs", nargs="*", help="texts (or image/audio paths for those tasks)")
     p.add_argument("--file", help="read one input per line from this file")
+    p.add_argument("--adapter", help="which adapter of a PEFT run or adapter library to use")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("tune", help="hyper-parameter search over the recipe's tune.space (Optuna)")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--n-trials", type=int, help="trial budget (finished trials of a resumed study count)")
+    p.add_argument("--timeout", type=float, help="time budget in seconds")
+    p.add_argument("--storage", help="Optuna database URL shared by several processes (default: SQLite in the study folder)")
+    p.add_argument("--study-dir", help="study folder (default: <output.dir>/<name>-tune); rerun to resume")
+    p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("cv", help="stratified K-fold cross-validation, each fold a full run")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--out", help="folder for folds, runs and the report")
+    p.set_defaults(func=_cmd_cv)
+
+    p = sub.add_parser("bench", help="run a benchmark suite (YAML list of recipes) and write a leaderboard")
+    p.add_argument("suite", help="suite file, e.g. bench/offline.yaml")
+    p.add_argument("--out", help="folder for the runs and the leaderboard")
+    p.add_argument("--only", nargs="*", help="run only these entries (by name)")
+    p.add_argument("--validate-only", action="store_true", help="check every entry's recipe, run nothing")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("adapters", help="PEFT adapters: list, add a run's adapter to a library, merge one into the base")
+    p.add_argument("action", choices=["list", "add", "merge"])
+    p.add_argument("folder", help="a PEFT run folder or an adapter library")
+    p.add_argument("source", nargs="?", help="add: the PEFT run whose adapter to add")
+    p.add_argument("--name", help="add: the adapter's name in the library; merge: which adapter")
+    p.add_argument("--out", help="merge: folder for the merged model")
+    p.set_defaults(func=_cmd_adapters)
 
     p = sub.add_parser("recipes", help="list the shipped recipes")
     p.set_defaults(func=_cmd_recipes)

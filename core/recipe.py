@@ -69,6 +69,30 @@ class DataConfig(Section):
 
 
 # ----------------------------------------------------------------------------- core sections
+class PeftSettings(Section):
+    """Parameter-efficient fine-tuning through the peft library (``finetune.peft``)."""
+
+    # lora: low-rank updates of the target layers. ia3: learned rescaling vectors (fewer
+    # parameters, usually a little below LoRA).
+    method: Literal["lora", "ia3"] = "lora"
+    # LoRA rank and scale (update = B @ A * alpha / r); r 8 / alpha 16 is the common start.
+    r: int = Field(default=8, gt=0)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    # Module names (suffixes) to adapt; None: per architecture (BERT query/value, Llama and
+    # Whisper q_proj/v_proj, otherwise every Linear/Conv2d outside the head).
+    target_modules: list[str] | None = None
+    # IA3 only: which target modules scale their input (feed-forward) rather than their output.
+    feedforward_modules: list[str] | None = None
+    # Modules trained in full beside the adapter; None: the task's head (last layer group) without
+    # norms and output embeddings, i.e. a new classifier trains, an LM head tied to the embeddings does not.
+    modules_to_save: list[str] | None = None
+    # QLoRA: 4-bit base weights through bitsandbytes; needs a CUDA GPU.
+    quantize: Literal["none", "4bit"] = "none"
+    # Several adapters can live on one base model; each is saved under its name.
+    adapter_name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+
+
 class FinetuneConfig(Section):
     # full: train everything. partial: freeze `freeze` globs and/or the first `freeze_layers`
     # layer groups. feature_extraction: train only the head (last layer group). gradual: start
@@ -84,9 +108,14 @@ class FinetuneConfig(Section):
     layer_decay: float | None = Field(default=None, gt=0, le=1)
     # A separate LR for the head (last layer group); None uses train.lr.
     head_lr: float | None = Field(default=None, gt=0)
+    # Parameter-efficient fine-tuning (LoRA, IA3, QLoRA); None trains the model's own weights.
+    peft: PeftSettings | None = None
 
     @model_validator(mode="after")
     def _combos(self) -> "FinetuneConfig":
+        if self.peft is not None and self.strategy != "full":
+            raise ValueError("finetune.peft sets what trains (the adapter and the head): "
+                             f"keep strategy 'full' (strategy is {self.strategy!r})")
         if self.strategy != "partial" and (self.freeze or self.freeze_layers):
             raise ValueError(
                 f"freeze/freeze_layers need strategy 'partial' (strategy is {self.strategy!r})"
@@ -176,6 +205,47 @@ class EvalConfig(Section):
     mode: Literal["max", "min"] | None = None
 
 
+class SearchParam(Section):
+    """One dimension of a hyper-parameter search; the key in ``tune.space`` is a dotted recipe field."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    # Sample on a log scale (learning rates, weight decay).
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "SearchParam":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical search parameter needs choices")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"a {self.type} search parameter needs low <= high")
+        elif self.log and self.low <= 0:
+            raise ValueError("log-scale search needs low > 0")
+        return self
+
+
+class TuneConfig(Section):
+    """Hyper-parameter search (``omnitune tune``) with Optuna."""
+
+    space: dict[str, SearchParam] = {}
+    # grid needs every parameter categorical or stepped; tpe is Bayesian (tree-structured Parzen).
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    n_trials: int | None = Field(default=20, gt=0)
+    # Stop starting new trials after this many seconds (a running trial finishes).
+    timeout_s: float | None = Field(default=None, gt=0)
+    # median: stop a trial whose intermediate validation metric is below the median of earlier
+    # trials at the same step; none: run every trial to the end.
+    pruner: Literal["median", "none"] = "median"
+    # Trials that run unpruned before pruning starts (the median needs something to compare with).
+    pruner_startup_trials: int = Field(default=2, ge=0)
+    # None: sqlite:///<run folder>/study.db. Any SQLAlchemy URL lets several processes share a study.
+    storage: str | None = None
+
+
 class OutputConfig(Section):
     dir: str = "runs"
     # None: "<recipe name>-<timestamp>".
@@ -197,6 +267,7 @@ class BaseRecipe(Section):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
+    tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
     def _cross_section(self) -> "BaseRecipe":

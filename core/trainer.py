@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
+from . import peft as peft_lib
 from .data import BatchOrder
 from .ema import EMA
 from .errors import OmnituneError, RecipeError, TrainingDiverged
@@ -124,12 +125,18 @@ class Trainer:
             self.unfreezer = GradualUnfreezer(model, self.groups, finetune.unfreeze_every, finetune.unfreeze_unit)
             frozen = self.unfreezer.frozen_ids()
             excluded: set[int] = set()  # gradual: every parameter is in the optimiser from the start
+        elif finetune.peft is not None:
+            # core.peft.apply_peft already froze the base: what trains is the adapter and the head.
+            frozen = {id(p) for p in model.parameters() if not p.requires_grad}
+            excluded = frozen
         else:
             frozen = frozen_parameter_ids(model, self.groups, finetune.strategy, finetune.freeze,
                                           finetune.freeze_layers)
             excluded = frozen
         apply_trainable(model, frozen)
         self.freeze_norm_stats = finetune.freeze_norm_stats
+        # PEFT checkpoints hold only the adapter (+ head, buffers): megabytes instead of the model.
+        self.adapter_names = peft_lib.checkpoint_names(model) if finetune.peft is not None else None
         groups = param_groups(model, self.groups, optim.weight_decay, train.lr, finetune.layer_decay,
                               finetune.head_lr, exclude_ids=excluded)
         optimizer = build_optimizer(groups, optim.name, train.lr, optim.betas, optim.eps, optim.momentum,
@@ -239,10 +246,18 @@ class Trainer:
         model = self._unwrapped
         ctx = self.ema.swapped_in(model) if (self.ema and not full) else nullcontext()
         with ctx:
-            ckpt.save_checkpoint(path, model, asdict(s), extra)
+            if self.adapter_names is None:
+                ckpt.save_checkpoint(path, model, asdict(s), extra)
+            else:
+                peft_lib.save_checkpoint(path, model, asdict(s), extra, self.adapter_names)
+
+    def _load(self, path: Path) -> tuple[dict, dict]:
+        if self.adapter_names is None:
+            return ckpt.load_checkpoint(path, self._unwrapped)
+        return peft_lib.load_checkpoint(path, self._unwrapped, self.adapter_names)
 
     def _resume(self, path: Path) -> None:
-        state, extra = ckpt.load_checkpoint(path, self._unwrapped)
+        state, extra = self._load(path)
         self.state = TrainerState(**state)
         self.optimizer.load_state_dict(extra["optimizer"])
         self.schedule.load_state_dict(extra["schedule"])
@@ -379,7 +394,7 @@ class Trainer:
         """Load the best checkpoint's weights (EMA weights when EMA is on) into the model."""
         best = self.ckpt_dir / "best"
         if best.exists():
-            ckpt.load_checkpoint(best, self._unwrapped)
+            self._load(best)
             if self.ema:  # the best weights are the averaged ones: evaluate them as they are
                 self.ema = None
 

@@ -1,0 +1,309 @@
+"""Parameter-efficient fine-tuning (LoRA, IA3, QLoRA) through the peft library, for every task.
+
+The adapter is injected *in place*: :func:`apply_peft` returns peft's ``PeftModel`` wrapper, and the
+trainer keeps training the task's own model object (``peft_model.get_base_model()``), which now holds
+the adapter layers. The task's layer groups, forward and metrics therefore work unchanged; the
+wrapper is used only to save and load adapter-only folders and to merge.
+
+Everything takes explicit arguments; :func:`peft_kwargs` in core/api.py's style turns the recipe's
+``finetune.peft`` section into them.
+
+>>> from transformers import BertConfig, BertForSequenceClassification
+>>> model = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=1,
+...     num_attention_heads=2, intermediate_size=64, vocab_size=50))
+>>> wrapped = apply_peft(model, [model.classifier], method="lora", r=4, alpha=8, dropout=0.0)
+>>> trainable_share(model)[0] < trainable_share(model)[1] / 4
+True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .errors import OmnituneError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+# Per-architecture LoRA targets where peft's own table has none (Whisper) or where ours differs.
+# Attention query/value projections are the original LoRA paper's choice and a sound default.
+_LORA_TARGETS = {
+    "bert": ["query", "value"],
+    "llama": ["q_proj", "v_proj"],
+    "whisper": ["q_proj", "v_proj"],
+}
+_IA3_TARGETS = {
+    "bert": (["key", "value", "output.dense"], ["output.dense"]),
+    "llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
+    "whisper": (["k_proj", "v_proj", "fc2"], ["fc2"]),
+}
+
+
+def check_quantization(quantize: str) -> None:
+    """QLoRA needs a CUDA GPU and bitsandbytes; say so before any data or model is loaded."""
+    if quantize == "none":
+        return
+    if not torch.cuda.is_available():
+        raise OmnituneError(
+            f"finetune.peft.quantize={quantize!r} (QLoRA) needs a CUDA GPU: bitsandbytes 4-bit weights do not "
+            "run on this machine's CPU. Use finetune.peft.quantize=none (plain LoRA) here.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise OmnituneError("finetune.peft.quantize='4bit' needs bitsandbytes: pip install 'omnitune[qlora]'") from None
+
+
+def quantize_4bit(model: nn.Module, head_modules: list[nn.Module]) -> None:
+    """QLoRA's base: every Linear outside the head (and the output embeddings) becomes a bitsandbytes
+    NF4 ``Linear4bit`` with bf16 compute; peft then puts LoRA on those layers. The weights are
+    quantised when the model moves to the GPU. Call :func:`check_quantization` first."""
+    import bitsandbytes as bnb
+
+    head = {id(m) for h in head_modules for m in h.modules()}
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear or id(child) in head or child is out_emb:
+                continue
+            q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                  compute_dtype=torch.bfloat16, quant_type="nf4")
+            q.weight = bnb.nn.Params4bit(child.weight.data.cpu(), requires_grad=False, quant_type="nf4")
+            if child.bias is not None:
+                q.bias = nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, child_name, q)
+    model.cuda()
+
+
+def _model_type(model: nn.Module) -> str | None:
+    config = getattr(model, "config", None)  # Hugging Face models carry one; timm/torchvision do not
+    return getattr(config, "model_type", None)
+
+
+def _module_names(model: nn.Module, modules: Iterable[nn.Module]) -> list[str]:
+    wanted = {id(m) for m in modules}
+    return [name for name, m in model.named_modules() if id(m) in wanted and name]
+
+
+def default_target_modules(model: nn.Module, head_modules: list[nn.Module], method: str) -> list[str]:
+    """The layers to adapt when the recipe lists none: per architecture, else every Linear and
+    (non-grouped) Conv2d outside the head, e.g. a ResNet's or EfficientNet's convolutions."""
+    kind = _model_type(model)
+    if method == "lora" and kind in _LORA_TARGETS:
+        return list(_LORA_TARGETS[kind])
+    if method == "ia3" and kind in _IA3_TARGETS:
+        return list(_IA3_TARGETS[kind][0])
+    head = {id(m) for h in head_modules for m in h.modules()}
+    names = [n for n, m in model.named_modules()
+             if id(m) not in head and (isinstance(m, nn.Linear)
+                                       or (isinstance(m, nn.Conv2d) and m.groups == 1))]
+    if not names:
+        raise OmnituneError(f"{type(model).__name__}: no Linear/Conv2d layers to adapt; list "
+                            "finetune.peft.target_modules")
+    return names
+
+
+def default_feedforward_modules(model: nn.Module, targets: list[str]) -> list[str]:
+    kind = _model_type(model)
+    if kind in _IA3_TARGETS and targets == _IA3_TARGETS[kind][0]:
+        return list(_IA3_TARGETS[kind][1])
+    return []
+
+
+def default_modules_to_save(model: nn.Module, head_modules: list[nn.Module]) -> list[str]:
+    """The task's head trains in full beside the adapter: a classifier sized for a new label set
+    starts random and an adapter cannot stand in for it. Norms stay as pretrained, and output
+    embeddings (an LM head, usually tied to the input embeddings) stay frozen too."""
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    norm_like = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+    keep = [m for m in head_modules
+            if any(True for _ in m.parameters()) and m is not out_emb
+            and not isinstance(m, norm_like) and "norm" not in type(m).__name__.lower()]
+    return _module_names(model, keep)
+
+
+def apply_peft(model: nn.Module, head_modules: list[nn.Module], *, method: str = "lora", r: int = 8,
+               alpha: float = 16.0, dropout: float = 0.05, target_modules: list[str] | None = None,
+               feedforward_modules: list[str] | None = None, modules_to_save: list[str] | None = None,
+               adapter_name: str = "default"):
+    """Inject an adapter into ``model`` in place, freeze the rest; returns peft's wrapper.
+
+    ``model`` itself keeps working as before (same forward, same layer groups) and is what trains.
+    """
+    from peft import IA3Config, LoraConfig, get_peft_model
+
+    targets = target_modules or default_target_modules(model, head_modules, method)
+    to_save = default_modules_to_save(model, head_modules) if modules_to_save is None else modules_to_save
+    if method == "lora":
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                            modules_to_save=to_save or None)
+    elif method == "ia3":
+        ff = default_feedforward_modules(model, targets) if feedforward_modules is None else feedforward_modules
+        config = IA3Config(target_modules=targets, feedforward_modules=ff, modules_to_save=to_save or None)
+    else:
+        raise OmnituneError(f"finetune.peft.method: unknown method {method!r}")
+    try:
+        # autocast_adapter_dtype keeps adapter weights fp32 when the base is bf16 (stable updates).
+        return get_peft_model(model, config, adapter_name=adapter_name)
+    except ValueError as exc:  # peft names the target modules it could not find
+        raise OmnituneError(f"finetune.peft: {exc}") from None
+
+
+def trainable_share(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; the frozen copy peft keeps of a saved module counts once."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+# ----------------------------------------------------------------------------- adapter-only checkpoints
+def checkpoint_names(model: nn.Module) -> set[str]:
+    """What an adapter-only checkpoint holds: the trainable parameters and every buffer (BatchNorm
+    statistics move in training even where weights are frozen; buffers are small)."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    names |= {n for n, _ in model.named_buffers()}
+    return names & set(model.state_dict())  # non-persistent buffers (position ids) are not saved
+
+
+def save_checkpoint(path: Path, model: nn.Module, trainer_state: dict[str, Any], extra: dict[str, Any] | None,
+                    names: set[str]) -> None:
+    """Like core.checkpoint.save_checkpoint (atomic folder), but only ``names`` from the state dict:
+    a LoRA checkpoint of a 135M model is megabytes, not half a gigabyte."""
+    from safetensors.torch import save_file
+
+    from .checkpoint import MODEL_FILE, STATE_FILE
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k in names}
+    save_file(state, str(tmp / MODEL_FILE), metadata={"omnitune": "adapter-only"})
+    (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
+    if extra:
+        torch.save(extra, tmp / "state.pt")
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load_checkpoint(path: Path, model: nn.Module, names: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load an adapter-only checkpoint into ``model`` (the base weights are already there)."""
+    from safetensors.torch import load_file
+
+    from .checkpoint import MODEL_FILE, STATE_FILE
+
+    path = Path(path)
+    state = load_file(str(path / MODEL_FILE))
+    if set(state) != names:
+        missing, unexpected = sorted(names - set(state))[:3], sorted(set(state) - names)[:3]
+        raise OmnituneError(f"{path}: checkpoint does not match the adapter (missing {missing}, unexpected "
+                            f"{unexpected}); was the recipe's finetune.peft changed?")
+    model.load_state_dict(state, strict=False)
+    trainer_state = json.loads((path / STATE_FILE).read_text())
+    extra_file = path / "state.pt"
+    extra = torch.load(extra_file, weights_only=False) if extra_file.exists() else {}
+    return trainer_state, extra
+
+
+# ----------------------------------------------------------------------------- adapter folders
+def list_adapters(folder: Path) -> list[dict[str, Any]]:
+    """Adapters saved in a folder: peft keeps "default" at the top and every other name in a
+    sub-folder. Returns name, method, rank, target modules and size on disk."""
+    folder = Path(folder)
+    found = []
+    candidates = [(folder, "default")] + [(d, d.name) for d in sorted(folder.iterdir()) if d.is_dir()] \
+        if folder.is_dir() else []
+    for where, name in candidates:
+        cfg_file = where / ADAPTER_CONFIG
+        if not cfg_file.is_file():
+            continue
+        cfg = json.loads(cfg_file.read_text())
+        weights = where / ADAPTER_WEIGHTS
+        found.append({"name": name, "path": str(where), "method": cfg.get("peft_type", "?").lower(),
+                      "r": cfg.get("r"), "target_modules": cfg.get("target_modules"),
+                      "modules_to_save": cfg.get("modules_to_save"),
+                      "bytes": weights.stat().st_size if weights.is_file() else 0})
+    return found
+
+
+def save_adapter(peft_model, out_dir: Path) -> None:
+    """Adapter-only files (adapter_config.json + adapter_model.safetensors) for every adapter."""
+    peft_model.save_pretrained(str(out_dir))
+
+
+def attach_adapters(base: nn.Module, folder: Path, names: list[str] | None = None, active: str | None = None):
+    """Load the adapters saved in ``folder`` onto ``base`` (built exactly as for training) and make
+    ``active`` (default: the first) the one in use. Returns the PeftModel."""
+    from peft import PeftModel
+
+    available = {a["name"]: a["path"] for a in list_adapters(folder)}
+    if not available:
+        raise OmnituneError(f"{folder}: no adapter found (no {ADAPTER_CONFIG})")
+    names = names or list(available)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise OmnituneError(f"{folder}: no adapter {unknown[0]!r} (adapters: {', '.join(available)})")
+    model = PeftModel.from_pretrained(base, available[names[0]], adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(available[name], adapter_name=name)
+    switch_adapter(model, active or names[0])
+    return model.eval()
+
+
+def switch_adapter(peft_model, name: str) -> None:
+    if name not in peft_model.peft_config:
+        raise OmnituneError(f"no adapter {name!r} loaded (loaded: {', '.join(peft_model.peft_config)})")
+    peft_model.set_adapter(name)
+
+
+def merge_adapter(peft_model, name: str | None = None) -> nn.Module:
+    """The base model with adapter ``name`` folded into its weights (no peft layers left)."""
+    if name is not None:
+        switch_adapter(peft_model, name)
+    return peft_model.merge_and_unload(adapter_names=[name] if name else None)
+
+
+def add_to_library(library: Path, run_dir: Path, recipe_file: str, model_dir: str, name: str | None = None) -> str:
+    """Copy a PEFT run's adapter into an adapter library (a folder laid out like a run: the first
+    run's recipe, and ``model/<name>/`` per adapter), so several adapters share one base model.
+
+    Adapters must come from runs on the same base model and model section; returns the name used.
+    """
+    import yaml
+
+    library, run_dir = Path(library), Path(run_dir)
+    adapters = list_adapters(run_dir / model_dir)
+    if not adapters:
+        raise OmnituneError(f"{run_dir}: the run saved no adapter (was finetune.peft set?)")
+    run_recipe = yaml.safe_load((run_dir / recipe_file).read_text())
+    src = adapters[0]
+    name = name or (src["name"] if src["name"] != "default" else run_recipe["name"])
+    lib_recipe = library / recipe_file
+    if lib_recipe.is_file():
+        lib_model = yaml.safe_load(lib_recipe.read_text())["model"]
+        if lib_model != run_recipe["model"]:
+            raise OmnituneError(f"{run_dir}: base model {run_recipe['model']} differs from the library's {lib_model}")
+    else:
+        library.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(run_dir / recipe_file, lib_recipe)
+    dest = library / model_dir
+    if (dest / name).exists():
+        raise OmnituneError(f"{library}: already has an adapter {name!r}; pass another --name")
+    dest.mkdir(exist_ok=True)
+    shutil.copytree(src["path"], dest / name, ignore=lambda d, files: [f for f in files if Path(d, f).is_dir()])
+    # Tokenizer, label names and other files that describe the base and the task come along once.
+    for f in (run_dir / model_dir).iterdir():
+        if f.is_file() and f.name not in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, "README.md") and not (dest / f.name).exists():
+            shutil.copy2(f, dest / f.name)
+    return name

@@ -1,0 +1,208 @@
+"""Hyper-parameter search with Optuna: ``omnitune tune RECIPE``.
+
+The recipe's ``tune.space`` maps dotted recipe fields to search dimensions; every trial is an
+ordinary run of the recipe with those fields overridden (so each sampled value goes through recipe
+validation) and is scored by its best validation value of the run's selection metric. Intermediate
+validation metrics go to Optuna after every evaluation, so a median pruner can stop poor trials.
+
+The study lives in ``<output.dir>/<name>-tune/study.db`` (SQLite) unless ``tune.storage`` names another
+database; running the same command again resumes it: finished and pruned trials are kept, and only
+the rest of the trial budget runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import OmnituneError, RecipeError
+from .recipe import BaseRecipe, SearchParam, TuneConfig, apply_overrides, dump_recipe, validate_recipe
+
+STUDY_FILE = "study.db"
+
+
+@dataclass
+class StudyResult:
+    study_dir: Path
+    best_params: dict[str, Any]
+    best_value: float
+    metric: str
+    direction: str
+    trials: list[dict[str, Any]]
+
+
+def grid_values(param: SearchParam) -> list[Any]:
+    """The values a grid search tries for one dimension."""
+    if param.type == "categorical":
+        return list(param.choices)
+    if param.step is None:
+        raise RecipeError("tune.sampler 'grid': float/int search parameters need a step (or use choices)")
+    values = np.arange(param.low, param.high + param.step / 2, param.step)
+    return [int(v) if param.type == "int" else float(v) for v in values]
+
+
+def suggest(trial, space: dict[str, SearchParam]) -> dict[str, Any]:
+    """Sample one value per dimension; the keys are the dotted recipe fields."""
+    out = {}
+    for key, p in space.items():
+        if p.type == "categorical":
+            out[key] = trial.suggest_categorical(key, p.choices)
+        elif p.type == "int":
+            out[key] = trial.suggest_int(key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+        else:
+            out[key] = trial.suggest_float(key, p.low, p.high, step=p.step, log=p.log)
+    return out
+
+
+def make_sampler(tune: TuneConfig, seed: int):
+    import optuna
+
+    if tune.sampler == "grid":
+        return optuna.samplers.GridSampler({k: grid_values(p) for k, p in tune.space.items()}, seed=seed)
+    if tune.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, tune.n_trials or 5))
+
+
+def make_pruner(tune: TuneConfig):
+    import optuna
+
+    if tune.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=tune.pruner_startup_trials, n_warmup_steps=0)
+
+
+class PruningCallback:
+    """A trainer callback (called after every optimiser step) that reports each new validation
+    evaluation to the Optuna trial and stops the run when the pruner says so."""
+
+    def __init__(self, trial, metric: str) -> None:
+        self.trial, self.metric, self.reported = trial, metric, 0
+
+    def __call__(self, trainer) -> None:
+        import optuna
+
+        evals = [h for h in trainer.state.history if f"val_{self.metric}" in h]
+        for h in evals[self.reported:]:
+            self.trial.report(float(h[f"val_{self.metric}"]), step=int(h["step"]))
+        self.reported = len(evals)
+        if evals and self.trial.should_prune():
+            trainer.log.event("pruned", step=trainer.state.step, trial=self.trial.number)
+            raise optuna.TrialPruned(f"pruned at step {trainer.state.step}")
+
+
+def check_space(recipe: BaseRecipe, space: dict[str, SearchParam], where: str) -> None:
+    """Every dimension names a real recipe field and each of its bounds/choices validates."""
+    if not space:
+        raise RecipeError(f"{where}: tune.space is empty: name at least one dotted field to search")
+    for key, p in space.items():
+        probes = p.choices if p.type == "categorical" else [p.low, p.high]
+        for value in probes:
+            value = int(value) if p.type == "int" else value
+            raw = apply_overrides(recipe.model_dump(mode="json"), {key: value})
+            validate_recipe(raw, where=f"{where}: tune.space.{key}={value!r}")
+
+
+def study_dir_for(recipe: BaseRecipe) -> Path:
+    return Path(recipe.output.dir) / f"{recipe.name}-tune"
+
+
+def run_study(recipe: BaseRecipe, *, study_dir: Path, storage: str | None, n_trials: int | None,
+              timeout_s: float | None, train_fn: Callable, selection: tuple[str, str],
+              callbacks: list[Callable] = (), enqueue: list[dict[str, Any]] = ()) -> StudyResult:
+    """Run (or resume) the study; ``train_fn(recipe, overrides, callbacks=...)`` runs one trial and
+    returns a RunResult. ``selection`` is (metric, "max"|"min") from the task."""
+    import optuna
+
+    tune = recipe.tune
+    metric, mode = selection
+    study_dir = Path(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    url = storage or f"sqlite:///{(study_dir / STUDY_FILE).resolve()}"
+    study = optuna.create_study(study_name=recipe.name, storage=url, load_if_exists=True,
+                                direction="maximize" if mode == "max" else "minimize",
+                                sampler=make_sampler(tune, recipe.seed), pruner=make_pruner(tune))
+    for params in enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=done_states))
+    remaining = None if n_trials is None else max(0, n_trials - done)
+
+    def objective(trial) -> float:
+        overrides = suggest(trial, tune.space)
+        overrides.update({"output.dir": str(study_dir / "trials"), "output.run_name": f"trial-{trial.number:03d}"})
+        trial.set_user_attr("run_dir", str(study_dir / "trials" / f"trial-{trial.number:03d}"))
+        t0 = time.perf_counter()
+        result = train_fn(recipe, overrides, callbacks=[PruningCallback(trial, metric), *callbacks])
+        trial.set_user_attr("train_seconds", round(time.perf_counter() - t0, 2))
+        value = float(result.metrics["validation"][metric])
+        if not math.isfinite(value):
+            raise optuna.TrialPruned(f"{metric} is {value}")
+        return value
+
+    if remaining != 0:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study.optimize(objective, n_trials=remaining, timeout=timeout_s, catch=())
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not completed:
+        raise OmnituneError(f"{study_dir}: no trial completed (all pruned or failed)")
+    rows = [{"number": t.number, "state": t.state.name, "value": t.value, **t.params,
+             "steps": (max(t.intermediate_values) if t.intermediate_values else None),
+             "seconds": t.user_attrs.get("train_seconds")} for t in study.get_trials(deepcopy=False)]
+    result = StudyResult(study_dir=study_dir, best_params=dict(study.best_params), best_value=float(study.best_value),
+                         metric=metric, direction=mode, trials=rows)
+    best = validate_recipe(apply_overrides(recipe.model_dump(mode="json"), result.best_params),
+                           where="best trial")
+    (study_dir / "best_recipe.yaml").write_text(dump_recipe(best))
+    write_tune_report(study, result)
+    return result
+
+
+def write_tune_report(study, result: StudyResult) -> Path:
+    """tune_report.md with the best settings, a trials table and the Optuna plots."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    out = result.study_dir
+    plots = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        for name, fn in (("optimization_history", ovm.plot_optimization_history),
+                         ("param_importances", ovm.plot_param_importances)):
+            try:
+                ax = fn(study)
+            except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. importances need 2+ completed trials
+                continue
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.tight_layout()
+            fig.savefig(out / f"{name}.png", dpi=100)
+            plt.close(fig)
+            plots.append(name)
+    keys = [k for k in result.trials[0] if k not in ("number", "state", "value", "steps", "seconds")] \
+        if result.trials else []
+    lines = [f"# Hyper-parameter search: {study.study_name}", "",
+             f"Best validation `{result.metric}` ({'higher' if result.direction == 'max' else 'lower'} is better): "
+             f"**{result.best_value:.4f}**", "", "Best settings (also in `best_recipe.yaml`):", ""]
+    lines += [f"- `{k}` = {v!r}" for k, v in result.best_params.items()]
+    lines += ["", "## Trials", "", "| # | state | " + " | ".join(keys) + f" | {result.metric} | last reported step | s |",
+              "|---|---|" + "---|" * len(keys) + "---|---|---|"]
+    for t in result.trials:
+        value = "" if t["value"] is None else f"{t['value']:.4f}"
+        params = " | ".join(f"{t.get(k):.4g}" if isinstance(t.get(k), float) else str(t.get(k)) for k in keys)
+        lines.append(f"| {t['number']} | {t['state']} | {params} | {value} | {t['steps'] or ''} | "
+                     f"{t['seconds'] or ''} |")
+    lines += [""] + [f"![{p}]({p}.png)" for p in plots]
+    path = out / "tune_report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
