@@ -33,6 +33,7 @@ bench: install
 	$(PY) bench/text_vs_hf_trainer.py
 	$(PY) bench/vision_pipeline.py
 	$(PY) bench/speech_window.py
+	$(PY) bench/peft_vs_full.py
 
 clean:
 	rm -rf runs .pytest_cache
