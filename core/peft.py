@@ -19,7 +19,6 @@ True
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterable
@@ -169,51 +168,6 @@ def checkpoint_names(model: nn.Module) -> set[str]:
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     names |= {n for n, _ in model.named_buffers()}
     return names & set(model.state_dict())  # non-persistent buffers (position ids) are not saved
-
-
-def save_checkpoint(path: Path, model: nn.Module, trainer_state: dict[str, Any], extra: dict[str, Any] | None,
-                    names: set[str]) -> None:
-    """Like core.checkpoint.save_checkpoint (atomic folder), but only ``names`` from the state dict:
-    a LoRA checkpoint of a 135M model is megabytes, not half a gigabyte."""
-    from safetensors.torch import save_file
-
-    from .checkpoint import MODEL_FILE, STATE_FILE
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k in names}
-    save_file(state, str(tmp / MODEL_FILE), metadata={"omnitune": "adapter-only"})
-    (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
-    if extra:
-        torch.save(extra, tmp / "state.pt")
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def load_checkpoint(path: Path, model: nn.Module, names: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load an adapter-only checkpoint into ``model`` (the base weights are already there)."""
-    from safetensors.torch import load_file
-
-    from .checkpoint import MODEL_FILE, STATE_FILE
-
-    path = Path(path)
-    state = load_file(str(path / MODEL_FILE))
-    if set(state) != names:
-        missing, unexpected = sorted(names - set(state))[:3], sorted(set(state) - names)[:3]
-        raise OmnituneError(f"{path}: checkpoint does not match the adapter (missing {missing}, unexpected "
-                            f"{unexpected}); was the recipe's finetune.peft changed?")
-    model.load_state_dict(state, strict=False)
-    trainer_state = json.loads((path / STATE_FILE).read_text())
-    extra_file = path / "state.pt"
-    extra = torch.load(extra_file, weights_only=False) if extra_file.exists() else {}
-    return trainer_state, extra
 
 
 # ----------------------------------------------------------------------------- adapter folders

@@ -246,15 +246,10 @@ class Trainer:
         model = self._unwrapped
         ctx = self.ema.swapped_in(model) if (self.ema and not full) else nullcontext()
         with ctx:
-            if self.adapter_names is None:
-                ckpt.save_checkpoint(path, model, asdict(s), extra)
-            else:
-                peft_lib.save_checkpoint(path, model, asdict(s), extra, self.adapter_names)
+            ckpt.save_checkpoint(path, model, asdict(s), extra, names=self.adapter_names)
 
     def _load(self, path: Path) -> tuple[dict, dict]:
-        if self.adapter_names is None:
-            return ckpt.load_checkpoint(path, self._unwrapped)
-        return peft_lib.load_checkpoint(path, self._unwrapped, self.adapter_names)
+        return ckpt.load_checkpoint(path, self._unwrapped, names=self.adapter_names)
 
     def _resume(self, path: Path) -> None:
         state, extra = self._load(path)

@@ -82,12 +82,7 @@ class CausalLMTask:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            try:
-                tok = AutoTokenizer.from_pretrained(self.model_path, revision=self.model_cfg.revision)
-            except OSError as exc:
-                raise OmnituneError(f"model.name: cannot load tokenizer for {self.model_cfg.name!r} ({exc})") from None
+            tok = tdata.load_tokenizer(self.model_cfg.name, self.model_path, self.model_cfg.revision)
             if tok.pad_token_id is None:  # padding positions are masked out of the loss anyway
                 tok.pad_token = tok.eos_token
             self._tokenizer = tok

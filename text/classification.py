@@ -82,12 +82,7 @@ class TextClassificationTask:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.model_path, revision=self.model_cfg.revision)
-            except OSError as exc:
-                raise OmnituneError(f"model.name: cannot load tokenizer for {self.model_cfg.name!r} ({exc})") from None
+            self._tokenizer = tdata.load_tokenizer(self.model_cfg.name, self.model_path, self.model_cfg.revision)
         return self._tokenizer
 
     def _num_labels(self) -> int:

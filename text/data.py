@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from omnitune.core.data import read_table, require_columns, stratified_split, stratified_subsample
-from omnitune.core.errors import DataError
+from omnitune.core.errors import DataError, OmnituneError
 from omnitune.core.task import DataReport
 
 HUB_PREFIX = "hub:"
@@ -155,6 +155,16 @@ def subsample(df, n: int | None, label_column: str, seed: int, stratify: bool):
         return df
     labels = df[label_column].astype(str).tolist() if stratify else ["all"] * len(df)
     return df.iloc[stratified_subsample(labels, n, seed)].reset_index(drop=True)
+
+
+def load_tokenizer(name: str, path: str, revision: str | None):
+    """The tokenizer of model ``name`` (resolved to ``path``), with a one-line error naming it."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, revision=revision)
+    except OSError as exc:
+        raise OmnituneError(f"model.name: cannot load tokenizer for {name!r} ({exc})") from None
 
 
 def tokenize_cached(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int,
