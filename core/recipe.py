@@ -357,9 +357,7 @@ def validate_recipe(raw: dict[str, Any], where: str = "recipe") -> BaseRecipe:
         raise RecipeError(f"{where}: task: required field is missing (known: {', '.join(TASKS.names())})")
     try:
         cls = recipe_class(task)
-    except RecipeError:
-        raise
-    except Exception as exc:  # unknown task name
+    except Exception as exc:  # unknown task name, or a task that fails to load
         raise RecipeError(f"{where}: task: {exc}") from None
     try:
         return cls.model_validate(raw)

@@ -118,6 +118,21 @@ def _split_fused(m: Ct2Model, src: str, dsts: list[str], out: dict, where: str) 
             out[f"{dst}.bias"] = pb.clone()
 
 
+def _self_attention(m: Ct2Model, src: str, dst: str, out: dict, where: str) -> None:
+    """A layer's self-attention block, the same in the encoder and the decoder."""
+    _split_fused(m, f"{src}/self_attention/linear_0",
+                 [f"{dst}.self_attn.q_proj", f"{dst}.self_attn.k_proj", f"{dst}.self_attn.v_proj"], out, where)
+    _linear(m, f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj", out)
+    _norm(m, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm", out)
+
+
+def _ffn(m: Ct2Model, src: str, dst: str, out: dict) -> None:
+    """A layer's feed-forward block, the same in the encoder and the decoder."""
+    _linear(m, f"{src}/ffn/linear_0", f"{dst}.fc1", out)
+    _linear(m, f"{src}/ffn/linear_1", f"{dst}.fc2", out)
+    _norm(m, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm", out)
+
+
 def _count_layers(m: Ct2Model, side: str) -> int:
     found = {int(x.group(1)) for n in m.variables if (x := re.match(rf"{side}/layer_(\d+)/", n))}
     return max(found) + 1 if found else 0
@@ -134,29 +149,19 @@ def ct2_to_state_dict(m: Ct2Model, where: str = "model.bin") -> dict[str, torch.
     _norm(m, "encoder/layer_norm", "model.encoder.layer_norm", sd)
     for i in range(_count_layers(m, "encoder")):
         s, d = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
-        _split_fused(m, f"{s}/self_attention/linear_0",
-                     [f"{d}.self_attn.q_proj", f"{d}.self_attn.k_proj", f"{d}.self_attn.v_proj"], sd, where)
-        _linear(m, f"{s}/self_attention/linear_1", f"{d}.self_attn.out_proj", sd)
-        _norm(m, f"{s}/self_attention/layer_norm", f"{d}.self_attn_layer_norm", sd)
-        _linear(m, f"{s}/ffn/linear_0", f"{d}.fc1", sd)
-        _linear(m, f"{s}/ffn/linear_1", f"{d}.fc2", sd)
-        _norm(m, f"{s}/ffn/layer_norm", f"{d}.final_layer_norm", sd)
+        _self_attention(m, s, d, sd, where)
+        _ffn(m, s, d, sd)
     sd["model.decoder.embed_tokens.weight"] = _t(m.get("decoder/embeddings/weight"))
     sd["model.decoder.embed_positions.weight"] = _t(m.get("decoder/position_encodings/encodings"))
     _norm(m, "decoder/layer_norm", "model.decoder.layer_norm", sd)
     for i in range(_count_layers(m, "decoder")):
         s, d = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        _split_fused(m, f"{s}/self_attention/linear_0",
-                     [f"{d}.self_attn.q_proj", f"{d}.self_attn.k_proj", f"{d}.self_attn.v_proj"], sd, where)
-        _linear(m, f"{s}/self_attention/linear_1", f"{d}.self_attn.out_proj", sd)
-        _norm(m, f"{s}/self_attention/layer_norm", f"{d}.self_attn_layer_norm", sd)
+        _self_attention(m, s, d, sd, where)
         _linear(m, f"{s}/attention/linear_0", f"{d}.encoder_attn.q_proj", sd)
         _split_fused(m, f"{s}/attention/linear_1", [f"{d}.encoder_attn.k_proj", f"{d}.encoder_attn.v_proj"], sd, where)
         _linear(m, f"{s}/attention/linear_2", f"{d}.encoder_attn.out_proj", sd)
         _norm(m, f"{s}/attention/layer_norm", f"{d}.encoder_attn_layer_norm", sd)
-        _linear(m, f"{s}/ffn/linear_0", f"{d}.fc1", sd)
-        _linear(m, f"{s}/ffn/linear_1", f"{d}.fc2", sd)
-        _norm(m, f"{s}/ffn/layer_norm", f"{d}.final_layer_norm", sd)
+        _ffn(m, s, d, sd)
     return sd
 
 
