@@ -76,12 +76,16 @@ def peft_kwargs(recipe: BaseRecipe) -> dict[str, Any]:
 
 
 def build_peft_model(recipe: BaseRecipe, task, model):
-    """Inject the recipe's adapter into ``model`` in place; returns peft's wrapper (or None)."""
+    """Inject the recipe's adapter into ``model`` in place; returns the adapter wrapper (or None)."""
     if recipe.finetune.peft is None:
         return None
+    groups = task.layer_groups(model)
     if recipe.finetune.peft.quantize == "4bit":
-        peft_lib.quantize_4bit(model, task.layer_groups(model)[-1].modules)
-    return peft_lib.apply_peft(model, task.layer_groups(model)[-1].modules, **peft_kwargs(recipe))
+        peft_lib.quantize_4bit(model, groups[-1].modules)
+    # Bottleneck adapters on a model without a per-architecture default go after each group between
+    # the stem and the head (a CNN's stages).
+    blocks = [m for g in groups[1:-1] for m in g.modules]
+    return peft_lib.apply_peft(model, groups[-1].modules, block_modules=blocks, **peft_kwargs(recipe))
 
 
 def _new_run_dir(recipe: BaseRecipe) -> Path:
@@ -240,7 +244,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, batch_size: int | Non
     def autocast():
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
-    metrics, _, _ = evaluate_model(task, model, dataset, batch_size or rec.train.eval_batch_size or 64, device,
+    metrics, _, _ = evaluate_model(task, peft_lib.task_model(model), dataset, batch_size or rec.train.eval_batch_size or 64, device,
                                    autocast)
     return {"data": data or "test split", "samples": len(dataset), "metrics": metrics,
             "data_report": report.to_dict()}
@@ -257,7 +261,7 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, adapter: str | None 
 def predict(run_dir: str | Path, inputs: list[str], adapter: str | None = None) -> list[dict[str, Any]]:
     """Predictions of a finished run's model for raw inputs (texts, or file paths for images/audio)."""
     _, task, model = _load_run(run_dir, adapter)
-    return task.predict(model, list(inputs))
+    return task.predict(peft_lib.task_model(model), list(inputs))
 
 
 def tune(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str] | None = None, *,

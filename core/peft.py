@@ -1,4 +1,5 @@
-"""Parameter-efficient fine-tuning (LoRA, IA3, QLoRA) through the peft library, for every task.
+"""Parameter-efficient fine-tuning for every task: LoRA, IA3 and QLoRA through the peft library,
+bottleneck adapters through core/bottleneck.py (peft has none; same interface and folder layout).
 
 The adapter is injected *in place*: :func:`apply_peft` returns peft's ``PeftModel`` wrapper, and the
 trainer keeps training the task's own model object (``peft_model.get_base_model()``), which now holds
@@ -26,6 +27,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from . import bottleneck
 from .errors import OmnituneError
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -90,10 +92,21 @@ def _module_names(model: nn.Module, modules: Iterable[nn.Module]) -> list[str]:
     return [name for name, m in model.named_modules() if id(m) in wanted and name]
 
 
-def default_target_modules(model: nn.Module, head_modules: list[nn.Module], method: str) -> list[str]:
+def default_target_modules(model: nn.Module, head_modules: list[nn.Module], method: str,
+                           block_modules: list[nn.Module] | None = None) -> list[str]:
     """The layers to adapt when the recipe lists none: per architecture, else every Linear and
-    (non-grouped) Conv2d outside the head, e.g. a ResNet's or EfficientNet's convolutions."""
+    (non-grouped) Conv2d outside the head, e.g. a ResNet's or EfficientNet's convolutions.
+    Bottleneck adapters go after attention and feed-forward outputs (per architecture), else after
+    each of ``block_modules`` (the task's layer groups between the stem and the head: CNN stages)."""
     kind = _model_type(model)
+    if method == "bottleneck":
+        if kind in bottleneck.DEFAULT_TARGETS:
+            return list(bottleneck.DEFAULT_TARGETS[kind])
+        names = _module_names(model, block_modules or [])
+        if not names:
+            raise OmnituneError(f"{type(model).__name__}: no default places for bottleneck adapters; list "
+                                "finetune.peft.target_modules")
+        return names
     if method == "lora" and kind in _LORA_TARGETS:
         return list(_LORA_TARGETS[kind])
     if method == "ia3" and kind in _IA3_TARGETS:
@@ -117,12 +130,14 @@ def default_feedforward_modules(model: nn.Module, targets: list[str]) -> list[st
 
 def default_modules_to_save(model: nn.Module, head_modules: list[nn.Module]) -> list[str]:
     """The task's head trains in full beside the adapter: a classifier sized for a new label set
-    starts random and an adapter cannot stand in for it. Norms stay as pretrained, and output
-    embeddings (an LM head, usually tied to the input embeddings) stay frozen too."""
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    starts random and an adapter cannot stand in for it. Norms stay as pretrained, and so do input
+    and output embeddings (an LM's or Whisper's head is the token embedding, tied or not: the
+    vocabulary is not new, and a trainable copy would be most of the model's size)."""
+    embeddings = [model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None,
+                  model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None]
     norm_like = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
     keep = [m for m in head_modules
-            if any(True for _ in m.parameters()) and m is not out_emb
+            if any(True for _ in m.parameters()) and not any(m is e for e in embeddings)
             and not isinstance(m, norm_like) and "norm" not in type(m).__name__.lower()]
     return _module_names(model, keep)
 
@@ -130,15 +145,19 @@ def default_modules_to_save(model: nn.Module, head_modules: list[nn.Module]) -> 
 def apply_peft(model: nn.Module, head_modules: list[nn.Module], *, method: str = "lora", r: int = 8,
                alpha: float = 16.0, dropout: float = 0.05, target_modules: list[str] | None = None,
                feedforward_modules: list[str] | None = None, modules_to_save: list[str] | None = None,
-               adapter_name: str = "default"):
-    """Inject an adapter into ``model`` in place, freeze the rest; returns peft's wrapper.
+               adapter_name: str = "default", block_modules: list[nn.Module] | None = None):
+    """Inject an adapter into ``model`` in place, freeze the rest; returns peft's wrapper (or
+    core's :class:`~.bottleneck.BottleneckModel`, which has the same interface).
 
     ``model`` itself keeps working as before (same forward, same layer groups) and is what trains.
     """
     from peft import IA3Config, LoraConfig, get_peft_model
 
-    targets = target_modules or default_target_modules(model, head_modules, method)
+    targets = target_modules or default_target_modules(model, head_modules, method, block_modules)
     to_save = default_modules_to_save(model, head_modules) if modules_to_save is None else modules_to_save
+    if method == "bottleneck":
+        return bottleneck.BottleneckModel(model, {"target_modules": targets, "r": r, "dropout": dropout,
+                                                  "modules_to_save": to_save}, adapter_name)
     if method == "lora":
         config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                             modules_to_save=to_save or None)
@@ -152,6 +171,12 @@ def apply_peft(model: nn.Module, head_modules: list[nn.Module], *, method: str =
         return get_peft_model(model, config, adapter_name=adapter_name)
     except ValueError as exc:  # peft names the target modules it could not find
         raise OmnituneError(f"finetune.peft: {exc}") from None
+
+
+def task_model(model: nn.Module) -> nn.Module:
+    """The task's own model inside an adapter wrapper (the adapters live in it, so it forwards with
+    the active one), or ``model`` itself: what task code such as forward and predict expects."""
+    return model.get_base_model() if hasattr(model, "peft_config") else model
 
 
 def trainable_share(model: nn.Module) -> tuple[int, int]:
@@ -208,7 +233,12 @@ def attach_adapters(base: nn.Module, folder: Path, names: list[str] | None = Non
     unknown = [n for n in names if n not in available]
     if unknown:
         raise OmnituneError(f"{folder}: no adapter {unknown[0]!r} (adapters: {', '.join(available)})")
-    model = PeftModel.from_pretrained(base, available[names[0]], adapter_name=names[0])
+    types = {json.loads((Path(available[n]) / ADAPTER_CONFIG).read_text()).get("peft_type") for n in names}
+    if bottleneck.PEFT_TYPE in types and len(types) > 1:
+        raise OmnituneError(f"{folder}: bottleneck adapters and peft adapters ({', '.join(sorted(types))}) cannot "
+                            "be attached to one model; pick them with --adapter from separate libraries")
+    loader = bottleneck.BottleneckModel if bottleneck.PEFT_TYPE in types else PeftModel
+    model = loader.from_pretrained(base, available[names[0]], adapter_name=names[0])
     for name in names[1:]:
         model.load_adapter(available[name], adapter_name=name)
     switch_adapter(model, active or names[0])

@@ -70,17 +70,21 @@ class DataConfig(Section):
 
 # ----------------------------------------------------------------------------- core sections
 class PeftSettings(Section):
-    """Parameter-efficient fine-tuning through the peft library (``finetune.peft``)."""
+    """Parameter-efficient fine-tuning (``finetune.peft``): LoRA/IA3/QLoRA through the peft
+    library, bottleneck adapters through core."""
 
     # lora: low-rank updates of the target layers. ia3: learned rescaling vectors (fewer
-    # parameters, usually a little below LoRA).
-    method: Literal["lora", "ia3"] = "lora"
+    # parameters, usually a little below LoRA). bottleneck: small residual MLPs inserted after
+    # layers (Houlsby adapters); they add layers, so they cannot be merged into the base.
+    method: Literal["lora", "ia3", "bottleneck"] = "lora"
     # LoRA rank and scale (update = B @ A * alpha / r); r 8 / alpha 16 is the common start.
+    # For bottleneck adapters r is the bottleneck width (32-64 is usual) and alpha is unused.
     r: int = Field(default=8, gt=0)
     alpha: float = Field(default=16.0, gt=0)
     dropout: float = Field(default=0.05, ge=0, lt=1)
-    # Module names (suffixes) to adapt; None: per architecture (BERT query/value, Llama and
-    # Whisper q_proj/v_proj, otherwise every Linear/Conv2d outside the head).
+    # Module names (suffixes) to adapt; None: per architecture (LoRA: BERT query/value, Llama and
+    # Whisper q_proj/v_proj, otherwise every Linear/Conv2d outside the head; bottleneck: after each
+    # attention output and feed-forward output, or after each CNN stage).
     target_modules: list[str] | None = None
     # IA3 only: which target modules scale their input (feed-forward) rather than their output.
     feedforward_modules: list[str] | None = None
@@ -92,6 +96,12 @@ class PeftSettings(Section):
     # Several adapters can live on one base model; each is saved under its name.
     adapter_name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
 
+    @model_validator(mode="after")
+    def _qlora_is_lora(self) -> "PeftSettings":
+        if self.quantize != "none" and self.method != "lora":
+            raise ValueError(f"quantize={self.quantize!r} is QLoRA: it needs method 'lora' (method is {self.method!r})")
+        return self
+
 
 class FinetuneConfig(Section):
     # full: train everything. partial: freeze `freeze` globs and/or the first `freeze_layers`
@@ -101,6 +111,7 @@ class FinetuneConfig(Section):
     freeze: list[str] = []
     freeze_layers: int = Field(default=0, ge=0)
     # Keep BatchNorm running statistics of frozen groups fixed (eval mode during training).
+    # Always on under finetune.peft: the base, statistics included, stays as pretrained.
     freeze_norm_stats: bool = False
     unfreeze_every: int = Field(default=1, gt=0)
     unfreeze_unit: Literal["epoch", "step"] = "epoch"

@@ -134,7 +134,9 @@ class Trainer:
                                           finetune.freeze_layers)
             excluded = frozen
         apply_trainable(model, frozen)
-        self.freeze_norm_stats = finetune.freeze_norm_stats
+        # A PEFT run keeps the whole base as pretrained, norm statistics included, so the adapter-only
+        # folder (adapter + head) describes the trained model exactly.
+        self.freeze_norm_stats = finetune.freeze_norm_stats or finetune.peft is not None
         # PEFT checkpoints hold only the adapter (+ head, buffers): megabytes instead of the model.
         self.adapter_names = peft_lib.checkpoint_names(model) if finetune.peft is not None else None
         groups = param_groups(model, self.groups, optim.weight_decay, train.lr, finetune.layer_decay,

@@ -174,13 +174,19 @@ def resolve_preprocessing(name: str, pretrained: bool) -> Preprocessing:
 # ----------------------------------------------------------------------------- saving
 def save_folder(model: nn.Module, out_dir: Path, *, architecture: str, label_names: list[str],
                 data_config: Preprocessing, extra: dict[str, Any] | None = None) -> None:
-    """model.safetensors + config.json: everything :func:`load_folder` needs, no pickles."""
+    """model.safetensors + config.json: everything :func:`load_folder` needs, no pickles.
+
+    A PEFT wrapper (it has ``peft_config``) saves its adapter-only files instead of model.safetensors;
+    the base is rebuilt from the recipe when the run is loaded."""
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    # clone(): safetensors refuses tensors that share storage (e.g. tied or viewed weights).
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(out_dir / "model.safetensors"))
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(str(out_dir))
+    else:
+        # clone(): safetensors refuses tensors that share storage (e.g. tied or viewed weights).
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(out_dir / "model.safetensors"))
     dc = asdict(data_config)
     dc["input_size"] = [3, data_config.input_size, data_config.input_size]
     config = {"omnitune_task": "image-classification", "architecture": architecture,

@@ -1,4 +1,7 @@
-"""PEFT: only adapter parameters train, adapter-only save/load, resume, merge, switching, QLoRA error."""
+"""PEFT: only adapter parameters train, adapter-only save/load, resume, merge, switching, QLoRA error.
+
+LoRA and IA3 come through peft, bottleneck adapters through core/bottleneck.py; the tests that are
+parametrised over the method hold both to the same contract."""
 
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from omnitune.core.trainer import Interrupted
 from ..conftest import make_tokenizer_and_model, text_recipe, write_recipe
 
 LORA = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
+BOTTLENECK = {"method": "bottleneck", "r": 8, "dropout": 0.0}
+METHODS = {"lora": LORA, "bottleneck": BOTTLENECK}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +45,7 @@ def _run(tmp_path, base, reviews_csv, name, peft=LORA, callbacks=(), **sections)
     return train(write_recipe(tmp_path / f"{name}.yaml", recipe), callbacks=list(callbacks))
 
 
-@pytest.mark.parametrize("method", ["lora", "ia3"])
+@pytest.mark.parametrize("method", ["lora", "ia3", "bottleneck"])
 def test_only_adapter_and_head_parameters_change(tmp_path, base, reviews_csv, method):
     seen = {}
 
@@ -49,28 +54,53 @@ def test_only_adapter_and_head_parameters_change(tmp_path, base, reviews_csv, me
             seen["model"] = trainer._unwrapped
             seen["start"] = {n: p.detach().clone() for n, p in trainer._unwrapped.named_parameters()}
 
-    peft = {"method": method} if method == "ia3" else LORA
+    peft = {"method": method} if method == "ia3" else METHODS[method]
     result = _run(tmp_path, base, reviews_csv, method, peft=peft, callbacks=[snapshot_after_first_step])
     model, start = seen["model"], seen["start"]
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), start[n])}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    marker = "lora_" if method == "lora" else "ia3_"
+    marker = {"lora": "lora_", "ia3": "ia3_", "bottleneck": "omnitune_bottleneck"}[method]
+    # The new head trains beside the adapter: peft trains a copy of it ("modules_to_save"), core's
+    # bottleneck adapters train it in place.
+    head = ("modules_to_save",) if method != "bottleneck" else ("classifier.", "bert.pooler.")
     assert changed, "training changed nothing"
     assert changed <= trainable
-    # The trainable set is the adapter plus the new head (peft's copy of it, "modules_to_save").
-    assert all(marker in n or "modules_to_save" in n for n in trainable), sorted(trainable)[:5]
-    assert any(marker in n for n in changed) and any("modules_to_save" in n for n in changed)
+    assert all(marker in n or n.startswith(head) or any(h in n for h in head) for n in trainable), sorted(trainable)[:5]
+    assert any(marker in n for n in changed) and any(any(h in n for h in head) for n in changed)
     # The base's attention/FFN weights are the pretrained ones from the folder (never updated).
     original = load_file(str(base / "model.safetensors"))
     key = "encoder.layer.0.attention.self.value.weight"
-    frozen = dict(model.named_parameters())[f"bert.{key.replace('.weight', '.base_layer.weight')}"]
-    torch.testing.assert_close(frozen.detach(), original["bert." + key], rtol=0, atol=0)
+    name = f"bert.{key.replace('.weight', '.base_layer.weight')}" if method != "bottleneck" else f"bert.{key}"
+    torch.testing.assert_close(dict(model.named_parameters())[name].detach(), original["bert." + key], rtol=0, atol=0)
     share = result.metrics["parameters"]
     assert 0 < share["trainable"] < share["total"] / 3 and share["peft"] == method
 
 
-def test_adapter_only_save_load_round_trip(tmp_path, base, reviews_csv):
-    result = _run(tmp_path, base, reviews_csv, "rt")
+def test_fresh_bottleneck_adapter_is_the_identity_and_sits_after_attention_and_ffn():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                                    intermediate_size=32, vocab_size=30)).eval()
+    ids = torch.randint(0, 30, (2, 7))
+    before = bert(input_ids=ids).logits
+    hidden = bert.bert(input_ids=ids).last_hidden_state
+    wrapped = peft_lib.apply_peft(bert, [bert.bert.pooler, bert.classifier], **BOTTLENECK)
+    sites = sorted(n for n, m in bert.named_modules() if n.endswith(".omnitune_bottleneck"))
+    assert len(sites) == 4  # 2 layers x (attention output, feed-forward output)
+    assert {s.split(".")[-3] for s in sites} == {"output"} and sum("attention" in s for s in sites) == 2
+    torch.testing.assert_close(wrapped(input_ids=ids).logits, before, rtol=0, atol=0)
+    # Once the adapter's weights move away from their start, it changes what the model computes.
+    with torch.no_grad():
+        for n, p in bert.named_parameters():
+            if "omnitune_bottleneck" in n and n.endswith("weight"):
+                p.normal_(std=0.5)
+    assert (bert.bert(input_ids=ids).last_hidden_state - hidden).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_adapter_only_save_load_round_trip(tmp_path, base, reviews_csv, method):
+    result = _run(tmp_path, base, reviews_csv, "rt", peft=METHODS[method])
     model_dir = result.run_dir / "model"
     assert (model_dir / "adapter_model.safetensors").is_file() and not (model_dir / "model.safetensors").exists()
     full_size = (base / "model.safetensors").stat().st_size
@@ -106,9 +136,10 @@ def test_merged_model_matches_base_plus_adapter(tmp_path, base, reviews_csv):
     torch.testing.assert_close(_logits(merged, task, texts), with_adapter, atol=1e-5, rtol=1e-5)
 
 
-def test_resumed_lora_run_matches_uninterrupted(tmp_path, base, reviews_csv):
-    # LoRA dropout on, so the resumed run must restore the RNG to agree.
-    peft = {**LORA, "dropout": 0.1}
+@pytest.mark.parametrize("method", METHODS)
+def test_resumed_adapter_run_matches_uninterrupted(tmp_path, base, reviews_csv, method):
+    # Adapter dropout on, so the resumed run must restore the RNG to agree.
+    peft = {**METHODS[method], "dropout": 0.1}
     sections = {"train": {"epochs": 2, "eval_every": 5}}
     full = _run(tmp_path, base, reviews_csv, "full", peft=peft, **sections)
 
@@ -121,13 +152,14 @@ def test_resumed_lora_run_matches_uninterrupted(tmp_path, base, reviews_csv):
     resumed = train(None, resume=err.value.run_dir)
     a = load_file(str(full.run_dir / "model" / "adapter_model.safetensors"))
     b = load_file(str(resumed.run_dir / "model" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys() and any("lora_A" in k for k in a)
+    assert a.keys() == b.keys() and any(("lora_A" if method == "lora" else "down.weight") in k for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     assert resumed.metrics["test"]["loss"] == pytest.approx(full.metrics["test"]["loss"], abs=1e-6)
 
 
-def test_adapter_library_switching(tmp_path, base, reviews_csv, capsys):
+@pytest.mark.parametrize("method", METHODS)
+def test_adapter_library_switching(tmp_path, base, reviews_csv, capsys, method):
     # Two adapters on one base: one trained on the labels as they are, one on swapped labels.
     import pandas as pd
 
@@ -135,9 +167,9 @@ def test_adapter_library_switching(tmp_path, base, reviews_csv, capsys):
     frame = pd.read_csv(reviews_csv)
     frame["label"] = frame["label"].map({"pos": "neg", "neg": "pos"})
     frame.to_csv(swapped, index=False)
-    a = _run(tmp_path, base, reviews_csv, "plain", peft={**LORA, "adapter_name": "plain"})
+    a = _run(tmp_path, base, reviews_csv, "plain", peft={**METHODS[method], "adapter_name": "plain"})
     # Unlearning the base's sentiment takes more than keeping it: all rows, 4 epochs, a higher LR.
-    recipe = text_recipe(base, swapped, tmp_path, finetune={"peft": {**LORA, "adapter_name": "swapped"}},
+    recipe = text_recipe(base, swapped, tmp_path, finetune={"peft": {**METHODS[method], "adapter_name": "swapped"}},
                          train={"epochs": 4, "lr": 1e-2})
     recipe["output"]["run_name"] = "swapped"
     b = train(write_recipe(tmp_path / "swapped.yaml", recipe))
@@ -163,6 +195,15 @@ def test_adapter_library_switching(tmp_path, base, reviews_csv, capsys):
     acc_plain = evaluate(lib, adapter="plain")["metrics"]["accuracy"]
     acc_swapped = evaluate(lib, adapter="swapped")["metrics"]["accuracy"]
     assert acc_plain > 0.8 > 0.2 > acc_swapped
+
+
+def test_bottleneck_merge_is_a_clear_error_that_writes_nothing(tmp_path, base, reviews_csv, capsys):
+    result = _run(tmp_path, base, reviews_csv, "bn", peft=BOTTLENECK, train={"epochs": 1})
+    out = tmp_path / "merged"
+    assert cli_main(["adapters", "merge", str(result.run_dir), "--out", str(out)]) != 0
+    assert "no base weights" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(OmnituneError, match="needs method .lora."):
+        _run(tmp_path, base, reviews_csv, "q", peft={**BOTTLENECK, "quantize": "4bit"})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without a CUDA GPU")
@@ -197,3 +238,7 @@ def test_default_targets_per_architecture():
     conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 3, groups=4), torch.nn.Flatten(),
                                torch.nn.Linear(4, 2))
     assert peft_lib.default_target_modules(conv, [conv[3]], "lora") == ["0"]
+    assert peft_lib.default_target_modules(bert, [bert.classifier], "bottleneck") == ["attention.output.dense",
+                                                                                       "output.dense"]
+    # Without a per-architecture entry, bottleneck adapters follow the blocks between stem and head.
+    assert peft_lib.default_target_modules(conv, [conv[3]], "bottleneck", block_modules=[conv[1]]) == ["1"]
