@@ -1,16 +1,30 @@
 """Stratified K-fold cross-validation: ``omnitune cv RECIPE --folds K``.
 
-The recipe's data (a local table, a folder of split tables, or an asset) is read once, exact
-duplicate rows are dropped (a duplicate on both sides of a fold boundary would leak), and the rows
-are dealt into K folds stratified by the label column. Fold i is a full, ordinary run whose data
-is a folder written for it: ``train.csv`` (the other K-1 folds; the task carves its validation split
-from it, as it does for any source without one) and ``test.csv`` (fold i, never seen in training or
-checkpoint selection). Nothing in the task or the trainer knows about folds.
+The recipe's data is read once, exact duplicates are dropped (a duplicate on both sides of a fold
+boundary would leak), and the rows are dealt into K folds, stratified by class when there is one.
+Fold i is a full, ordinary run on data written for it: ``train.csv`` (the other K-1 folds; the
+task carves its validation split from it, as it does for any source without one) and ``test.csv``
+(fold i, never seen in training or checkpoint selection). Nothing in the task or the trainer
+knows about folds.
+
+Where the rows come from:
+
+- Tabular tasks (text): the source table, a folder of split tables or an asset resolving to them;
+  fold i runs with ``data.source=fold_i/`` (a folder of split tables every tabular task reads).
+- Tasks whose data are files (images, audio) list their source as *manifest rows* through an
+  optional task method ``cv_rows()``. It returns ``(frame, stratify_column)``: a pandas DataFrame the same task reads back from a CSV manifest
+  (absolute file paths plus the label / transcript column) and the column to stratify by, or
+  None for unstratified folds. It raises DataError for sources that have no files to list (IDX
+  arrays, ``hub:`` datasets). Fold i then runs with ``data.source=fold_i/train.csv`` and
+  ``data.test_source=fold_i/test.csv``; with a stratify column and no declared ``data.labels``,
+  every fold is given the full sorted class list, so all folds train the same head even when a
+  rare class is missing from one fold's training rows.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -59,8 +73,33 @@ def _read_source(source: str):
     return read_table(path)
 
 
-def write_folds(recipe: BaseRecipe, k: int, out_dir: Path) -> list[Path]:
-    """Write fold_i/train.csv and fold_i/test.csv for every fold; returns the fold folders."""
+def fold_rows_hook(recipe: BaseRecipe, task) -> Callable[[], tuple[Any, str | None]] | None:
+    """The task's way of listing its source as manifest rows, or None (tabular data)."""
+    method = getattr(task, "cv_rows", None)
+    return method if callable(method) else None
+
+
+@dataclass
+class Folds:
+    """The fold folders written for a recipe and how each fold's run reads them."""
+
+    dirs: list[Path]
+    stratify: str | None  # the column the folds are stratified by, or None
+    manifests: bool  # True: the task's own manifests (train.csv as data.source, test.csv as test_source)
+    labels: list[str] | None = None  # the class list given to every fold (manifests, labels undeclared)
+
+    def overrides(self, i: int) -> dict[str, Any]:
+        fold_dir = self.dirs[i]
+        if not self.manifests:
+            return {"data.source": str(fold_dir), "data.validation_source": None, "data.test_source": None}
+        out = {"data.source": str(fold_dir / "train.csv"), "data.validation_source": None,
+               "data.test_source": str(fold_dir / "test.csv")}
+        if self.labels is not None:
+            out["data.labels"] = list(self.labels)
+        return out
+
+
+def _table_rows(recipe: BaseRecipe):
     d = recipe.data
     frame = _read_source(d.source)
     if d.validation_source or d.test_source:  # separate split files: cross-validate over all of them
@@ -68,9 +107,31 @@ def write_folds(recipe: BaseRecipe, k: int, out_dir: Path) -> list[Path]:
 
         frame = pd.concat([frame] + [_read_source(s) for s in (d.validation_source, d.test_source) if s],
                           ignore_index=True)
+    return frame, (d.label_column if d.label_column in frame.columns else None)
+
+
+def write_folds(recipe: BaseRecipe, k: int, out_dir: Path, task=None) -> Folds:
+    """Write fold_i/train.csv and fold_i/test.csv for every fold. Nothing is written (and no run
+    starts) when the source cannot be listed or split."""
+    if task is None:
+        from .api import build_task
+
+        task = build_task(recipe)
+    hook = fold_rows_hook(recipe, task)
+    if hook is None:
+        frame, stratify = _table_rows(recipe)
+    else:
+        frame, stratify = hook()
+        if stratify is not None and stratify not in frame.columns:
+            raise OmnituneError(f"task {recipe.task}: cv rows have no stratify column {stratify!r}")
     frame = frame.drop_duplicates().reset_index(drop=True)
-    labels = frame[d.label_column].tolist() if d.label_column in frame.columns else None
+    if frame.empty:
+        raise DataError(f"data.source {recipe.data.source}: no rows to cross-validate on")
+    labels = frame[stratify].tolist() if stratify is not None else None
     folds = stratified_folds(labels, len(frame), k, recipe.seed)
+    classes = None
+    if hook is not None and stratify is not None and not recipe.data.labels:
+        classes = sorted({str(v) for v in labels})
     dirs = []
     for i, held_out in enumerate(folds):
         fold_dir = Path(out_dir) / f"fold_{i}"
@@ -80,7 +141,7 @@ def write_folds(recipe: BaseRecipe, k: int, out_dir: Path) -> list[Path]:
         frame[~mask].to_csv(fold_dir / "train.csv", index=False)
         frame[mask].to_csv(fold_dir / "test.csv", index=False)
         dirs.append(fold_dir)
-    return dirs
+    return Folds(dirs=dirs, stratify=stratify, manifests=hook is not None, labels=classes)
 
 
 def summarise(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -93,14 +154,14 @@ def summarise(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_cv(recipe: BaseRecipe, k: int, out_dir: Path, train_fn: Callable, main_metric: str) -> dict[str, Any]:
+def run_cv(recipe: BaseRecipe, k: int, out_dir: Path, train_fn: Callable, main_metric: str,
+           task=None) -> dict[str, Any]:
     """Run every fold with ``train_fn(recipe, overrides)``; write cv_report.md / cv_metrics.json / cv_folds.csv."""
     out_dir = Path(out_dir)
-    fold_dirs = write_folds(recipe, k, out_dir / "data")
+    folds = write_folds(recipe, k, out_dir / "data", task=task)
     per_fold = []
-    for i, fold_dir in enumerate(fold_dirs):
-        result = train_fn(recipe, {"data.source": str(fold_dir), "data.validation_source": None,
-                                   "data.test_source": None, "output.dir": str(out_dir / "runs"),
+    for i in range(len(folds.dirs)):
+        result = train_fn(recipe, {**folds.overrides(i), "output.dir": str(out_dir / "runs"),
                                    "output.run_name": f"fold-{i}"})
         metrics = dict(result.metrics["test"])
         metrics["train_seconds"] = result.metrics["timing"]["train_seconds"]
@@ -110,8 +171,9 @@ def run_cv(recipe: BaseRecipe, k: int, out_dir: Path, train_fn: Callable, main_m
     keys = list(summary)
     lines = ["fold," + ",".join(keys)] + [f"{i}," + ",".join(f"{f[k]:.6g}" for k in keys) for i, f in enumerate(per_fold)]
     (out_dir / "cv_folds.csv").write_text("\n".join(lines) + "\n")
+    how = (f"Stratified by `{folds.stratify}`" if folds.stratify else "Unstratified (no class label to stratify by)")
     md = [f"# {k}-fold cross-validation: {recipe.name}", "",
-          f"Stratified by `{recipe.data.label_column}`, seed {recipe.seed}; each fold's metrics are on its "
+          f"{how}, seed {recipe.seed}; each fold's metrics are on its "
           "held-out rows (its test split), never used for training or checkpoint selection.", "",
           f"**{main_metric}: {summary[main_metric]['mean']:.4f} ± {summary[main_metric]['std']:.4f}** "
           "(mean ± sample std over folds)" if main_metric in summary else "", "",

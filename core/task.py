@@ -130,10 +130,16 @@ class Task(Protocol):
         return markdown blocks for the run report."""
 
     def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
-        """Save the model in Hugging Face layout, with its tokenizer/processor and label names."""
+        """Save the model in Hugging Face layout, with its tokenizer/processor and label names. A PEFT
+        wrapper (it has ``peft_config``) saves adapter-only files through its ``save_pretrained``."""
 
     def load_pretrained(self, model_dir: Path) -> nn.Module:
         """Load a model saved by save_pretrained (for eval and predict)."""
 
     def predict(self, model: nn.Module, inputs: list[str]) -> list[dict[str, Any]]:
         """Predictions for raw user inputs (texts, file paths), one dict each."""
+
+    # Optional, for tasks whose data are files rather than table rows (core/cv.py):
+    # def cv_rows(self) -> tuple[pandas.DataFrame, str | None]:
+    #     """The source as manifest rows this task reads back from a CSV (absolute paths + label or
+    #     transcript column), and the column to stratify folds by (None: unstratified)."""

@@ -153,6 +153,10 @@ class SpeechRecognitionTask:
         _ = self.processor
         return self._window
 
+    def cv_rows(self):
+        """``omnitune cv``: the source's clips as transcript-manifest rows (unstratified folds)."""
+        return sdata.cv_rows(self)
+
     def build_model(self) -> nn.Module:
         processor = self.processor
         model, _ = load_whisper(self.model_path, self.model_cfg.pretrained, self.model_cfg.revision)

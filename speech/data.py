@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -284,3 +285,33 @@ class SpeechDataset:
             feats = augment_features(feats, self.augment, rng, valid)
         return {"input_features": feats.astype(np.float32), "labels": self.labels(clip.text),
                 "text": clip.text, "name": clip.name}
+
+
+# ----------------------------------------------------------------------------- cross-validation
+def cv_rows(task) -> tuple[object, None]:
+    """``omnitune cv``: the recipe's utterances as transcript-manifest rows (absolute audio path,
+    text) from its folder or transcript file (and data.validation_source / data.test_source);
+    there is no class label, so folds are unstratified. Transcript lines without audio are left
+    out here (a run would drop them too); bad audio is left to each fold's run to drop and report.
+    Hub datasets have no files to list and are refused."""
+    import pandas as pd
+
+    from omnitune.core.assets import resolve
+
+    cfg = task.data_cfg
+    rows: list[tuple[str, str]] = []
+    for field, source in (("source", cfg.source), ("validation_source", cfg.validation_source),
+                          ("test_source", cfg.test_source)):
+        if not source:
+            continue
+        if source.startswith("hub:") or resolve(source).startswith("hub:"):
+            raise DataError(f"data.{field} {source}: cross-validation writes each fold as a transcript manifest "
+                            f"of audio files, and a Hub dataset has no files to list. Save the clips as audio "
+                            f"files with a transcript CSV ({cfg.path_column},{cfg.text_column}) and set "
+                            f"data.{field} to it; or use `omnitune train` with the dataset's own splits.")
+        utts = local_utterances(Path(resolve(source)), cfg.transcripts, cfg.audio_dir, cfg.path_column,
+                                cfg.text_column, DataReport(source=source), "all")
+        rows += [(os.path.abspath(u.audio), u.text) for u in utts]
+    frame = pd.DataFrame(rows, columns=[cfg.path_column, cfg.text_column])
+    # One clip listed twice must not land on both sides of a fold.
+    return frame.drop_duplicates(subset=[cfg.path_column]).reset_index(drop=True), None

@@ -126,6 +126,10 @@ class ImageClassificationTask:
             self.label_names = sources.label_set(None, native, raw["train"], report)
         return self.label_names
 
+    def cv_rows(self):
+        """``omnitune cv``: the source's image files as manifest rows, stratified by class."""
+        return sources.cv_rows(self)
+
     def build_model(self) -> nn.Module:
         names = self._ensure_labels()
         m = self.model_cfg

@@ -6,7 +6,10 @@ quick run on a big folder does not read every file.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from omnitune.core.assets import resolve as resolve_asset
@@ -154,3 +157,37 @@ def merge_for_eval(splits: dict[str, Records]) -> Records:
     for records in splits.values():
         merged = records if merged is None else merged.concat(records)
     return merged
+
+
+# ----------------------------------------------------------------------------- cross-validation
+def cv_rows(task) -> tuple[Any, str]:
+    """``omnitune cv``: the recipe's images as manifest rows (absolute path, class name), one per
+    file, over every split of an ImageFolder directory or manifest (and data.validation_source /
+    data.test_source); folds are stratified by class. IDX arrays and Hub datasets have no image
+    files to list in a fold manifest and are refused, naming what to do instead."""
+    import pandas as pd
+
+    d = task.data_cfg
+    paths: list[str] = []
+    labels: list[str] = []
+    for field, source in (("source", d.source), ("validation_source", d.validation_source),
+                          ("test_source", d.test_source)):
+        if not source:
+            continue
+        kind = source_kind(resolve_asset(source))
+        if kind in ("idx", "hub"):
+            what = "an IDX array folder" if kind == "idx" else "a Hub dataset"
+            raise DataError(
+                f"data.{field} {source}: cross-validation writes each fold as a manifest of image files, and "
+                f"{what} has no files to list. Export the images to an ImageFolder directory "
+                f"(<root>/<class>/<image>.png) or a CSV manifest ({d.path_column},{d.label_column}) and "
+                f"set data.{field} to it; or use `omnitune train` with the source's own test split.")
+        raw, _ = load_raw_splits(source, declared=d.labels if field == "source" else None,
+                                 path_column=d.path_column, image_column=d.image_column,
+                                 label_column=d.label_column, report=DataReport(source=source))
+        for records in raw.values():
+            paths += [os.path.abspath(k) for k in records.keys]
+            labels += [str(v) for v in records.labels]
+    frame = pd.DataFrame({d.path_column: paths, d.label_column: labels})
+    # A file listed twice (two splits, or a manifest) must not land on both sides of a fold.
+    return frame.drop_duplicates(subset=[d.path_column]).reset_index(drop=True), d.label_column

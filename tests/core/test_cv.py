@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from omnitune.core.api import cross_validate
-from omnitune.core.cv import stratified_folds, summarise
+from omnitune.core.cv import stratified_folds, summarise, write_folds
+from omnitune.core.recipe import load_recipe
 
 from ..conftest import text_recipe, write_recipe
 
@@ -53,3 +54,33 @@ def test_cv_runs_every_fold_on_held_out_rows(tmp_path, tiny_bert, reviews_csv):
     accs = [f["accuracy"] for f in out["folds"]]
     assert out["summary"]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
     assert "± " in (tmp_path / "cv" / "cv_report.md").read_text()
+
+
+class _ListingTask:
+    """A task whose data are files: it lists them as manifest rows (the cv_rows protocol)."""
+
+    def __init__(self, frame, stratify):
+        self.frame, self.stratify = frame, stratify
+
+    def cv_rows(self):
+        return self.frame, self.stratify
+
+
+def test_a_task_listing_its_files_gets_manifest_folds(tmp_path, tiny_bert, reviews_csv):
+    rec = load_recipe(write_recipe(tmp_path / "r.yaml", text_recipe(tiny_bert, reviews_csv, tmp_path,
+                                                                    data={"labels": None})))
+    frame = pd.DataFrame({"file": [f"/data/{i}.bin" for i in range(12)] + ["/data/0.bin"],
+                          "kind": ["x"] * 8 + ["y"] * 4 + ["x"]})
+    folds = write_folds(rec, 4, tmp_path / "cv", task=_ListingTask(frame, "kind"))
+    assert folds.manifests and folds.stratify == "kind" and folds.labels == ["x", "y"]
+    tests = [pd.read_csv(d / "test.csv") for d in folds.dirs]
+    assert sorted(pd.concat(tests)["file"]) == sorted(set(frame["file"]))  # the duplicate row is gone
+    assert all(Counter(t["kind"]) == {"x": 2, "y": 1} for t in tests)
+    assert folds.overrides(1) == {"data.source": str(folds.dirs[1] / "train.csv"), "data.validation_source": None,
+                                  "data.test_source": str(folds.dirs[1] / "test.csv"), "data.labels": ["x", "y"]}
+    # Unstratified rows (no class label): no label list is imposed on the folds.
+    plain = write_folds(rec, 3, tmp_path / "cv2", task=_ListingTask(frame, None))
+    assert plain.stratify is None and plain.labels is None and "data.labels" not in plain.overrides(0)
+    # The tabular path is unchanged: fold folders of split tables.
+    table = write_folds(rec, 3, tmp_path / "cv3")
+    assert not table.manifests and table.overrides(0)["data.source"] == str(table.dirs[0])
