@@ -7,7 +7,10 @@ validation metrics go to Optuna after every evaluation, so a median pruner can s
 
 The study lives in ``<output.dir>/<name>-tune/study.db`` (SQLite) unless ``tune.storage`` names another
 database; running the same command again resumes it: finished and pruned trials are kept, and only
-the rest of the trial budget runs.
+the rest of the trial budget runs. A trial that was interrupted (Ctrl-C, SIGTERM, the trainer's
+stop request) stays in the study as FAIL, and the resumed study runs its parameters again first,
+as a new trial (user attribute ``retry_of`` = the interrupted trial's number); finished trials are
+never re-run.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from .errors import OmnituneError, RecipeError
 from .recipe import BaseRecipe, SearchParam, TuneConfig, apply_overrides, dump_recipe, validate_recipe
 
 STUDY_FILE = "study.db"
+INTERRUPTED = "interrupted"  # user attribute set on a trial whose run was interrupted
+RETRY_OF = "retry_of"  # user attribute of a trial re-running an interrupted trial's parameters
 
 
 @dataclass
@@ -119,6 +124,8 @@ def run_study(recipe: BaseRecipe, *, study_dir: Path, storage: str | None, n_tri
     returns a RunResult. ``selection`` is (metric, "max"|"min") from the task."""
     import optuna
 
+    from .trainer import Interrupted
+
     tune = recipe.tune
     metric, mode = selection
     study_dir = Path(study_dir)
@@ -128,6 +135,7 @@ def run_study(recipe: BaseRecipe, *, study_dir: Path, storage: str | None, n_tri
     study = optuna.create_study(study_name=recipe.name, storage=url, load_if_exists=True,
                                 direction="maximize" if mode == "max" else "minimize",
                                 sampler=make_sampler(tune, recipe.seed), pruner=make_pruner(tune))
+    requeue_interrupted(study)
     for params in enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -139,7 +147,12 @@ def run_study(recipe: BaseRecipe, *, study_dir: Path, storage: str | None, n_tri
         overrides.update({"output.dir": str(study_dir / "trials"), "output.run_name": f"trial-{trial.number:03d}"})
         trial.set_user_attr("run_dir", str(study_dir / "trials" / f"trial-{trial.number:03d}"))
         t0 = time.perf_counter()
-        result = train_fn(recipe, overrides, callbacks=[PruningCallback(trial, metric), *callbacks])
+        try:
+            result = train_fn(recipe, overrides, callbacks=[PruningCallback(trial, metric), *callbacks])
+        except (KeyboardInterrupt, Interrupted):
+            # Optuna marks the trial FAIL; the flag tells a resumed study to run its parameters again.
+            trial.set_user_attr(INTERRUPTED, True)
+            raise
         trial.set_user_attr("train_seconds", round(time.perf_counter() - t0, 2))
         value = float(result.metrics["validation"][metric])
         if not math.isfinite(value):
@@ -152,9 +165,11 @@ def run_study(recipe: BaseRecipe, *, study_dir: Path, storage: str | None, n_tri
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not completed:
         raise OmnituneError(f"{study_dir}: no trial completed (all pruned or failed)")
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs[RETRY_OF]: t.number for t in trials if RETRY_OF in t.user_attrs}
     rows = [{"number": t.number, "state": t.state.name, "value": t.value, **t.params,
              "steps": (max(t.intermediate_values) if t.intermediate_values else None),
-             "seconds": t.user_attrs.get("train_seconds")} for t in study.get_trials(deepcopy=False)]
+             "seconds": t.user_attrs.get("train_seconds"), "note": _trial_note(t, retried)} for t in trials]
     result = StudyResult(study_dir=study_dir, best_params=dict(study.best_params), best_value=float(study.best_value),
                          metric=metric, direction=mode, trials=rows)
     best = validate_recipe(apply_overrides(recipe.model_dump(mode="json"), result.best_params),
@@ -162,6 +177,37 @@ def run_study(recipe: BaseRecipe, *, study_dir: Path, storage: str | None, n_tri
     (study_dir / "best_recipe.yaml").write_text(dump_recipe(best))
     write_tune_report(study, result)
     return result
+
+
+def requeue_interrupted(study) -> list[int]:
+    """Enqueue the parameters of every interrupted (FAIL) trial that has not been re-queued yet, so
+    the resumed search runs that configuration instead of dropping it. Returns their numbers.
+    Trials that failed for another reason (an error, divergence) are not re-run: they would fail
+    the same way."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    done = {t.user_attrs.get(RETRY_OF) for t in trials}
+    requeued = []
+    for t in trials:
+        if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get(INTERRUPTED) and t.number not in done:
+            params = dict(t.params) or dict(t.system_attrs.get("fixed_params", {}))
+            if not params:  # interrupted before sampling anything: nothing to repeat
+                continue
+            # Not skip_if_exists: the interrupted trial itself holds these parameters.
+            study.enqueue_trial(params, user_attrs={RETRY_OF: t.number})
+            requeued.append(t.number)
+    return requeued
+
+
+def _trial_note(t, retried: dict[int, int]) -> str:
+    notes = []
+    if t.user_attrs.get(INTERRUPTED):
+        notes.append("interrupted" + (f", re-run as #{retried[t.number]}" if t.number in retried else ""))
+    if RETRY_OF in t.user_attrs:
+        queued = "queued " if t.state.name == "WAITING" else ""
+        notes.append(f"{queued}re-run of #{t.user_attrs[RETRY_OF]}")
+    return "; ".join(notes)
 
 
 def write_tune_report(study, result: StudyResult) -> Path:
@@ -189,7 +235,7 @@ def write_tune_report(study, result: StudyResult) -> Path:
             fig.savefig(out / f"{name}.png", dpi=100)
             plt.close(fig)
             plots.append(name)
-    keys = [k for k in result.trials[0] if k not in ("number", "state", "value", "steps", "seconds")] \
+    keys = [k for k in result.trials[0] if k not in ("number", "state", "value", "steps", "seconds", "note")] \
         if result.trials else []
     lines = [f"# Hyper-parameter search: {study.study_name}", "",
              f"Best validation `{result.metric}` ({'higher' if result.direction == 'max' else 'lower'} is better): "
@@ -200,7 +246,8 @@ def write_tune_report(study, result: StudyResult) -> Path:
     for t in result.trials:
         value = "" if t["value"] is None else f"{t['value']:.4f}"
         params = " | ".join(f"{t.get(k):.4g}" if isinstance(t.get(k), float) else str(t.get(k)) for k in keys)
-        lines.append(f"| {t['number']} | {t['state']} | {params} | {value} | {t['steps'] or ''} | "
+        state = f"{t['state']} ({t['note']})" if t.get("note") else t["state"]
+        lines.append(f"| {t['number']} | {state} | {params} | {value} | {t['steps'] or ''} | "
                      f"{t['seconds'] or ''} |")
     lines += [""] + [f"![{p}]({p}.png)" for p in plots]
     path = out / "tune_report.md"

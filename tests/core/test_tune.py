@@ -61,9 +61,11 @@ def test_interrupted_study_resumes_without_losing_trials(tmp_path, tiny_bert, re
     with pytest.raises(Interrupted):
         tune(rec, callbacks=[stop_third_trial])
     study_db = f"sqlite:///{(tmp_path / 'tiny-text-tune' / 'study.db').resolve()}"
-    before = {t.number: (t.params, t.value) for t in optuna.load_study(study_name="tiny-text", storage=study_db)
-              .get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
+    trials = optuna.load_study(study_name="tiny-text", storage=study_db).get_trials()
+    before = {t.number: (t.params, t.value) for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert sorted(before) == [0, 1]
+    interrupted = trials[2].params
+    assert trials[2].state == optuna.trial.TrialState.FAIL and set(interrupted) == set(space)
     result = tune(rec)
     complete = [t for t in result.trials if t["state"] == "COMPLETE"]
     assert len(complete) == 3  # only one more trial ran: the two finished ones count
@@ -71,6 +73,20 @@ def test_interrupted_study_resumes_without_losing_trials(tmp_path, tiny_bert, re
         if t["number"] in before:
             assert t["value"] == before[t["number"]][1]
     assert [t["state"] for t in result.trials if t["number"] == 2] == ["FAIL"]
+    # That one trial re-ran the interrupted parameters (not a fresh sample), as a new trial with
+    # its own run folder; the finished trials were not run again.
+    assert [t["number"] for t in result.trials] == [0, 1, 2, 3]
+    rerun = result.trials[3]
+    assert rerun["state"] == "COMPLETE" and {k: rerun[k] for k in space} == interrupted
+    assert (tmp_path / "tiny-text-tune" / "trials" / "trial-003" / "metrics.json").is_file()
+    params = [tuple(t[k] for k in sorted(space)) for t in result.trials]
+    assert params[0] != params[1] and params[3] == params[2] and params[3] not in params[:2]
+    study = optuna.load_study(study_name="tiny-text", storage=study_db)
+    assert study.trials[3].user_attrs["retry_of"] == 2
+    assert "re-run of #2" in (result.study_dir / "tune_report.md").read_text()
+    # Resuming a finished study runs nothing and does not queue the interrupted trial again.
+    again = tune(rec)
+    assert [t["number"] for t in again.trials] == [0, 1, 2, 3]
 
 
 def test_search_space_goes_through_recipe_validation(tmp_path, tiny_bert, reviews_csv):
