@@ -214,11 +214,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Dotted overrides may also follow options (`omnitune cv R --folds 5 train.lr=3e-5`); argparse
+    leaves those over, since a positional list cannot resume after an option."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+            args.overrides = list(args.overrides or []) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import OmnituneError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if args.command == "train" and not args.recipe and not args.resume:
         parser.error("train: give a RECIPE or --resume RUN_DIR")
     try:

@@ -118,3 +118,15 @@ def test_help_is_fast():
     check = subprocess.run([sys.executable, "-c", "import sys, omnitune.core.cli; "
                             "print('torch' in sys.modules)"], capture_output=True, text=True)
     assert check.stdout.strip() == "False"
+
+
+def test_overrides_may_follow_options():
+    from omnitune.core.cli import build_parser, parse_args
+
+    parser = build_parser()
+    args = parse_args(parser, ["cv", "r.yaml", "data.max_samples=50", "--folds", "3", "train.lr=1e-3"])
+    assert args.folds == 3 and args.overrides == ["data.max_samples=50", "train.lr=1e-3"]
+    args = parse_args(parser, ["tune", "r.yaml", "--n-trials", "2", "train.epochs=1"])
+    assert args.overrides == ["train.epochs=1"]
+    with pytest.raises(SystemExit):  # anything else left over is still an error
+        parse_args(parser, ["cv", "r.yaml", "--folds", "3", "--no-such-option"])
