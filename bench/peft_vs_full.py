@@ -1,4 +1,5 @@
-"""Full fine-tuning versus LoRA on MiniLM-L6 (classification) and SmolLM2-135M (instruction LM).
+"""Full fine-tuning versus LoRA on MiniLM-L6 (classification) and SmolLM2-135M (instruction LM),
+plus bottleneck adapters on MiniLM.
 
 Each configuration trains in its own process (core.suite.run_entry_in_subprocess), so the peak
 memory (max RSS) is that configuration's alone. Prints and writes a side-by-side table:
@@ -23,10 +24,12 @@ MINILM = {"data.max_samples": 1000, "data.max_eval_samples": 500, "train.epochs"
           "early_stopping.enabled": False}
 SMOLLM = {"data.max_samples": 256, "data.max_eval_samples": 64, "train.max_steps": 16, "train.batch_size": 8}
 LORA = {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05}
+BOTTLENECK = {"method": "bottleneck", "r": 64, "dropout": 0.05}
 
 CONFIGS = [
     ("minilm-full", "text/minilm-rotten-tomatoes", {**MINILM}),
     ("minilm-lora", "text/minilm-rotten-tomatoes", {**MINILM, "finetune.peft": LORA, "train.lr": 1e-3}),
+    ("minilm-bottleneck", "text/minilm-rotten-tomatoes", {**MINILM, "finetune.peft": BOTTLENECK, "train.lr": 1e-3}),
     ("smollm2-full", "text/smollm2-rotten-tomatoes-lora", {**SMOLLM, "finetune.peft": None, "train.lr": 5e-5}),
     ("smollm2-lora", "text/smollm2-rotten-tomatoes-lora", {**SMOLLM, "finetune.peft": LORA, "train.lr": 1e-3}),
 ]
