@@ -14,7 +14,7 @@ RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes" / "speech").gl
 
 def test_there_are_speech_recipes():
     names = {p.stem for p in RECIPES}
-    assert {"whisper-tiny-asterisk-full", "whisper-tiny-asterisk-frozen-encoder",
+    assert {"whisper-tiny-asterisk-full", "whisper-tiny-asterisk-frozen-encoder", "whisper-tiny-asterisk-lora",
             "whisper-tiny-asterisk-short-window"} <= names
 
 
