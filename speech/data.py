@@ -137,10 +137,15 @@ def local_utterances(source: Path, transcripts: str | None, audio_dir: str | Non
 
 def hub_utterances(ref: str, split: str | None, audio_column: str, text_column: str,
                    report: DataReport) -> dict[str, list[Utterance]]:
-    """``hub:DATASET[/CONFIG]`` -> utterances per split, audio kept as encoded bytes."""
+    """``hub:DATASET[/CONFIG][:SPLIT]`` -> utterances per split, audio kept as encoded bytes.
+
+    ``:SPLIT`` takes one split in datasets' slicing syntax (``:train.100[:2000]``): only those rows
+    are read into memory, which large corpora such as LibriSpeech need."""
     import datasets
 
     spec = ref.removeprefix("hub:")
+    spec, _, named_split = spec.partition(":")  # dataset names never contain ":"; split slices do
+    split = split or named_split or None
     parts = spec.split("/")
     if Path(spec).exists() or len(parts) == 1:  # a local dataset folder, or a bare name
         attempts = [(spec, None)]
@@ -157,7 +162,8 @@ def hub_utterances(ref: str, split: str | None, audio_column: str, text_column: 
             errors.append(f"{name}{'/' + config if config else ''}: {exc}")
     else:
         raise DataError(f"data.source {ref}: cannot load ({'; '.join(errors)})")
-    dd = {split or "all": ds} if isinstance(ds, datasets.Dataset) else dict(ds)
+    # One split asked for: keyed by its name without the slice ("train[:2000]" -> "train").
+    dd = {(split or "all").split("[")[0]: ds} if isinstance(ds, datasets.Dataset) else dict(ds)
     out: dict[str, list[Utterance]] = {}
     for split_name, d in dd.items():
         if audio_column not in d.column_names or text_column not in d.column_names:

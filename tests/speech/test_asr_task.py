@@ -160,6 +160,11 @@ def test_hub_audio_dataset_without_ffmpeg(tiny_whisper, tmp_path):
     assert sorted(bundle.test.names) == ["test0.wav", "test1.wav", "test2.wav"]
     assert len(bundle.train) == 8 and len(bundle.validation) == 2
     assert bundle.train[0]["input_features"].shape == (80, 3000)
+    # ":SPLIT" reads one (sliced) split only, as for LibriSpeech's large training splits.
+    bundle = make_task(tiny_whisper, f"hub:{tmp_path}:train[:6]", text_column="sentence",
+                       test_source=f"hub:{tmp_path}:test[:2]").build_datasets()
+    assert sorted(bundle.test.names) == ["test0.wav", "test1.wav"]
+    assert len(bundle.train) + len(bundle.validation) == 6 and len(bundle.validation) >= 1
 
 
 def test_language_and_task_tokens(tiny_whisper):
