@@ -240,5 +240,9 @@ def test_default_targets_per_architecture():
     assert peft_lib.default_target_modules(conv, [conv[3]], "lora") == ["0"]
     assert peft_lib.default_target_modules(bert, [bert.classifier], "bottleneck") == ["attention.output.dense",
                                                                                        "output.dense"]
+    wrapped = peft_lib.apply_peft(llama, [llama.model.norm, llama.lm_head], method="bottleneck", r=4)
+    sites = [n for n, m in llama.named_modules() if n.endswith(".omnitune_bottleneck")]
+    assert len(sites) == 2 and wrapped.peft_config["default"]["modules_to_save"] == []
+    assert {s.split(".")[-2] for s in sites} == {"o_proj", "down_proj"}
     # Without a per-architecture entry, bottleneck adapters follow the blocks between stem and head.
     assert peft_lib.default_target_modules(conv, [conv[3]], "bottleneck", block_modules=[conv[1]]) == ["1"]

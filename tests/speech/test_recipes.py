@@ -63,3 +63,22 @@ def _check_adapter_run(result, tiny_whisper):
     assert adapter.stat().st_size < (tiny_whisper / "model.safetensors").stat().st_size / 4
     again = evaluate(result.run_dir)["metrics"]
     assert again["wer"] == pytest.approx(result.metrics["test"]["wer"], abs=1e-6)
+
+
+def test_bottleneck_adapters_on_whisper(tiny_whisper, audio_folder, tmp_path):
+    """Bottleneck adapters go after every attention output and feed-forward output of encoder and
+    decoder; the run saves them alone and reloads to the same test WER."""
+    import json
+
+    from omnitune.core.api import train
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "speech" / "whisper-tiny-asterisk-lora.yaml"
+    result = train(path, {"model.name": str(tiny_whisper), "data.source": str(audio_folder),
+                          "model.max_new_tokens": 4, "train.max_steps": 2, "train.batch_size": 2,
+                          "train.eval_batch_size": 4, "train.threads": 1, "data.max_bad_share": 0.5,
+                          "data.val_size": 0.2, "data.test_size": 0.2, "output.dir": str(tmp_path),
+                          "eval.baseline": False, "finetune.peft": {"method": "bottleneck", "r": 8}})
+    config = json.loads((result.run_dir / "model" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "BOTTLENECK" and config["target_modules"] == ["out_proj", "fc2"]
+    assert config["modules_to_save"] == []  # the head is the tied token embedding: not trained, not saved
+    _check_adapter_run(result, tiny_whisper)
