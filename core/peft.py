@@ -236,7 +236,7 @@ def attach_adapters(base: nn.Module, folder: Path, names: list[str] | None = Non
     types = {json.loads((Path(available[n]) / ADAPTER_CONFIG).read_text()).get("peft_type") for n in names}
     if bottleneck.PEFT_TYPE in types and len(types) > 1:
         raise OmnituneError(f"{folder}: bottleneck adapters and peft adapters ({', '.join(sorted(types))}) cannot "
-                            "be attached to one model; pick them with --adapter from separate libraries")
+                            "be attached to one model; keep them in separate libraries")
     loader = bottleneck.BottleneckModel if bottleneck.PEFT_TYPE in types else PeftModel
     model = loader.from_pretrained(base, available[names[0]], adapter_name=names[0])
     for name in names[1:]:
@@ -282,6 +282,10 @@ def add_to_library(library: Path, run_dir: Path, recipe_file: str, model_dir: st
         library.mkdir(parents=True, exist_ok=True)
         shutil.copy2(run_dir / recipe_file, lib_recipe)
     dest = library / model_dir
+    kinds = {a["method"] == "bottleneck" for a in list_adapters(dest)} | {src["method"] == "bottleneck"}
+    if len(kinds) > 1:
+        raise OmnituneError(f"{library}: bottleneck adapters and peft adapters (LoRA, IA3) cannot share a "
+                            "library (one model cannot carry both); use another library folder")
     if (dest / name).exists():
         raise OmnituneError(f"{library}: already has an adapter {name!r}; pass another --name")
     dest.mkdir(exist_ok=True)

@@ -197,11 +197,18 @@ def test_adapter_library_switching(tmp_path, base, reviews_csv, capsys, method):
     assert acc_plain > 0.8 > 0.2 > acc_swapped
 
 
-def test_bottleneck_merge_is_a_clear_error_that_writes_nothing(tmp_path, base, reviews_csv, capsys):
+def test_bottleneck_merge_and_mixed_library_are_clear_errors(tmp_path, base, reviews_csv, capsys):
     result = _run(tmp_path, base, reviews_csv, "bn", peft=BOTTLENECK, train={"epochs": 1})
     out = tmp_path / "merged"
     assert cli_main(["adapters", "merge", str(result.run_dir), "--out", str(out)]) != 0
     assert "no base weights" in capsys.readouterr().err and not out.exists()
+    # A library holds one kind: peft adapters and bottleneck adapters cannot sit on one model.
+    lora = _run(tmp_path, base, reviews_csv, "lora", peft=LORA, train={"epochs": 1})
+    lib = tmp_path / "library"
+    assert cli_main(["adapters", "add", str(lib), str(result.run_dir)]) == 0
+    assert cli_main(["adapters", "add", str(lib), str(lora.run_dir)]) == 2
+    assert "cannot share a library" in capsys.readouterr().err
+    assert [a["method"] for a in peft_lib.list_adapters(lib / "model")] == ["bottleneck"]
     with pytest.raises(OmnituneError, match="needs method .lora."):
         _run(tmp_path, base, reviews_csv, "q", peft={**BOTTLENECK, "quantize": "4bit"})
 
