@@ -255,6 +255,10 @@ class TuneConfig(Section):
     pruner_startup_trials: int = Field(default=2, ge=0)
     # None: sqlite:///<run folder>/study.db. Any SQLAlchemy URL lets several processes share a study.
     storage: str | None = None
+    # A running trial records a heartbeat this often. One silent for two heartbeats (its process
+    # was killed hard: kill -9, out of memory, a lost machine) is failed by the next process working
+    # on the study, and its parameters run again. None: no heartbeat.
+    heartbeat_s: int | None = Field(default=60, gt=0)
 
 
 class OutputConfig(Section):

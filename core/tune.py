@@ -10,13 +10,15 @@ database; running the same command again resumes it: finished and pruned trials 
 the rest of the trial budget runs. A trial that was interrupted (Ctrl-C, SIGTERM, the trainer's
 stop request) stays in the study as FAIL, and the resumed study runs its parameters again first,
 as a new trial (user attribute ``retry_of`` = the interrupted trial's number); finished trials are
-never re-run.
+never re-run. A trial whose process was killed hard stops sending heartbeats (``tune.heartbeat_s``);
+the next process working on the study fails it and re-runs its parameters the same way.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -132,6 +134,11 @@ def run_study(recipe: BaseRecipe, *, study_dir: Path, storage: str | None, n_tri
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "recipe.yaml").write_text(dump_recipe(recipe))
     url = storage or f"sqlite:///{(study_dir / STUDY_FILE).resolve()}"
+    if tune.heartbeat_s:
+        with warnings.catch_warnings():  # optuna calls the heartbeat experimental; we rely on it as is
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            url = optuna.storages.RDBStorage(url, heartbeat_interval=tune.heartbeat_s,
+                                             heartbeat_stale_trial_callback=requeue_stale)
     study = optuna.create_study(study_name=recipe.name, storage=url, load_if_exists=True,
                                 direction="maximize" if mode == "max" else "minimize",
                                 sampler=make_sampler(tune, recipe.seed), pruner=make_pruner(tune))
@@ -200,10 +207,19 @@ def requeue_interrupted(study) -> list[int]:
     return requeued
 
 
+def requeue_stale(study, trial) -> None:
+    """Optuna's callback for a trial failed because its heartbeat stopped (its process was killed
+    hard): queue its parameters again, as for an interrupted trial."""
+    if trial.params:
+        study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF: trial.number})
+
+
 def _trial_note(t, retried: dict[int, int]) -> str:
     notes = []
     if t.user_attrs.get(INTERRUPTED):
         notes.append("interrupted" + (f", re-run as #{retried[t.number]}" if t.number in retried else ""))
+    elif t.number in retried:  # failed by the heartbeat check: its process died without a word
+        notes.append(f"lost (no heartbeat), re-run as #{retried[t.number]}")
     if RETRY_OF in t.user_attrs:
         queued = "queued " if t.state.name == "WAITING" else ""
         notes.append(f"{queued}re-run of #{t.user_attrs[RETRY_OF]}")

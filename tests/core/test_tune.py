@@ -96,3 +96,27 @@ def test_search_space_goes_through_recipe_validation(tmp_path, tiny_bert, review
     rec = _recipe(tmp_path, tiny_bert, reviews_csv, {"train.batch_size": {"type": "int", "low": -4, "high": 8}})
     with pytest.raises(RecipeError, match="batch_size"):
         tune(rec)
+
+
+def test_trial_of_a_killed_process_is_failed_and_rerun(tmp_path, tiny_bert, reviews_csv):
+    """A process killed hard (kill -9) leaves its trial RUNNING with a heartbeat that stops; the next
+    process on the study fails that trial and runs its parameters again."""
+    import time
+
+    from omnitune.core.tune import suggest
+
+    space = {"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}}
+    rec = _recipe(tmp_path, tiny_bert, reviews_csv, space, epochs=1, sampler="random", pruner="none",
+                  n_trials=1, heartbeat_s=1)
+    study_dir = tmp_path / "tiny-text-tune"
+    study_dir.mkdir()
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / 'study.db').resolve()}", heartbeat_interval=1)
+    dead = optuna.create_study(study_name="tiny-text", storage=storage, direction="minimize")
+    lost = dead.ask()
+    lost_params = suggest(lost, rec.tune.space)
+    storage.record_heartbeat(lost._trial_id)  # ... and then the process "dies": no more heartbeats
+    time.sleep(3.2)  # past the grace period (two heartbeats; SQLite keeps whole seconds)
+    result = tune(rec)
+    assert [t["state"] for t in result.trials] == ["FAIL", "COMPLETE"]
+    assert result.trials[1]["train.lr"] == pytest.approx(lost_params["train.lr"])
+    assert "lost (no heartbeat), re-run as #1" in (result.study_dir / "tune_report.md").read_text()
