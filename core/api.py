@@ -288,4 +288,4 @@ def cross_validate(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | 
     rec = as_recipe(recipe, overrides)
     task = build_task(rec)
     out = Path(out_dir) if out_dir else Path(rec.output.dir) / f"{rec.name}-cv{folds}-{datetime.now():%Y%m%d-%H%M%S}"
-    return run_cv(rec, folds, out, train_fn=train, main_metric=selection(rec, task)[0])
+    return run_cv(rec, folds, out, train_fn=train, main_metric=selection(rec, task)[0], task=task)

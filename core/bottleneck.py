@@ -124,14 +124,15 @@ class BottleneckModel(nn.Module):
     each adapter keeps its own copy of their weights).
     """
 
-    def __init__(self, model: nn.Module, config: dict[str, Any], adapter_name: str = "default") -> None:
+    def __init__(self, model: nn.Module, config: dict[str, Any] | None = None, adapter_name: str = "default") -> None:
         super().__init__()
         self.base_model = model
         self.peft_config: dict[str, dict[str, Any]] = {}
         self.active_adapter: str | None = None
         self._saved_heads: dict[str, dict[str, torch.Tensor]] = {}  # modules_to_save of inactive adapters
-        self.add_adapter(adapter_name, config)
-        self.set_adapter(adapter_name)
+        if config is not None:  # None: no adapter yet (from_pretrained loads one)
+            self.add_adapter(adapter_name, config)
+            self.set_adapter(adapter_name)
 
     # --- PeftModel's interface, as far as omnitune uses it
     def __getattr__(self, name: str) -> Any:
@@ -198,14 +199,19 @@ class BottleneckModel(nn.Module):
             self.base_model.get_submodule(module_name).requires_grad_(True)
         self.active_adapter = name
 
-    def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
-        """What is saved for one adapter: its weights at each site and its modules_to_save."""
+    def _site_state(self, name: str) -> dict[str, torch.Tensor]:
+        """One adapter's weights at every site, keyed ``{layer}.{down|up}.{weight|bias}``."""
         state = {}
         for site_name, module in self.base_model.named_modules():
             if isinstance(module, SiteAdapters) and name in module.adapters:
                 layer = site_name[: -len(CHILD) - 1]
                 for key, value in module.adapters[name].state_dict().items():
                     state[f"{layer}.{key}"] = value.detach().cpu().contiguous()
+        return state
+
+    def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
+        """What is saved for one adapter: its weights at each site and its modules_to_save."""
+        state = self._site_state(name)
         head = self._head_state(name) if name == self.active_adapter else self._saved_heads.get(name, {})
         state.update({k: v.cpu().contiguous() for k, v in head.items()})
         return state
@@ -232,9 +238,9 @@ class BottleneckModel(nn.Module):
         state = load_file(str(folder / WEIGHTS_FILE))
         head_prefixes = tuple(m + "." for m in config.get("modules_to_save") or [])
         head = {k: v for k, v in state.items() if k.startswith(head_prefixes)}
-        expected = set(self.adapter_state(adapter_name)) - set(self._head_state(adapter_name))
         adapters = {k: v for k, v in state.items() if k not in head}
-        if set(adapters) != expected or set(head) != set(self._head_state(adapter_name)):
+        expected, expected_head = set(self._site_state(adapter_name)), set(self._head_state(adapter_name))
+        if set(adapters) != expected or set(head) != expected_head:
             missing = sorted(expected - set(adapters))[:3]
             raise OmnituneError(f"{folder / WEIGHTS_FILE}: does not fit this base model (missing {missing}, "
                                 f"unexpected {sorted(set(adapters) - expected)[:3]})")
@@ -246,9 +252,7 @@ class BottleneckModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, folder: str | Path, adapter_name: str = "default") -> "BottleneckModel":
-        wrapped = cls.__new__(cls)
-        nn.Module.__init__(wrapped)
-        wrapped.base_model, wrapped.peft_config, wrapped.active_adapter, wrapped._saved_heads = model, {}, None, {}
+        wrapped = cls(model)
         wrapped.load_adapter(folder, adapter_name)
         wrapped.set_adapter(adapter_name)
         return wrapped

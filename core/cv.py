@@ -12,9 +12,9 @@ Where the rows come from:
 - Tabular tasks (text): the source table, a folder of split tables or an asset resolving to them;
   fold i runs with ``data.source=fold_i/`` (a folder of split tables every tabular task reads).
 - Tasks whose data are files (images, audio) list their source as *manifest rows* through an
-  optional task method ``cv_rows()``. It returns ``(frame, stratify_column)``: a pandas DataFrame the same task reads back from a CSV manifest
-  (absolute file paths plus the label / transcript column) and the column to stratify by, or
-  None for unstratified folds. It raises DataError for sources that have no files to list (IDX
+  optional task method ``cv_rows()``. It returns ``(frame, stratify_column)``: a pandas DataFrame
+  the same task reads back from a CSV manifest (absolute file paths plus the label / transcript
+  column) and the column to stratify by, or None for unstratified folds. It raises DataError for sources that have no files to list (IDX
   arrays, ``hub:`` datasets). Fold i then runs with ``data.source=fold_i/train.csv`` and
   ``data.test_source=fold_i/test.csv``; with a stratify column and no declared ``data.labels``,
   every fold is given the full sorted class list, so all folds train the same head even when a
@@ -73,12 +73,6 @@ def _read_source(source: str):
     return read_table(path)
 
 
-def fold_rows_hook(recipe: BaseRecipe, task) -> Callable[[], tuple[Any, str | None]] | None:
-    """The task's way of listing its source as manifest rows, or None (tabular data)."""
-    method = getattr(task, "cv_rows", None)
-    return method if callable(method) else None
-
-
 @dataclass
 class Folds:
     """The fold folders written for a recipe and how each fold's run reads them."""
@@ -117,7 +111,7 @@ def write_folds(recipe: BaseRecipe, k: int, out_dir: Path, task=None) -> Folds:
         from .api import build_task
 
         task = build_task(recipe)
-    hook = fold_rows_hook(recipe, task)
+    hook = getattr(task, "cv_rows", None)  # tasks whose data are files list them; tables are read here
     if hook is None:
         frame, stratify = _table_rows(recipe)
     else:

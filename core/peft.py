@@ -173,10 +173,15 @@ def apply_peft(model: nn.Module, head_modules: list[nn.Module], *, method: str =
         raise OmnituneError(f"finetune.peft: {exc}") from None
 
 
+def is_adapter_wrapper(model: nn.Module) -> bool:
+    """peft's PeftModel or core's BottleneckModel (both carry ``peft_config``)."""
+    return hasattr(model, "peft_config")
+
+
 def task_model(model: nn.Module) -> nn.Module:
     """The task's own model inside an adapter wrapper (the adapters live in it, so it forwards with
     the active one), or ``model`` itself: what task code such as forward and predict expects."""
-    return model.get_base_model() if hasattr(model, "peft_config") else model
+    return model.get_base_model() if is_adapter_wrapper(model) else model
 
 
 def trainable_share(model: nn.Module) -> tuple[int, int]:
@@ -226,18 +231,19 @@ def attach_adapters(base: nn.Module, folder: Path, names: list[str] | None = Non
     ``active`` (default: the first) the one in use. Returns the PeftModel."""
     from peft import PeftModel
 
-    available = {a["name"]: a["path"] for a in list_adapters(folder)}
+    found = {a["name"]: a for a in list_adapters(folder)}
+    available = {name: a["path"] for name, a in found.items()}
     if not available:
         raise OmnituneError(f"{folder}: no adapter found (no {ADAPTER_CONFIG})")
     names = names or list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
         raise OmnituneError(f"{folder}: no adapter {unknown[0]!r} (adapters: {', '.join(available)})")
-    types = {json.loads((Path(available[n]) / ADAPTER_CONFIG).read_text()).get("peft_type") for n in names}
-    if bottleneck.PEFT_TYPE in types and len(types) > 1:
-        raise OmnituneError(f"{folder}: bottleneck adapters and peft adapters ({', '.join(sorted(types))}) cannot "
+    methods = {found[n]["method"] for n in names}
+    if "bottleneck" in methods and len(methods) > 1:
+        raise OmnituneError(f"{folder}: bottleneck adapters and peft adapters ({', '.join(sorted(methods))}) cannot "
                             "be attached to one model; keep them in separate libraries")
-    loader = bottleneck.BottleneckModel if bottleneck.PEFT_TYPE in types else PeftModel
+    loader = bottleneck.BottleneckModel if "bottleneck" in methods else PeftModel
     model = loader.from_pretrained(base, available[names[0]], adapter_name=names[0])
     for name in names[1:]:
         model.load_adapter(available[name], adapter_name=name)

@@ -138,7 +138,7 @@ def run_study(recipe: BaseRecipe, *, study_dir: Path, storage: str | None, n_tri
         with warnings.catch_warnings():  # optuna calls the heartbeat experimental; we rely on it as is
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             url = optuna.storages.RDBStorage(url, heartbeat_interval=tune.heartbeat_s,
-                                             heartbeat_stale_trial_callback=requeue_stale)
+                                             heartbeat_stale_trial_callback=requeue_trial)
     study = optuna.create_study(study_name=recipe.name, storage=url, load_if_exists=True,
                                 direction="maximize" if mode == "max" else "minimize",
                                 sampler=make_sampler(tune, recipe.seed), pruner=make_pruner(tune))
@@ -198,20 +198,21 @@ def requeue_interrupted(study) -> list[int]:
     requeued = []
     for t in trials:
         if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get(INTERRUPTED) and t.number not in done:
-            params = dict(t.params) or dict(t.system_attrs.get("fixed_params", {}))
-            if not params:  # interrupted before sampling anything: nothing to repeat
-                continue
-            # Not skip_if_exists: the interrupted trial itself holds these parameters.
-            study.enqueue_trial(params, user_attrs={RETRY_OF: t.number})
-            requeued.append(t.number)
+            if requeue_trial(study, t):
+                requeued.append(t.number)
     return requeued
 
 
-def requeue_stale(study, trial) -> None:
-    """Optuna's callback for a trial failed because its heartbeat stopped (its process was killed
-    hard): queue its parameters again, as for an interrupted trial."""
-    if trial.params:
-        study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF: trial.number})
+def requeue_trial(study, trial) -> bool:
+    """Queue a failed trial's parameters again as a new trial tagged ``retry_of``; also Optuna's
+    callback for a trial failed because its heartbeat stopped (its process was killed hard).
+    Returns False for a trial that ended before sampling anything (nothing to repeat)."""
+    params = dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
+    if not params:
+        return False
+    # Not skip_if_exists: the failed trial itself holds these parameters.
+    study.enqueue_trial(params, user_attrs={RETRY_OF: trial.number})
+    return True
 
 
 def _trial_note(t, retried: dict[int, int]) -> str:

@@ -23,6 +23,7 @@ from torch import nn
 
 from omnitune.core.assets import resolve as resolve_asset
 from omnitune.core.errors import OmnituneError
+from omnitune.core.peft import is_adapter_wrapper
 from omnitune.core.task import LayerGroup
 
 TV_PREFIX = "tv:"
@@ -176,12 +177,12 @@ def save_folder(model: nn.Module, out_dir: Path, *, architecture: str, label_nam
                 data_config: Preprocessing, extra: dict[str, Any] | None = None) -> None:
     """model.safetensors + config.json: everything :func:`load_folder` needs, no pickles.
 
-    A PEFT wrapper (it has ``peft_config``) saves its adapter-only files instead of model.safetensors;
+    A PEFT wrapper saves its adapter-only files instead of model.safetensors;
     the base is rebuilt from the recipe when the run is loaded."""
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "peft_config"):
+    if is_adapter_wrapper(model):
         model.save_pretrained(str(out_dir))
     else:
         # clone(): safetensors refuses tensors that share storage (e.g. tied or viewed weights).
