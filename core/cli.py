@@ -58,6 +58,17 @@ def _cmd_recipes(args) -> int:
     return 0
 
 
+def _cmd_metrics(args) -> int:
+    from .metrics import METRICS, list_metrics
+
+    names = list_metrics()
+    width = max(map(len, names), default=0)
+    for name in names:
+        m = METRICS.get(name)
+        print(f"{name:<{width}}  {m.direction or '-':<3}  {m.library:<12}  {m.description}")
+    return 0
+
+
 def _cmd_validate(args) -> int:
     from .recipe import load_recipe, resolve_recipe_path
 
@@ -192,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recipes", help="list the shipped recipes")
     p.set_defaults(func=_cmd_recipes)
+
+    p = sub.add_parser("metrics", help="list the metric registry: name, direction (max/min), library")
+    p.set_defaults(func=_cmd_metrics)
 
     p = sub.add_parser("validate", help="validate a recipe (and overrides) without running it")
     p.add_argument("recipe")

@@ -296,8 +296,9 @@ class SpeechRecognitionTask:
 
     def compute_metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         """WER and CER in percent over already-normalised texts (see predict_batch)."""
-        return {"wer": smetrics.word_error_rate(references, predictions),
-                "cer": smetrics.char_error_rate(references, predictions)}
+        from omnitune.core.metrics import compute
+
+        return {name: compute(name, predictions, references) for name in ("wer", "cer")}
 
     def report_extras(self, out_dir: Path, split: str, predictions: list[Any], references: list[Any],
                       dataset: Any) -> list[str]:

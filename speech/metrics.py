@@ -1,4 +1,4 @@
-"""WER and CER with jiwer, after one declared text normaliser.
+"""WER and CER (the core metric registry's, computed by jiwer), after one declared text normaliser.
 
 The same normaliser is applied to references and hypotheses, for the zero-shot baseline and the
 fine-tuned model alike, and its name goes into the report. Metrics are percentages (12.5 = 12.5 %).
@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Callable, Literal
 
 import jiwer
+
+from omnitune.core.metrics import compute
 
 NormalizerName = Literal["whisper_english", "whisper_basic", "lowercase", "none"]
 
@@ -46,12 +48,14 @@ def get_normalizer(name: str, spelling_map: dict[str, str] | None = None) -> Cal
 
 
 def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    """Corpus WER in percent: (S + D + I) / reference words, summed over all utterances."""
-    return 100.0 * jiwer.wer(references, hypotheses)
+    """Corpus WER in percent: (S + D + I) / reference words, summed over all utterances (the
+    registry's ``wer``; note the argument order, references first, as jiwer's)."""
+    return compute("wer", hypotheses, references)
 
 
 def char_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    return 100.0 * jiwer.cer(references, hypotheses)
+    """Corpus CER in percent (the registry's ``cer``)."""
+    return compute("cer", hypotheses, references)
 
 
 def utterance_errors(reference: str, hypothesis: str) -> dict[str, int]:

@@ -205,10 +205,10 @@ class CausalLMTask:
         return out["nll_sum"].float().cpu().tolist(), out["tokens"].cpu().tolist()
 
     def compute_metrics(self, predictions: list[float], references: list[int]) -> dict[str, float]:
-        tokens = max(1, sum(references))
-        mean_nll = sum(predictions) / tokens
-        return {"perplexity": float(math.exp(min(mean_nll, 50.0))), "token_nll": float(mean_nll),
-                "tokens": float(tokens)}
+        # predictions: summed NLL per sequence, references: its labelled-token count
+        from omnitune.core.metrics import compute
+
+        return {name: compute(name, predictions, references) for name in ("perplexity", "token_nll")}
 
     def report_extras(self, out_dir: Path, split: str, predictions, references, dataset) -> list[str]:
         per_sample = sorted(((p / max(1, r), i) for i, (p, r) in enumerate(zip(predictions, references))),

@@ -274,21 +274,16 @@ class TextClassificationTask:
 
     def compute_metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         if self.problem_type == "regression":
-            return {**compute_metric("mse", predictions, references), **compute_metric("mae", predictions, references)}
-        if self.problem_type == "multi_label":
-            from sklearn.metrics import f1_score
-
+            return {name: compute_metric(name, predictions, references) for name in ("mse", "mae")}
+        if self.problem_type == "multi_label":  # indicator rows, one column per label
             p, r = np.asarray(predictions), np.asarray(references)
-            return {"f1_micro": float(f1_score(r, p, average="micro", zero_division=0)),
-                    "f1_macro": float(f1_score(r, p, average="macro", zero_division=0)),
-                    "subset_accuracy": float((p == r).all(axis=1).mean())}
+            return {name: compute_metric(name, p, r) for name in ("f1_micro", "f1_macro", "subset_accuracy")}
         preds = [p["label"] for p in predictions]
-        out = dict(compute_metric("accuracy", preds, references))
-        labels = list(range(len(self.label_names)))
+        out = {"accuracy": compute_metric("accuracy", preds, references)}
+        labels = list(range(len(self.label_names)))  # every class counts, even one absent from this split
         for name in ("precision", "recall", "f1"):
             for avg in ("macro", "micro", "weighted"):
-                value = compute_metric(name, preds, references, average=avg, labels=labels)[name]
-                out[f"{name}_{avg}"] = float(value)
+                out[f"{name}_{avg}"] = compute_metric(f"{name}_{avg}", preds, references, labels=labels)
         return out
 
     def report_extras(self, out_dir: Path, split: str, predictions, references, dataset) -> list[str]:

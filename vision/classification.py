@@ -228,15 +228,17 @@ class ImageClassificationTask:
         return preds, batch["labels"].cpu().tolist()
 
     def compute_metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
-        from sklearn.metrics import precision_recall_fscore_support
+        from omnitune.core.metrics import compute
 
-        refs = np.asarray(references, dtype=int)
-        top1 = np.asarray([p["label"] for p in predictions], dtype=int)
-        out = {"accuracy": float((top1 == refs).mean()) if len(refs) else 0.0,
-               "top5_accuracy": float(np.mean([r in p["top5"] for p, r in zip(predictions, refs)])) if len(refs) else 0.0}
-        p, r, f, _ = precision_recall_fscore_support(refs, top1, labels=list(range(len(self.label_names))),
-                                                     average="macro", zero_division=0)
-        out.update(precision_macro=float(p), recall_macro=float(r), f1_macro=float(f))
+        refs = [int(r) for r in references]
+        if not refs:
+            return {"accuracy": 0.0, "top5_accuracy": 0.0}
+        top1 = [int(p["label"]) for p in predictions]
+        out = {"accuracy": compute("accuracy", top1, refs),
+               "top5_accuracy": compute("top5_accuracy", [p["top5"] for p in predictions], refs)}
+        labels = list(range(len(self.label_names)))  # every class counts, even one absent from this split
+        for name in ("precision_macro", "recall_macro", "f1_macro"):
+            out[name] = compute(name, top1, refs, labels=labels)
         return out
 
     def report_extras(self, out_dir: Path, split: str, predictions: list[Any], references: list[Any],
