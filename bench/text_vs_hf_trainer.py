@@ -1,23 +1,62 @@
-"""omnitune versus transformers' Trainer: same model, data, batch size, epochs, precision, threads.
+"""omnitune versus transformers' Trainer, ungrouped and length-grouped: same model, data, job and machine.
 
-Both fine-tune the bundled all-MiniLM-L6-v2 on the same Rotten Tomatoes train split (built once by
-omnitune's text task, so the samples are identical) and are scored by the same evaluation code on
-the same test split, from their final weights. The Trainer is set up as its documentation
-recommends for text classification: DataCollatorWithPadding (dynamic padding), bf16 on.
+All configurations fine-tune the bundled all-MiniLM-L6-v2 on the same Rotten Tomatoes splits and are
+scored by the same evaluation code on the same test split, from the weights each one saved:
 
-Reported: training samples/s of each and their ratio, test accuracy of each, and omnitune's useful
-training FLOP/s (real tokens only, no padding) as a share of this machine's bf16 matmul peak,
-measured in the same run.
+- ``omnitune``: ``omnitune.train("text/minilm-rotten-tomatoes", ...)`` (length grouping is its default).
+- ``hf``: transformers' ``Trainer`` as its text-classification guide sets it up: ``datasets`` +
+  ``DataCollatorWithPadding`` (dynamic padding), default (random) sampling.
+- ``hf-grouped``: the same plus ``train_sampling_strategy="group_by_length"``, the Trainer's documented
+  way to cut padding (transformers 5.x; 4.x called it ``group_by_length=True``).
 
-    .venv/bin/python bench/text_vs_hf_trainer.py            # full train split, 1 epoch
-    .venv/bin/python bench/text_vs_hf_trainer.py --train-samples 2000 --epochs 1   # quicker
+Same job for all: batch size, epochs, lr, warmup share, linear decay, AdamW weight decay, gradient
+clipping and evaluation batch size come from the recipe (or the flags); early stopping off; same
+precision (bf16 autocast or fp32) and same torch threads; 0 data-loader workers; the validation split is evaluated
+after every epoch, a checkpoint saved, the best one reloaded at the end, validation and test
+evaluated, and the final model saved. The Trainer's per-epoch evaluation uses its own
+``compute_metrics``; ``load_best_model_at_end`` mirrors omnitune's best-checkpoint selection.
+
+Measured for each run:
+
+- training samples/s = samples trained / time inside optimiser steps, the same interval for both:
+  from fetching a step's batch to the end of the optimiser/scheduler step, without evaluation,
+  checkpointing and logging (omnitune: ``metrics.timing.train_seconds``; Trainer: a callback that
+  sums ``on_step_end`` minus the previous step-end/log/evaluate/save/epoch-begin event);
+- end-to-end seconds of the job, started after the libraries are imported (both import the same set):
+  data loading and tokenisation, model loading, training, evaluation, saving. omnitune reads the raw
+  CSV, cleans, splits and tokenises; the Trainer reads the same splits already written as JSON lines
+  (``datasets.load_dataset("json")``) and tokenises with ``Dataset.map``: this favours the Trainer a
+  little. Caches start cold for both (a fresh omnitune tokenisation cache and a fresh
+  ``HF_DATASETS_CACHE`` per run; the unpacked bundled assets are shared);
+- useful training GFLOP/s (6 x non-embedding parameters per real token plus attention, padding not
+  counted; the same for every configuration) and its share of the matmul peak.
+
+Fairness between runs: every run is its own Python process (nothing warms another in memory); the
+parent builds the splits once first, which also warms the page cache of the model and data files for
+everyone. ``--rounds N`` repeats the set N times, rotating the order each round (round r starts at
+configuration r mod the number of configurations), so drift and position effects show in the
+per-run table; the summary takes medians. The machine is recorded: CPU model and flags, native bf16
+(avx512_bf16 / amx_bf16 and oneDNN's own check), the precision used, the matmul peak of that
+precision measured before and after the runs (2048 x 2048, the threads used), and the 1-minute load
+average around each run.
+
+    .venv/bin/python bench/text_vs_hf_trainer.py                         # full train split, 1 epoch, 1 round
+    .venv/bin/python bench/text_vs_hf_trainer.py --rounds 3              # drift and order visible
+    .venv/bin/python bench/text_vs_hf_trainer.py --train-samples 64 --eval-samples 32 --out /tmp/b  # smoke
+
+Writes text_vs_hf_trainer.json and text_vs_hf_trainer.md to --out (default bench/results/, git-ignored).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,143 +64,379 @@ from pathlib import Path
 import torch
 
 RECIPE = "text/minilm-rotten-tomatoes"
+CONFIGS = ("omnitune", "hf", "hf-grouped")
+LABELS = {"omnitune": "omnitune", "hf": "transformers `Trainer`",
+          "hf-grouped": "transformers `Trainer`, `group_by_length`"}
 
 
-def bf16_matmul_peak(threads: int, n: int = 2048, repeats: int = 10) -> float:
-    """GFLOP/s of a large bf16 matmul: the ceiling a training step could reach on this CPU."""
+# ---------------------------------------------------------------- machine and compute ceilings
+
+def machine_info() -> dict:
+    """CPU model, the flags that decide the bf16 path, and software versions."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                      if line.startswith("flags")), []))
+    if not model and shutil.which("lscpu"):
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "")
+    import accelerate
+    import datasets
+    import transformers
+
+    commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True).stdout.strip()
+    return {
+        "cpu_model": model or platform.processor() or "unknown",
+        "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+        "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"}),
+        "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
+        "mkldnn_bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "datasets": datasets.__version__, "accelerate": accelerate.__version__, "omnitune_commit": commit,
+    }
+
+
+def matmul_peak(dtype: torch.dtype, threads: int, n: int = 2048, repeats: int = 5, trials: int = 3) -> float:
+    """GFLOP/s of an n x n matmul in `dtype` (best of `trials`): the ceiling a training step could reach."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(2):
         a @ b
-    t = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t) / 1e9
+    best = 0.0
+    for _ in range(trials):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, 2 * n ** 3 * repeats / (time.perf_counter() - t) / 1e9)
+    return best
 
 
-def train_flops_per_token(config) -> float:
-    """6 x (non-embedding parameters) per token for forward + backward (Kaplan et al. 2020);
-    attention's sequence-length term is added per batch in `attention_flops`."""
+def useful_train_flops(config, lengths: list[int], epochs: int) -> float:
+    """6 x (non-embedding parameters) per real token for forward + backward (Kaplan et al. 2020), plus
+    attention's QK^T and AV (2 matmuls x 2 FLOPs x s^2 x h per layer forward, x3 with backward)."""
     h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    per_layer = 4 * h * h + 2 * h * inter  # q, k, v, o projections and the two FFN matrices
-    return 6.0 * layers * per_layer
+    per_token = 6.0 * layers * (4 * h * h + 2 * h * inter)  # q, k, v, o and the two FFN matrices
+    attention = sum(3 * 2 * 2 * layers * s * s * h for s in lengths)
+    return epochs * (per_token * sum(lengths) + attention)
 
 
-def attention_flops(config, lengths: list[int]) -> float:
-    # QK^T and AV: 2 matmuls x 2 FLOPs x s^2 x h per layer forward; x3 for forward + backward.
-    return sum(3 * 2 * 2 * config.num_hidden_layers * s * s * config.hidden_size for s in lengths)
-
+# ---------------------------------------------------------------- evaluation shared by every configuration
 
 @torch.no_grad()
-def accuracy(model, tokenizer, texts: list[str], labels: list[int], batch_size: int = 128) -> float:
-    model.eval()
+def accuracy(model_dir: Path, texts: list[str], labels: list[int], precision: str, max_length: int,
+             batch_size: int = 128) -> float:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     correct = 0
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i:i + batch_size], truncation=True, max_length=96, padding=True, return_tensors="pt")
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        enc = tokenizer(texts[i:i + batch_size], truncation=True, max_length=max_length, padding=True,
+                        return_tensors="pt")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(**enc).logits
         correct += int((logits.argmax(-1) == torch.tensor(labels[i:i + batch_size])).sum())
     return correct / len(texts)
 
 
-def run_omnitune(overrides: dict, out_dir: Path):
-    from safetensors.torch import load_model
+# ---------------------------------------------------------------- one configuration, in its own process
 
-    from omnitune.core.api import train
+def _import_all() -> None:
+    """Both configurations import the same libraries before their clock starts."""
+    import accelerate  # noqa: F401
+    import datasets  # noqa: F401
+    import transformers  # noqa: F401
+    from transformers import Trainer  # noqa: F401
 
-    result = train(RECIPE, {**overrides, "output.dir": str(out_dir), "output.run_name": "omnitune"})
-    return result
+    import omnitune.core.api  # noqa: F401
+    import omnitune.core.trainer  # noqa: F401
+    import omnitune.text.classification  # noqa: F401
 
 
-def run_hf_trainer(model_path: str, texts, labels, args_ns, out_dir: Path):
-    from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+def overrides_for(job: dict) -> dict:
+    out = {"train.epochs": job["epochs"], "train.batch_size": job["batch_size"], "train.lr": job["lr"],
+           "train.threads": job["threads"], "train.precision": job["precision"], "seed": job["seed"],
+           "early_stopping.enabled": False}
+    if job["train_samples"]:
+        out["data.max_samples"] = job["train_samples"]
+    if job["eval_samples"]:
+        out["data.max_eval_samples"] = job["eval_samples"]
+    return out
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    ds = Dataset.from_dict({"text": texts, "label": labels})
-    ds = ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=96), batched=True, remove_columns=["text"])
-    torch.manual_seed(args_ns.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
-    targs = TrainingArguments(
-        output_dir=str(out_dir / "hf"), per_device_train_batch_size=args_ns.batch_size,
-        num_train_epochs=args_ns.epochs, learning_rate=args_ns.lr, weight_decay=0.01, warmup_steps=0.06,
-        lr_scheduler_type="linear", bf16=True, use_cpu=True, eval_strategy="no", save_strategy="no",
-        logging_steps=50, report_to=[], seed=args_ns.seed, max_grad_norm=1.0, disable_tqdm=True,
-    )
-    trainer = Trainer(model=model, args=targs, train_dataset=ds, data_collator=DataCollatorWithPadding(tokenizer),
-                      processing_class=tokenizer)
+
+def worker_omnitune(job: dict, work: Path) -> dict:
+    from omnitune.core.api import MODEL_DIR, train
+
     t = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - t
-    return model, tokenizer, seconds
+    result = train(RECIPE, {**overrides_for(job), "output.dir": str(work), "output.run_name": "omnitune"})
+    end_to_end = time.perf_counter() - t
+    timing = result.metrics["timing"]
+    return {"train_seconds": timing["train_seconds"], "samples_trained": timing["samples_seen"],
+            "end_to_end_seconds": end_to_end, "own_test_accuracy": result.metrics["test"].get("accuracy"),
+            "model_dir": str(result.run_dir / MODEL_DIR)}
+
+
+def worker_hf(job: dict, work: Path, grouped: bool) -> dict:
+    import numpy as np
+    from datasets import load_dataset
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainerCallback, TrainingArguments)
+
+    class StepClock(TrainerCallback):
+        """Sums the time from the previous step's end (or the log/eval/save/epoch start after it) to each
+        step's end: batch fetch, forward, backward, clipping, optimiser and scheduler step."""
+
+        def __init__(self) -> None:
+            self.seconds, self.mark = 0.0, time.perf_counter()
+
+        def _reset(self, *_, **__) -> None:
+            self.mark = time.perf_counter()
+
+        on_train_begin = on_epoch_begin = on_log = on_evaluate = on_save = _reset
+
+        def on_step_end(self, *_, **__) -> None:
+            now = time.perf_counter()
+            self.seconds += now - self.mark
+            self.mark = now
+
+    t = time.perf_counter()
+    data = job["data_files"]
+    ds = load_dataset("json", data_files=data)
+    tokenizer = AutoTokenizer.from_pretrained(job["model_path"])
+    ds = ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=job["max_length"]), batched=True,
+                remove_columns=["text"])
+    labels = job["label_names"]
+    model = AutoModelForSequenceClassification.from_pretrained(
+        job["model_path"], num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)})
+
+    def compute_metrics(pred):
+        return {"accuracy": float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())}
+
+    args = TrainingArguments(
+        output_dir=str(work / "hf"), use_cpu=True, bf16=job["precision"] == "bf16", seed=job["seed"],
+        data_seed=job["seed"], per_device_train_batch_size=job["batch_size"],
+        per_device_eval_batch_size=job["eval_batch_size"], num_train_epochs=job["epochs"], learning_rate=job["lr"],
+        weight_decay=job["weight_decay"], warmup_steps=job["warmup_ratio"], lr_scheduler_type=job["schedule"],
+        max_grad_norm=job["max_grad_norm"] or 0.0, eval_strategy="epoch", save_strategy="epoch",
+        save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="accuracy",
+        greater_is_better=True, logging_steps=job["log_every"], report_to=[], disable_tqdm=True,
+        dataloader_num_workers=0, dataloader_pin_memory=False,
+        train_sampling_strategy="group_by_length" if grouped else "random")
+    clock = StepClock()
+    trainer = Trainer(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds["validation"],
+                      data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+                      compute_metrics=compute_metrics, callbacks=[clock])
+    out = trainer.train()
+    trainer.evaluate(ds["validation"])
+    test = trainer.evaluate(ds["test"], metric_key_prefix="test")
+    model_dir = work / "hf-model"
+    trainer.save_model(str(model_dir))
+    end_to_end = time.perf_counter() - t
+    return {"train_seconds": clock.seconds, "samples_trained": len(ds["train"]) * job["epochs"],
+            "end_to_end_seconds": end_to_end, "own_test_accuracy": test["test_accuracy"],
+            "trainer_train_runtime": out.metrics["train_runtime"], "model_dir": str(model_dir)}
+
+
+def run_worker(config: str, job_file: Path, result_file: Path) -> None:
+    job = json.loads(job_file.read_text())
+    torch.set_num_threads(job["threads"])
+    _import_all()
+    work = Path(job["work_dir"]) / f"{config}-{os.getpid()}"
+    work.mkdir(parents=True)
+    res = worker_omnitune(job, work) if config == "omnitune" else worker_hf(job, work, config == "hf-grouped")
+    test = [json.loads(line) for line in Path(job["data_files"]["test"]).read_text().splitlines()]
+    res["test_accuracy"] = accuracy(Path(res["model_dir"]), [r["text"] for r in test], [r["label"] for r in test],
+                                    job["precision"], job["max_length"])
+    res["samples_per_s"] = res["samples_trained"] / res["train_seconds"]
+    shutil.rmtree(work, ignore_errors=True)
+    result_file.write_text(json.dumps(res))
+
+
+# ---------------------------------------------------------------- parent: data once, runs in turn, report
+
+def _fresh_env(root: Path, name: str, assets_dir: Path, threads: int) -> dict:
+    """A fresh omnitune cache (sharing the unpacked assets) and datasets cache for one run."""
+    cache = root / f"cache-{name}"
+    cache.mkdir(parents=True)
+    (cache / "assets").symlink_to(assets_dir, target_is_directory=True)
+    return {**os.environ, "OMNITUNE_CACHE": str(cache), "HF_DATASETS_CACHE": str(cache / "hf-datasets"),
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
+            "PYTHONUNBUFFERED": "1"}
+
+
+def prepare(args, root: Path, assets_dir: Path) -> tuple[dict, list[int], object]:
+    """Builds the splits once with omnitune's text task and writes them as JSON lines for the Trainer."""
+    os.environ.update({k: v for k, v in _fresh_env(root, "parent", assets_dir, args.threads).items()
+                       if k in ("OMNITUNE_CACHE", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")})
+    from transformers import AutoConfig
+
+    from omnitune.core.api import as_recipe, build_task
+
+    job = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
+           "precision": args.precision, "seed": args.seed, "train_samples": args.train_samples,
+           "eval_samples": args.eval_samples}
+    recipe = as_recipe(RECIPE, overrides_for(job))
+    task = build_task(recipe)
+    bundle = task.build_datasets()
+    data_files = {}
+    for split in ("train", "validation", "test"):
+        d = getattr(bundle, split)
+        path = root / f"{split}.jsonl"
+        path.write_text("".join(json.dumps({"text": t, "label": int(y)}) + "\n" for t, y in zip(d.texts, d.labels)))
+        data_files[split] = str(path)
+    job.update(data_files=data_files, model_path=str(Path(task.model_path).resolve()),
+               label_names=list(bundle.label_names), max_length=recipe.model.max_length,
+               eval_batch_size=recipe.train.eval_batch_size or args.batch_size,
+               weight_decay=recipe.optim.weight_decay, warmup_ratio=recipe.sched.warmup_ratio,
+               schedule=recipe.sched.name, max_grad_norm=recipe.train.max_grad_norm,
+               log_every=recipe.train.log_every, work_dir=str(root / "runs"),
+               sizes={s: len(getattr(bundle, s)) for s in ("train", "validation", "test")})
+    if recipe.sched.warmup_steps is not None or recipe.sched.name != "linear" or recipe.sched.min_lr_ratio:
+        raise SystemExit("the Trainer side mirrors a linear schedule with warmup_ratio only; adjust the benchmark")
+    return job, bundle.train.lengths(), AutoConfig.from_pretrained(task.model_path)
+
+
+def summarise(runs: list[dict]) -> dict:
+    out = {}
+    for config in CONFIGS:
+        mine = [r for r in runs if r["config"] == config and "error" not in r]
+        if mine:
+            out[config] = {k: statistics.median(r[k] for r in mine) for k in
+                           ("samples_per_s", "train_seconds", "end_to_end_seconds", "test_accuracy",
+                            "own_test_accuracy", "useful_gflops")}
+            out[config]["runs"] = len(mine)
+    if "omnitune" in out:
+        for other in ("hf", "hf-grouped"):
+            if other in out:
+                o, h = out["omnitune"], out[other]
+                out[f"omnitune_vs_{other}"] = {
+                    "samples_per_s_ratio": o["samples_per_s"] / h["samples_per_s"],
+                    "end_to_end_ratio": h["end_to_end_seconds"] / o["end_to_end_seconds"],
+                    "accuracy_gap_points": 100 * (o["test_accuracy"] - h["test_accuracy"])}
+    return out
+
+
+def markdown(report: dict) -> str:
+    m, j, s = report["machine"], report["job"], report["summary"]
+    peak = report["matmul_peak_gflops"]
+    lines = [
+        f"Machine: {m['cpu_model']}, {m['usable_cpus']} usable CPUs ({', '.join(m['cpu_flags']) or 'no AVX2'}); "
+        f"native bf16: {'yes' if m['native_bf16'] else 'no'} (oneDNN bf16: {m['mkldnn_bf16_supported']}); "
+        f"precision **{j['precision']}**, {j['threads']} threads; {j['precision']} matmul peak "
+        f"{peak['before']:.0f} GFLOP/s before and {peak['after']:.0f} after the runs.",
+        f"Job: {j['sizes']['train']} train / {j['sizes']['validation']} validation / {j['sizes']['test']} test "
+        f"reviews, {j['epochs']} epoch(s), batch {j['batch_size']}, lr {j['lr']:g}, {report['rounds']} round(s) "
+        f"(medians).", "",
+        "| | train samples/s | omnitune's ratio | train s | end-to-end s | test accuracy "
+        "| useful GFLOP/s (share of peak) |",
+        "|---|---|---|---|---|---|---|"]
+    for config in CONFIGS:
+        if config not in s:
+            continue
+        r = s[config]
+        ratio = f"{s[f'omnitune_vs_{config}']['samples_per_s_ratio']:.2f}x" if f"omnitune_vs_{config}" in s else ""
+        lines.append(f"| {LABELS[config]} | {r['samples_per_s']:.1f} | {ratio} | {r['train_seconds']:.1f} | "
+                     f"{r['end_to_end_seconds']:.1f} | {r['test_accuracy']:.4f} | {r['useful_gflops']:.0f} "
+                     f"({r['useful_gflops'] / max(peak.values()):.0%}) |")
+    for other in ("hf", "hf-grouped"):
+        if (c := s.get(f"omnitune_vs_{other}")) is not None:
+            lines.append(f"\nAgainst the {LABELS[other]}: omnitune trains {c['samples_per_s_ratio']:.2f}x its "
+                         f"samples/s and finishes the whole job {c['end_to_end_ratio']:.2f}x as fast "
+                         f"({s['omnitune']['end_to_end_seconds']:.0f} s against {s[other]['end_to_end_seconds']:.0f} s "
+                         f"end to end); test accuracy {c['accuracy_gap_points']:+.2f} points.")
+    lines += ["", "Every run, in order (load = 1-minute load average before / after):", "",
+              "| round | position | configuration | train samples/s | end-to-end s | test accuracy | load |",
+              "|---|---|---|---|---|---|---|"]
+    for r in report["runs"]:
+        if "error" in r:
+            lines.append(f"| {r['round']} | {r['position']} | {r['config']} | failed: {r['error']} | | | |")
+        else:
+            lines.append(f"| {r['round']} | {r['position']} | {r['config']} | {r['samples_per_s']:.1f} | "
+                         f"{r['end_to_end_seconds']:.1f} | {r['test_accuracy']:.4f} | "
+                         f"{r['load_before']:.2f} / {r['load_after']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train-samples", type=int, default=None, help="subset of the train split (default: all)")
+    p.add_argument("--eval-samples", type=int, default=None,
+                   help="subset of the validation and of the test split (default: all)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 where oneDNN has a native bf16 path (avx512_bf16/AMX), else fp32")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--out", default=None, help="folder for results.json (default: bench/results)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the three runs, rotating their order")
+    p.add_argument("--configs", default=",".join(CONFIGS), help="subset of " + ",".join(CONFIGS))
+    p.add_argument("--out", default=None, help="folder for the JSON and markdown (default: bench/results)")
+    p.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
+    p.add_argument("--job", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.worker:
+        return run_worker(args.worker, args.job, args.result)
 
-    from omnitune.core.api import as_recipe, build_task
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if unknown := set(configs) - set(CONFIGS):
+        p.error(f"--configs: unknown {sorted(unknown)}; choose from {CONFIGS}")
+    if args.precision == "auto":
+        args.precision = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    from omnitune.core import assets
 
-    overrides = {"train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
-                 "train.threads": args.threads, "train.precision": "bf16", "seed": args.seed,
-                 "early_stopping.enabled": False, "train.save_checkpoints": True}
-    if args.train_samples:
-        overrides["data.max_samples"] = args.train_samples
-    recipe = as_recipe(RECIPE, overrides)
-    task = build_task(recipe)
-    bundle = task.build_datasets()
-    train_texts, train_labels = bundle.train.texts, list(bundle.train.labels)
-    test_texts, test_labels = bundle.test.texts, list(bundle.test.labels)
-    model_path = task.model_path
-    tmp = Path(tempfile.mkdtemp(prefix="omnitune-bench-"))
+    assets_dir = assets.cache_root().resolve()  # unpacked once, shared by every run's fresh cache
+    assets_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="omnitune-bench-"))
+    t_all = time.perf_counter()
     try:
-        peak = bf16_matmul_peak(args.threads)
-        print(f"bf16 matmul peak: {peak:.0f} GFLOP/s ({args.threads} threads)", flush=True)
-
-        hf_model, tokenizer, hf_seconds = run_hf_trainer(model_path, train_texts, train_labels, args, tmp)
-        hf_acc = accuracy(hf_model, tokenizer, test_texts, test_labels)
-        del hf_model
-        print(f"HF Trainer: {hf_seconds:.1f}s, test accuracy {hf_acc:.4f}", flush=True)
-
-        result = run_omnitune(overrides, tmp)
-        from safetensors.torch import load_model
-        from transformers import AutoModelForSequenceClassification
-
-        final = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
-        load_model(final, str(result.run_dir / "checkpoints" / "last" / "model.safetensors"))
-        om_acc = accuracy(final, tokenizer, test_texts, test_labels)
-        om_seconds = result.metrics["timing"]["train_seconds"]
-        n = len(train_texts) * args.epochs
-        lengths = bundle.train.lengths() * args.epochs
-        flops = train_flops_per_token(final.config) * sum(lengths) + attention_flops(final.config, lengths)
-        achieved = flops / om_seconds / 1e9
-        out = {
-            "train_samples": len(train_texts), "test_samples": len(test_texts), "epochs": args.epochs,
-            "batch_size": args.batch_size, "threads": args.threads, "precision": "bf16",
-            "hf_trainer": {"train_seconds": round(hf_seconds, 2), "samples_per_s": round(n / hf_seconds, 2),
-                           "test_accuracy": round(hf_acc, 4)},
-            "omnitune": {"train_seconds": round(om_seconds, 2), "samples_per_s": round(n / om_seconds, 2),
-                         "test_accuracy": round(om_acc, 4)},
-            "speedup": round(hf_seconds / om_seconds, 3),
-            "accuracy_gap_points": round(100 * (om_acc - hf_acc), 2),
-            "omnitune_useful_gflops": round(achieved, 1), "bf16_matmul_peak_gflops": round(peak, 1),
-            "share_of_peak": round(achieved / peak, 3),
-        }
-        print(json.dumps(out, indent=1))
+        machine = machine_info()
+        job, lengths, model_config = prepare(args, root, assets_dir)
+        job_file = root / "job.json"
+        job_file.write_text(json.dumps(job))
+        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+        peak = {"before": matmul_peak(dtype, args.threads)}
+        print(f"{machine['cpu_model']}; {args.precision} matmul peak {peak['before']:.0f} GFLOP/s "
+              f"({args.threads} threads)", flush=True)
+        flops = useful_train_flops(model_config, lengths, args.epochs)
+        runs = []
+        for rnd in range(args.rounds):
+            order = configs[rnd % len(configs):] + configs[:rnd % len(configs)]
+            for position, config in enumerate(order):
+                result_file = root / f"result-{rnd}-{config}.json"
+                load_before, t = os.getloadavg()[0], time.perf_counter()
+                proc = subprocess.run([sys.executable, __file__, "--worker", config, "--job", str(job_file),
+                                       "--result", str(result_file)],
+                                      env=_fresh_env(root, f"{rnd}-{config}", assets_dir, args.threads))
+                run = {"round": rnd, "position": position, "config": config, "load_before": load_before,
+                       "load_after": os.getloadavg()[0], "process_seconds": time.perf_counter() - t}
+                if proc.returncode != 0 or not result_file.exists():
+                    run["error"] = f"exit code {proc.returncode}"
+                else:
+                    run.update(json.loads(result_file.read_text()))
+                    run.pop("model_dir")
+                    run["useful_gflops"] = flops / run["train_seconds"] / 1e9
+                    print(f"round {rnd} {config}: {run['samples_per_s']:.1f} samples/s, end-to-end "
+                          f"{run['end_to_end_seconds']:.1f} s, test accuracy {run['test_accuracy']:.4f}", flush=True)
+                runs.append(run)
+        peak["after"] = matmul_peak(dtype, args.threads)
+        report = {"machine": machine, "job": {k: v for k, v in job.items() if k not in ("data_files", "work_dir")},
+                  "rounds": args.rounds, "matmul_peak_gflops": peak, "useful_train_gflop": flops / 1e9,
+                  "runs": runs, "summary": summarise(runs), "bench_seconds": time.perf_counter() - t_all}
         out_dir = Path(args.out or Path(__file__).parent / "results")
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "text_vs_hf_trainer.json").write_text(json.dumps(out, indent=1))
+        (out_dir / "text_vs_hf_trainer.json").write_text(json.dumps(report, indent=1))
+        (out_dir / "text_vs_hf_trainer.md").write_text(markdown(report))
+        print(markdown(report))
+        print(f"written to {out_dir}", flush=True)
+        if any("error" in r for r in runs):
+            sys.exit(1)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
