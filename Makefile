@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.omnitune-installed
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow test-pg bench clean
 
 # Reinstall when the dependency declarations change. torch/torchvision/torchaudio are pinned as a
 # set in constraints.txt; every other version is pinned there too, so installs are reproducible.
@@ -24,9 +24,16 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-# Slow tests: real bundled models and data (fetches the assets on first use).
+# Slow tests: real bundled models and data (fetches the assets on first use), and the slower
+# multi-process tests (a `tune` worker killed with -9 on a PostgreSQL study).
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# Every test of several `omnitune tune` processes on one PostgreSQL study, fast and slow; installs
+# Debian's server binaries first when they are absent (as root).
+test-pg: install
+	bash scripts/postgres.sh
+	$(PY) -m pytest -q -m "" tests/core/test_tune_postgres.py
 
 # omnitune versus transformers' Trainer on the same model, data and settings.
 bench: install

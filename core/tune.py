@@ -12,11 +12,21 @@ stop request) stays in the study as FAIL, and the resumed study runs its paramet
 as a new trial (user attribute ``retry_of`` = the interrupted trial's number); finished trials are
 never re-run. A trial whose process was killed hard stops sending heartbeats (``tune.heartbeat_s``);
 the next process working on the study fails it and re-runs its parameters the same way.
+
+Several processes (on one machine or many) can work on one study: give each the same recipe and
+the same ``tune.storage`` (``--storage postgresql://...``). ``n_trials`` is the budget of the study,
+not of each process: the processes stop when the study holds that many trials that are finished
+(complete or pruned) or running (see ``TrialBudget``). Every trial draws its random samples from
+(recipe seed, trial number), so processes started with the same seed sample different points
+while one process alone still reproduces its study. ``timeout_s`` is per process.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import random
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,6 +41,8 @@ from .recipe import BaseRecipe, SearchParam, TuneConfig, apply_overrides, dump_r
 STUDY_FILE = "study.db"
 INTERRUPTED = "interrupted"  # user attribute set on a trial whose run was interrupted
 RETRY_OF = "retry_of"  # user attribute of a trial re-running an interrupted trial's parameters
+SURPLUS = "surplus"  # user attribute of a trial started after other processes had taken the whole budget
+WORKER = "worker"  # user attribute: host:pid of the process that ran the trial
 
 
 @dataclass
@@ -70,10 +82,89 @@ def make_sampler(tune: TuneConfig, seed: int):
     import optuna
 
     if tune.sampler == "grid":
+        # Optuna runs grid point k (of the seeded shuffle) as trial k: distinct across processes as is.
         return optuna.samplers.GridSampler({k: grid_values(p) for k, p in tune.space.items()}, seed=seed)
     if tune.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, tune.n_trials or 5))
+        return seed_per_trial(optuna.samplers.RandomSampler(seed=seed), seed)
+    # TPE's constant_liar (on by default in Optuna 5) treats other processes' running trials as bad
+    # results, so concurrent trials spread out once the startup trials are done.
+    return seed_per_trial(optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, tune.n_trials or 5),
+                                                     constant_liar=True), seed)
+
+
+def trial_seed(seed: int, number: int) -> int:
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+def seed_per_trial(sampler, seed: int):
+    """Reseed the sampler's random state from (seed, trial number) before each trial.
+
+    An Optuna sampler draws from one random stream per process, so two processes started with the
+    same seed sample the same points, one for one. Trial numbers are unique within a study, so
+    reseeding by trial number gives every trial its own draws and keeps a single-process study
+    reproducible. (RandomSampler and TPESampler keep their stream in ``_rng``; TPE's startup trials
+    come from its inner RandomSampler. tests/core/test_tune.py fails if that changes.)"""
+    streams = [sampler._rng] + ([sampler._random_sampler._rng] if hasattr(sampler, "_random_sampler") else [])
+    plain_before_trial = sampler.before_trial
+
+    def before_trial(study, trial) -> None:
+        for stream in streams:
+            stream.rng.seed(trial_seed(seed, trial.number))
+        plain_before_trial(study, trial)
+
+    sampler.before_trial = before_trial
+    return sampler
+
+
+class SurplusTrial(Exception):
+    """A trial started after other processes had taken the study's whole trial budget."""
+
+
+class TrialBudget:
+    """``n_trials`` for the whole study, however many processes work on it.
+
+    A trial holds a place from the moment it runs, and keeps it once complete or pruned; a failed
+    trial gives its place back (its parameters are re-queued when it was interrupted or lost).
+    A process starts a trial only while places are free (``full`` before its first trial, the
+    callback after each). Two processes can still both find one free place: Optuna numbers new
+    trials one at a time under a lock on the study, so ``claim`` lets a new trial run only if the
+    trials numbered before it leave a place; the other is failed before it samples anything,
+    flagged ``surplus``, and its process stops. A queued trial (a re-run) keeps the number it got
+    when queued, so it counts every other trial holding a place. (Optuna's ``MaxTrialsCallback``
+    counts finished trials only: k processes can overshoot by k - 1 trials.)"""
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+
+    @staticmethod
+    def _holding(study) -> list:
+        import optuna
+
+        S = optuna.trial.TrialState
+        return study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING))
+
+    def full(self, study) -> bool:
+        return len(self._holding(study)) >= self.n_trials
+
+    def __call__(self, study, trial) -> None:  # an Optuna callback, after each trial of this process
+        if self.full(study):
+            study.stop()
+
+    def claim(self, study, trial) -> None:
+        """Raise SurplusTrial (after stopping this process's loop) when ``trial`` has no place."""
+        holding = self._holding(study)
+        me = next(t for t in holding if t.number == trial.number)
+        queued = "fixed_params" in me.system_attrs
+        ahead = [t for t in holding if t.number != trial.number
+                 and (queued or t.number < trial.number or t.state.is_finished())]
+        if len(ahead) < self.n_trials:
+            return
+        trial.set_user_attr(SURPLUS, True)
+        if queued:  # keep the queued parameters for a later process (e.g. if a running trial is lost)
+            study.enqueue_trial(me.system_attrs["fixed_params"],
+                                user_attrs={k: v for k, v in me.user_attrs.items() if k == RETRY_OF})
+        study.stop()
+        raise SurplusTrial(f"trial {trial.number}: the study's {self.n_trials} trials are taken by other processes")
 
 
 def make_pruner(tune: TuneConfig):
@@ -119,6 +210,27 @@ def study_dir_for(recipe: BaseRecipe) -> Path:
     return Path(recipe.output.dir) / f"{recipe.name}-tune"
 
 
+def open_storage(url: str, heartbeat_s: int | None):
+    """Optuna's RDBStorage for ``url``, with the heartbeat when ``heartbeat_s`` is set.
+
+    Optuna creates its tables in a new database on first use, without a lock: processes started
+    together on an empty PostgreSQL database race, and the loser's CREATE fails on a duplicate.
+    Opening again finds the tables made."""
+    import optuna
+    import sqlalchemy.exc
+
+    kw = {"heartbeat_interval": heartbeat_s, "heartbeat_stale_trial_callback": requeue_trial} if heartbeat_s else {}
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # optuna calls the heartbeat experimental; we rely on it as is
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **kw)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + random.random())
+
+
 def run_study(recipe: BaseRecipe, *, study_dir: Path, storage: str | None, n_trials: int | None,
               timeout_s: float | None, train_fn: Callable, selection: tuple[str, str],
               callbacks: list[Callable] = (), enqueue: list[dict[str, Any]] = ()) -> StudyResult:
@@ -134,22 +246,25 @@ def run_study(recipe: BaseRecipe, *, study_dir: Path, storage: str | None, n_tri
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "recipe.yaml").write_text(dump_recipe(recipe))
     url = storage or f"sqlite:///{(study_dir / STUDY_FILE).resolve()}"
-    if tune.heartbeat_s:
-        with warnings.catch_warnings():  # optuna calls the heartbeat experimental; we rely on it as is
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            url = optuna.storages.RDBStorage(url, heartbeat_interval=tune.heartbeat_s,
-                                             heartbeat_stale_trial_callback=requeue_trial)
-    study = optuna.create_study(study_name=recipe.name, storage=url, load_if_exists=True,
-                                direction="maximize" if mode == "max" else "minimize",
+    study = optuna.create_study(study_name=recipe.name, storage=open_storage(url, tune.heartbeat_s),
+                                load_if_exists=True, direction="maximize" if mode == "max" else "minimize",
                                 sampler=make_sampler(tune, recipe.seed), pruner=make_pruner(tune))
+    if tune.heartbeat_s:
+        # Before the budget is counted: a trial whose process died is failed (and re-queued) now
+        # instead of holding a place.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
     requeue_interrupted(study)
     for params in enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
-    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    done = len(study.get_trials(deepcopy=False, states=done_states))
-    remaining = None if n_trials is None else max(0, n_trials - done)
+    budget = None if n_trials is None else TrialBudget(n_trials)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial) -> float:
+        if budget is not None:
+            budget.claim(study, trial)
+        trial.set_user_attr(WORKER, worker)
         overrides = suggest(trial, tune.space)
         overrides.update({"output.dir": str(study_dir / "trials"), "output.run_name": f"trial-{trial.number:03d}"})
         trial.set_user_attr("run_dir", str(study_dir / "trials" / f"trial-{trial.number:03d}"))
@@ -157,8 +272,10 @@ def run_study(recipe: BaseRecipe, *, study_dir: Path, storage: str | None, n_tri
         try:
             result = train_fn(recipe, overrides, callbacks=[PruningCallback(trial, metric), *callbacks])
         except (KeyboardInterrupt, Interrupted):
-            # Optuna marks the trial FAIL; the flag tells a resumed study to run its parameters again.
+            # Optuna marks the trial FAIL. Its parameters are queued again here, by the process that
+            # was interrupted, so that two processes resuming the study at once cannot both queue them.
             trial.set_user_attr(INTERRUPTED, True)
+            study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF: trial.number})
             raise
         trial.set_user_attr("train_seconds", round(time.perf_counter() - t0, 2))
         value = float(result.metrics["validation"][metric])
@@ -166,11 +283,16 @@ def run_study(recipe: BaseRecipe, *, study_dir: Path, storage: str | None, n_tri
             raise optuna.TrialPruned(f"{metric} is {value}")
         return value
 
-    if remaining != 0:
+    if budget is None or not budget.full(study):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(objective, n_trials=remaining, timeout=timeout_s, catch=())
+        study.optimize(objective, timeout=timeout_s, catch=(SurplusTrial,),
+                       callbacks=[budget] if budget is not None else [])
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not completed:
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if running:
+            raise OmnituneError(f"{study_dir}: no trial completed yet; the trial budget is taken by "
+                                f"{len(running)} trial(s) running in other processes")
         raise OmnituneError(f"{study_dir}: no trial completed (all pruned or failed)")
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs[RETRY_OF]: t.number for t in trials if RETRY_OF in t.user_attrs}
@@ -187,7 +309,8 @@ def run_study(recipe: BaseRecipe, *, study_dir: Path, storage: str | None, n_tri
 
 
 def requeue_interrupted(study) -> list[int]:
-    """Enqueue the parameters of every interrupted (FAIL) trial that has not been re-queued yet, so
+    """Enqueue the parameters of every interrupted (FAIL) trial that has not been re-queued yet
+    (the interrupted process queues them itself; this catches a study where that failed), so
     the resumed search runs that configuration instead of dropping it. Returns their numbers.
     Trials that failed for another reason (an error, divergence) are not re-run: they would fail
     the same way."""
@@ -221,6 +344,8 @@ def _trial_note(t, retried: dict[int, int]) -> str:
         notes.append("interrupted" + (f", re-run as #{retried[t.number]}" if t.number in retried else ""))
     elif t.number in retried:  # failed by the heartbeat check: its process died without a word
         notes.append(f"lost (no heartbeat), re-run as #{retried[t.number]}")
+    if t.user_attrs.get(SURPLUS):
+        notes.append("not run: the trial budget was taken by other processes")
     if RETRY_OF in t.user_attrs:
         queued = "queued " if t.state.name == "WAITING" else ""
         notes.append(f"{queued}re-run of #{t.user_attrs[RETRY_OF]}")
