@@ -103,7 +103,7 @@ def seed_per_trial(sampler, seed: int):
     same seed sample the same points, one for one. Trial numbers are unique within a study, so
     reseeding by trial number gives every trial its own draws and keeps a single-process study
     reproducible. (RandomSampler and TPESampler keep their stream in ``_rng``; TPE's startup trials
-    come from its inner RandomSampler. tests/core/test_tune.py fails if that changes.)"""
+    come from its inner RandomSampler; tests/core/test_tune_postgres.py fails if that changes.)"""
     streams = [sampler._rng] + ([sampler._random_sampler._rng] if hasattr(sampler, "_random_sampler") else [])
     plain_before_trial = sampler.before_trial
 
@@ -155,8 +155,7 @@ class TrialBudget:
         holding = self._holding(study)
         me = next(t for t in holding if t.number == trial.number)
         queued = "fixed_params" in me.system_attrs
-        ahead = [t for t in holding if t.number != trial.number
-                 and (queued or t.number < trial.number or t.state.is_finished())]
+        ahead = [t for t in holding if t.number < trial.number or (queued and t.number != trial.number)]
         if len(ahead) < self.n_trials:
             return
         trial.set_user_attr(SURPLUS, True)
