@@ -1,8 +1,9 @@
 """Seeded speech augmentation, declared in the recipe's ``data.augment`` list.
 
 Waveform transforms (noise, speed, telephone) run before feature extraction; SpecAugment masks
-the log-mel features after it. Every function takes an explicit ``numpy.random.Generator`` so a run
-is reproducible from its seed.
+the log-mel features after it. Every function takes an explicit ``numpy.random.Generator``; the
+training dataset makes one per item from (seed, epoch, index) (``omnitune.core.seeding.item_rng``),
+so a run is reproducible from its seed with any number of DataLoader workers, and after a resume.
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)

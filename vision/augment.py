@@ -6,9 +6,10 @@ image to the model's input size (a no-op when a step already did) and normalisin
 mean/std, so a declared list only says what varies.
 
 Randomness: :meth:`Augmenter.__call__` takes an explicit integer seed and reseeds the pipeline
-with it, so an image's augmentation is a pure function of (image, seed). The dataset draws that
-seed from torch's RNG, which the trainer seeds per run and per DataLoader worker: runs are
-reproducible under ``seed`` with any number of workers.
+with it, so an image's augmentation is a pure function of (image, seed). The training dataset
+derives that seed from (run seed, epoch, sample index) (``omnitune.core.seeding.item_seed``), never
+from a worker's or a global RNG: runs are reproducible under ``seed`` with any number of workers,
+and a resumed run augments exactly as an uninterrupted one.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def test_training_learns_and_writes_the_run_folder(tmp_path, tiny_bert, reviews_
     for name in ("recipe.yaml", "metrics.json", "events.jsonl", "report.md", "learning_curves.png",
                  "confusion_matrix_test.png", "data_report.json", "model/README.md", "model/config.json",
                  "model/model.safetensors", "checkpoints/best/model.safetensors",
-                 "checkpoints/last/state.pt"):
+                 "checkpoints/last/state.safetensors", "checkpoints/last/state.json"):
         assert (result.run_dir / name).exists(), name
     assert any((result.run_dir / "tensorboard").iterdir())
     report = (result.run_dir / "report.md").read_text()

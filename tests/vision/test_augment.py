@@ -9,6 +9,7 @@ import torch
 from omnitune.core.errors import RecipeError
 from omnitune.core.recipe import validate_recipe
 from omnitune.vision.augment import PRESETS, Augmenter
+from omnitune.vision.data import ImageDataset
 
 from .test_data import make_task
 
@@ -58,15 +59,19 @@ def test_random_erasing_erases_a_rectangle(photo):
     assert diff.sum() > 0.9 * box  # the changed pixels fill one rectangle
 
 
-def test_training_dataset_is_reproducible_under_the_torch_seed(image_folder):
+def test_training_items_are_a_function_of_seed_epoch_and_index(image_folder):
     bundle = make_task(image_folder, augment={"train": "heavy"}, random_erasing=0.5).build_datasets()
 
-    def epoch(seed):
-        torch.manual_seed(seed)
+    def epoch(n, torch_seed):
+        bundle.train.set_epoch(n)
+        torch.manual_seed(torch_seed)  # the global RNG plays no part
         return np.stack([bundle.train[i]["pixel_values"] for i in range(len(bundle.train))])
 
-    np.testing.assert_array_equal(epoch(1), epoch(1))
-    assert not np.array_equal(epoch(1), epoch(2))
+    np.testing.assert_array_equal(epoch(1, torch_seed=1), epoch(1, torch_seed=2))
+    assert not np.array_equal(epoch(1, torch_seed=1), epoch(2, torch_seed=1))
+    other_seed = ImageDataset(bundle.train.records, bundle.train.augment, train=True, seed=bundle.train.seed + 1)
+    other_seed.set_epoch(1)
+    assert not np.array_equal(epoch(1, torch_seed=1)[0], other_seed[0]["pixel_values"])
     # Evaluation items neither depend on nor consume the RNG.
     torch.manual_seed(5)
     v1 = bundle.validation[0]["pixel_values"]
