@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from omnitune.core.errors import DataError
+from omnitune.core.seeding import item_rng
 from omnitune.core.task import DataReport
 
 from .audio import SAMPLE_RATE, AudioProblem, load_clip
@@ -242,15 +243,20 @@ def check_bad_share(report: DataReport, max_bad_share: float) -> None:
 class SpeechDataset:
     """Clips -> {"input_features", "labels", "text", "name"}; augmentation only when ``augment``.
 
-    Augmentation is seeded per item and per draw (``seed``, index, how often the item was drawn),
-    so a run with the same seed and batch order sees the same augmented audio.
+    An item's augmentation is a pure function of (``seed``, epoch, index)
+    (:func:`omnitune.core.seeding.item_rng`), never of how often it was drawn or in which
+    DataLoader worker: a resumed run hears exactly the audio an uninterrupted one did. The trainer
+    calls :meth:`set_epoch` before each epoch; without augmentation an item is fixed.
     """
 
     def __init__(self, clips: list[Clip], feature_extractor, tokenizer, augment: list, seed: int,
                  max_label_tokens: int) -> None:
         self.clips, self.feature_extractor, self.tokenizer = clips, feature_extractor, tokenizer
         self.augment, self.seed, self.max_label_tokens = augment, seed, max_label_tokens
-        self._draws = [0] * len(clips)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -279,8 +285,7 @@ class SpeechDataset:
         wave = clip.wave
         rng = None
         if self.augment:
-            rng = np.random.default_rng([self.seed, index, self._draws[index]])
-            self._draws[index] += 1
+            rng = item_rng(self.seed, self.epoch, index)
             augmented = augment_wave(wave, self.augment, rng, SAMPLE_RATE)
             # Slowing a clip down can push it past the window; cutting it would cut words that the
             # labels still hold, so such a draw trains on the clean clip instead.

@@ -175,7 +175,7 @@ class ImageClassificationTask:
             report.label_counts[split] = sources.label_counts(records, self.label_names)
         train_aug, eval_aug = self.augmenter(True), self.augmenter(False)
         return DataBundle(
-            train=ImageDataset(splits["train"], train_aug, train=True),
+            train=ImageDataset(splits["train"], train_aug, train=True, seed=self.seed),
             validation=ImageDataset(splits["validation"], eval_aug, train=False),
             test=ImageDataset(splits["test"], eval_aug, train=False) if "test" in splits else None,
             report=report, label_names=list(self.label_names))

@@ -23,6 +23,7 @@ import torch
 
 from omnitune.core.data import read_table, require_columns, table_suffix
 from omnitune.core.errors import DataError
+from omnitune.core.seeding import item_seed
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 SPLIT_DIRS = {"train": ("train",), "validation": ("val", "validation", "valid"), "test": ("test",)}
@@ -103,14 +104,21 @@ def array_records(images: np.ndarray, labels: list[Any], name: str) -> Records:
 class ImageDataset(torch.utils.data.Dataset):
     """Items are {"pixel_values": float32 3xSxS, "label": int, "index": int}.
 
-    ``augment(image, seed)`` is an :class:`~omnitune.vision.augment.Augmenter`. Training draws the
-    seed from torch's RNG (seeded by the trainer, per worker); evaluation uses the index, so it
-    never consumes randomness and is the same every time.
+    ``augment(image, seed)`` is an :class:`~omnitune.vision.augment.Augmenter`. A training item's
+    seed is a pure function of (``seed``, epoch, index) (:func:`omnitune.core.seeding.item_seed`),
+    so it is the same in any DataLoader worker and after a resume; the trainer calls
+    :meth:`set_epoch` before each epoch. Evaluation uses the index alone, so it is the same every
+    time. No item consumes a global RNG.
     """
 
-    def __init__(self, records: Records, augment: Callable[[np.ndarray, int], np.ndarray], train: bool) -> None:
-        self.records, self.augment, self.train = records, augment, train
+    def __init__(self, records: Records, augment: Callable[[np.ndarray, int], np.ndarray], train: bool,
+                 seed: int = 0) -> None:
+        self.records, self.augment, self.train, self.seed = records, augment, train, seed
         self.labels = records.labels
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records.keys)
@@ -126,7 +134,7 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.records.describe(self.records.keys[i])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if self.train else i
+        seed = item_seed(self.seed, self.epoch, i) if self.train else i
         return {"pixel_values": self.augment(self.raw_image(i), seed), "label": self.labels[i], "index": i}
 
 

@@ -53,7 +53,9 @@ def test_ema_run_saves_averaged_best_weights(tmp_path, tiny_bert, reviews_csv):
     last = load_file(str(result.run_dir / "checkpoints" / "last" / "model.safetensors"))
     # `last` holds the raw weights, `best` the averaged ones: they differ where training moved.
     assert any(not torch.equal(best[k], last[k]) for k in best)
-    state = torch.load(result.run_dir / "checkpoints" / "last" / "state.pt", weights_only=False)
+    from omnitune.core.checkpoint import read_state
+
+    state = read_state(result.run_dir / "checkpoints" / "last")
     assert state["ema"]["decay"] == 0.5
 
 
