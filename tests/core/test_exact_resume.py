@@ -69,6 +69,19 @@ def test_optimiser_and_rng_state_round_trip_without_pickle(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_tensors_go_back_to_their_device_or_stay_on_the_cpu(tmp_path):
+    state = {"x": torch.arange(3.0, device="cuda" if torch.cuda.is_available() else "cpu")}
+    ckpt.save_state(tmp_path, state)
+    assert ckpt.read_state(tmp_path)["x"].device == state["x"].device
+    # A checkpoint written on a GPU resumes on a machine without one.
+    tree = json.loads((tmp_path / "state.json").read_text())
+    tree["__dict__"][0][1]["device"] = "cuda:7"
+    (tmp_path / "state.json").write_text(json.dumps(tree))
+    loaded = ckpt.read_state(tmp_path)["x"]
+    expected = "cuda:7" if torch.cuda.device_count() > 7 else "cpu"
+    assert str(loaded.device) == expected and loaded.tolist() == [0.0, 1.0, 2.0]
+
+
 def test_unstorable_state_is_an_error_at_save_time():
     with pytest.raises(TypeError, match=r"state\.optimizer\.bad.*object"):
         ckpt.encode_state({"optimizer": {"bad": object()}})
