@@ -80,8 +80,7 @@ def build_peft_model(recipe: BaseRecipe, task, model):
     if recipe.finetune.peft is None:
         return None
     groups = task.layer_groups(model)
-    if recipe.finetune.peft.quantize == "4bit":
-        peft_lib.quantize_4bit(model, groups[-1].modules)
+    quantize_base(recipe, task, model)
     # Bottleneck adapters on a model without a per-architecture default go after each group between
     # the stem and the head (a CNN's stages).
     blocks = [m for g in groups[1:-1] for m in g.modules]
@@ -194,7 +193,19 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     return RunResult(run_dir=run_dir, metrics=metrics)
 
 
+def quantize_base(recipe: BaseRecipe, task, model) -> None:
+    """QLoRA's base (``finetune.peft.quantize: 4bit``): every Linear outside the head to 4-bit, in
+    place. Training and reloading an adapter both go through here, so the adapter is reattached to
+    a base quantised exactly as the one it was trained on. Needs a CUDA GPU (a clear error without)."""
+    if recipe.finetune.peft is None or recipe.finetune.peft.quantize == "none":
+        return
+    peft_lib.check_quantization(recipe.finetune.peft.quantize)
+    peft_lib.quantize_4bit(model, task.layer_groups(model)[-1].modules)
+
+
 def _load_run(run_dir: str | Path, adapter: str | None = None):
+    """(recipe, task, model) of a finished run, from the run folder alone: the saved recipe and the
+    saved model folder (labels, tokenizer/processor, config). The training data is not read."""
     run_dir = Path(run_dir)
     if not (run_dir / RECIPE_FILE).is_file():
         raise OmnituneError(f"{run_dir}: not a run folder (no {RECIPE_FILE})")
@@ -210,15 +221,18 @@ def _load_run(run_dir: str | Path, adapter: str | None = None):
 
 def load_adapter_model(rec: BaseRecipe, task, folder: Path, names: list[str] | None = None,
                        active: str | None = None):
-    """The base model rebuilt as the run built it (same seed, same head size), with the adapters
-    saved in ``folder`` attached; returns peft's wrapper, which forwards like the task's model."""
+    """The base model rebuilt as the run built it, with the adapters saved in ``folder`` attached;
+    returns the adapter wrapper, which forwards like the task's model.
+
+    ``task.restore(folder)`` first reads back what the run learnt from its data (the label set
+    sizing the head, the tokenizer/processor): the base is rebuilt without the training data, and a
+    change to that data cannot silently change the model. Same seed as training, so a base built
+    from random weights (``model.pretrained: false``) is the same one; a QLoRA base is quantised
+    by the same step as in training."""
+    task.restore(folder)
     seed_everything(rec.seed)
-    try:
-        base = task.build_model()
-    except OmnituneError:  # the task learns its label set from the data first
-        task.build_datasets()
-        seed_everything(rec.seed)
-        base = task.build_model()
+    base = task.build_model()
+    quantize_base(rec, task, base)
     return peft_lib.attach_adapters(base, folder, names, active)
 
 
@@ -232,7 +246,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, batch_size: int | Non
 
     rec, task, model = _load_run(run_dir, adapter)
     if data is not None:
-        dataset, report = task.load_eval_dataset(data, getattr(task, "label_names", None))
+        dataset, report = task.load_eval_dataset(data, task.label_names)
     else:
         bundle = task.build_datasets()
         dataset, report = (bundle.test or bundle.validation), bundle.report

@@ -45,14 +45,9 @@ CHILD = "omnitune_bottleneck"  # the attribute each adapted layer gets
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 
-# Houlsby's placement: after each attention output projection and each feed-forward output, before
-# the residual connection and layer norm. ("output.dense" also matches BERT's attention.output.dense;
-# Whisper's out_proj covers self- and cross-attention.)
-DEFAULT_TARGETS = {
-    "bert": ["attention.output.dense", "output.dense"],
-    "llama": ["o_proj", "down_proj"],
-    "whisper": ["out_proj", "fc2"],
-}
+# Default places per architecture (Houlsby's: after each attention output projection and each
+# feed-forward output) are in the one table core/peft.py keeps for every adapter method:
+# peft.ARCHITECTURE_TARGETS[model_type]["bottleneck"].
 
 
 class Bottleneck(nn.Module):

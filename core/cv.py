@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import assets
-from .data import read_table
+from .data import SPLIT_ALIASES, is_hub, read_table
 from .errors import DataError, OmnituneError
 from .recipe import BaseRecipe
 
@@ -61,12 +61,13 @@ def _read_source(source: str):
     import pandas as pd
 
     path = Path(assets.resolve(source))
-    if source.startswith("hub:"):
+    if is_hub(source):
         raise OmnituneError(f"data.source {source}: cross-validation needs a local table or folder "
                             "(save the Hub dataset to a file first)")
     if path.is_dir():
+        split_names = {alias for aliases in SPLIT_ALIASES.values() for alias in aliases}
         tables = [read_table(p) for p in sorted(path.iterdir()) if p.is_file() and p.stem.split(".")[0]
-                  in ("train", "validation", "valid", "dev", "val", "test")]
+                  in split_names]
         if not tables:
             raise DataError(f"{path}: no train/validation/test tables to cross-validate on")
         return pd.concat(tables, ignore_index=True)
@@ -104,13 +105,10 @@ def _table_rows(recipe: BaseRecipe):
     return frame, (d.label_column if d.label_column in frame.columns else None)
 
 
-def write_folds(recipe: BaseRecipe, k: int, out_dir: Path, task=None) -> Folds:
+def write_folds(recipe: BaseRecipe, k: int, out_dir: Path, task) -> Folds:
     """Write fold_i/train.csv and fold_i/test.csv for every fold. Nothing is written (and no run
-    starts) when the source cannot be listed or split."""
-    if task is None:
-        from .api import build_task
-
-        task = build_task(recipe)
+    starts) when the source cannot be listed or split. ``task`` is the recipe's task (built by the
+    caller: this module never imports the API that runs it)."""
     hook = getattr(task, "cv_rows", None)  # tasks whose data are files list them; tables are read here
     if hook is None:
         frame, stratify = _table_rows(recipe)
@@ -149,7 +147,7 @@ def summarise(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 
 def run_cv(recipe: BaseRecipe, k: int, out_dir: Path, train_fn: Callable, main_metric: str,
-           task=None) -> dict[str, Any]:
+           task) -> dict[str, Any]:
     """Run every fold with ``train_fn(recipe, overrides)``; write cv_report.md / cv_metrics.json / cv_folds.csv."""
     out_dir = Path(out_dir)
     folds = write_folds(recipe, k, out_dir / "data", task=task)

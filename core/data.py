@@ -1,4 +1,9 @@
-"""Data helpers every domain shares: reading tables, seeded stratified splits, batch order.
+"""Data helpers every domain shares: reading tables, ``hub:`` references and split names, seeded
+splits and subsets, the checks every task runs on its splits, batch order.
+
+Every domain keeps its splits in its own container (a pandas DataFrame of rows, a list of
+utterances, vision's Records); the helpers here take one via :func:`take` and work on indices, so a
+split, a cap or a drop means the same thing in every domain and is counted in the same report.
 
 Batch order is a pure function of (seed, epoch), so a resumed run replays exactly the batches an
 uninterrupted one would see: the checkpoint stores only the epoch and the position in it.
@@ -7,8 +12,9 @@ uninterrupted one would see: the checkpoint stores only the epoch and the positi
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -92,6 +98,209 @@ def stratified_subsample(labels: Sequence, n: int, seed: int) -> np.ndarray:
         return np.arange(len(labels))
     rest, keep = stratified_split(labels, [n / len(labels)], seed)
     return keep
+
+
+# ----------------------------------------------------------------------------- split names, hub: sources
+# What sources call their splits -> the name omnitune uses. Any other name a source gives a split
+# (LibriSpeech's "train.100") is kept as it is.
+SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
+    "train": ("train",),
+    "validation": ("validation", "valid", "dev", "val"),
+    "test": ("test",),
+}
+HUB_PREFIX = "hub:"
+
+
+def canonical_split(name: str) -> str:
+    """``"dev"`` -> ``"validation"``; a name outside :data:`SPLIT_ALIASES` is returned unchanged."""
+    for split, aliases in SPLIT_ALIASES.items():
+        if name.lower() in aliases:
+            return split
+    return name
+
+
+def canonical_splits(found: Mapping[str, Any]) -> dict[str, Any]:
+    """``found`` keyed by canonical split names. Where a source has two names for one split (``dev``
+    and ``validation``), the one listed first in :data:`SPLIT_ALIASES` wins.
+
+    >>> list(canonical_splits({"dev": 1, "train": 2, "train.100": 3}))
+    ['train', 'validation', 'train.100']
+    """
+    out: dict[str, Any] = {}
+    for split, aliases in SPLIT_ALIASES.items():
+        for alias in aliases:
+            match = next((k for k in found if k.lower() == alias), None)
+            if match is not None:
+                out[split] = found[match]
+                break
+    for name, value in found.items():
+        if canonical_split(name) == name and name not in out:
+            out[name] = value
+    return out
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """A ``hub:NAME[/CONFIG][:SPLIT]`` data source: a Hugging Face dataset (or a local dataset
+    folder), optionally one split in datasets' slicing syntax (``train[:2000]``, ``train.100``).
+
+    >>> parse_hub("hub:glue/sst2:validation[:100]")
+    HubRef(spec='glue/sst2', split='validation[:100]')
+    >>> parse_hub("hub:glue/sst2").candidates()
+    [('glue', 'sst2'), ('glue/sst2', None)]
+    """
+
+    spec: str  # NAME[/CONFIG] as written
+    split: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{HUB_PREFIX}{self.spec}" + (f":{self.split}" if self.split else "")
+
+    def candidates(self) -> list[tuple[str, str | None]]:
+        """(dataset, config) readings of ``spec`` to try in order. ``a/b`` is dataset ``a`` with
+        config ``b`` or the dataset ``owner/name`` (both are common); ``owner/name/config`` has a
+        config; a local folder or a single name has none."""
+        parts = self.spec.split("/")
+        if Path(self.spec).exists() or len(parts) == 1:
+            return [(self.spec, None)]
+        if len(parts) == 2:
+            return [(parts[0], parts[1]), (self.spec, None)]
+        if len(parts) == 3:
+            return [("/".join(parts[:2]), parts[2])]
+        return [(self.spec, None)]
+
+
+def is_hub(source: str) -> bool:
+    return source.startswith(HUB_PREFIX)
+
+
+def parse_hub(ref: str) -> HubRef:
+    """``hub:NAME[/CONFIG][:SPLIT]`` -> :class:`HubRef` (dataset names never contain ``:``)."""
+    if not is_hub(ref):
+        raise DataError(f"{ref}: not a hub: source (expected hub:NAME[/CONFIG][:SPLIT])")
+    spec, _, split = ref[len(HUB_PREFIX):].partition(":")
+    if not spec:
+        raise DataError(f"{ref}: no dataset name (expected hub:NAME[/CONFIG][:SPLIT])")
+    return HubRef(spec, split or None)
+
+
+def load_hub(ref: str | HubRef, split: str | None = None) -> dict[str, Any]:
+    """A Hub dataset's splits as ``{split name: datasets.Dataset}`` with canonical names. With a
+    split (in ``ref`` or here) only that one is read, which large corpora need, and it is keyed by
+    its name without the slice (``"train[:2000]"`` -> ``"train"``)."""
+    import datasets
+
+    hub = parse_hub(ref) if isinstance(ref, str) else ref
+    split = split or hub.split
+    errors = []
+    for name, config in hub.candidates():
+        try:
+            ds = datasets.load_dataset(name, config, split=split)
+            break
+        except Exception as exc:  # datasets raises many types (not found, no such config, offline)
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            errors.append(f"{name}{'/' + config if config else ''}: {type(exc).__name__}: {first_line}")
+    else:
+        raise DataError(f"{hub.ref}: cannot load dataset ({'; '.join(errors)})")
+    found = {split.split("[")[0]: ds} if isinstance(ds, datasets.Dataset) else dict(ds)
+    return canonical_splits(found)
+
+
+# ----------------------------------------------------------------------------- splitting, subsets, checks
+def take(items: Any, index: Sequence[int]) -> Any:
+    """The items at ``index`` of one split, whatever holds them: a pandas DataFrame (rows,
+    renumbered), an object with ``subset(indices)`` (vision's Records) or a list."""
+    idx = [int(i) for i in index]
+    if hasattr(items, "iloc"):
+        return items.iloc[idx].reset_index(drop=True)
+    if hasattr(items, "subset"):
+        return items.subset(idx)
+    return [items[i] for i in idx]
+
+
+def _label_keys(items: Any, labels: Callable[[Any], Sequence] | None) -> list:
+    # Unstratified: one class for all, so the same seeded code path cuts at the same sizes.
+    return list(labels(items)) if labels is not None else ["all"] * len(items)
+
+
+def split_off(splits: dict[str, Any], *, val_size: float, test_size: float, seed: int, report,
+              labels: Callable[[Any], Sequence] | None = None,
+              make: Sequence[str] = ("validation", "test")) -> dict[str, Any]:
+    """Make the splits of ``make`` the source lacks from its training split: a seeded split,
+    stratified by ``labels(items)`` when given (single-label classification), noted in ``report``."""
+    need = [s for s in make if s not in splits]
+    if not need:
+        return dict(splits)
+    train = splits["train"]
+    fractions = [val_size if s == "validation" else test_size for s in need]
+    parts = stratified_split(_label_keys(train, labels), fractions, seed)
+    out = dict(splits)
+    out["train"] = take(train, parts[0])
+    for split, idx in zip(need, parts[1:]):
+        out[split] = take(train, idx)
+    report.notes.append(
+        f"source has no {' / '.join(need)} split: made by a seeded (seed {seed}) "
+        f"{'stratified ' if labels is not None else ''}split of the training data "
+        f"({', '.join(f'{s} {f:.0%}' for s, f in zip(need, fractions))})")
+    return out
+
+
+def cap_splits(splits: dict[str, Any], *, max_samples: int | None, max_eval_samples: int | None, seed: int,
+               report, labels: Callable[[Any], Sequence] | None = None) -> dict[str, Any]:
+    """At most ``max_samples`` training and ``max_eval_samples`` validation/test items: a seeded
+    subset (stratified by ``labels`` when given), noted in ``report``."""
+    out = dict(splits)
+    for split, items in splits.items():
+        n = max_samples if split == "train" else max_eval_samples
+        if n is None or len(items) <= n:
+            continue
+        out[split] = take(items, stratified_subsample(_label_keys(items, labels), n, seed))
+        report.notes.append(f"{split}: {'stratified ' if labels is not None else ''}subset of {n} of "
+                            f"{len(items)} items (seed {seed})")
+    return out
+
+
+def drop_overlap(splits: dict[str, Any], keys: Callable[[Any], Sequence[Hashable]], report,
+                 what: str) -> dict[str, Any]:
+    """Drop validation/test items that are exact duplicates of a training item (equal ``keys``)
+    and count them in ``report`` as "also in train (what)": a model scored on items it trained on
+    looks better than it is. Run it after the caps, on the training items the run really uses."""
+    if "train" not in splits:
+        return dict(splits)
+    seen = set(keys(splits["train"]))
+    out = dict(splits)
+    for split in ("validation", "test"):
+        if split not in splits:
+            continue
+        split_keys = list(keys(splits[split]))
+        dup = [i for i, k in enumerate(split_keys) if k in seen]
+        if dup:
+            report.drop(split, f"also in train ({what})", len(dup), [str(split_keys[i])[:80] for i in dup[:5]])
+            dup_set = set(dup)
+            out[split] = take(splits[split], [i for i in range(len(split_keys)) if i not in dup_set])
+    return out
+
+
+def require_rows(splits: dict[str, Any], where: str | Mapping[str, str], report) -> None:
+    """Every split has items left after cleaning (else a DataError naming the split and what was
+    dropped); the kept counts go into ``report``."""
+    for split, items in splits.items():
+        source = where.get(split, "") if isinstance(where, Mapping) else where
+        if len(items) == 0:
+            raise DataError(f"{source}: the {split} split is empty after cleaning "
+                            f"(dropped: {report.dropped.get(split, {})})")
+        report.rows_kept[split] = len(items)
+
+
+def check_classes(found: Sequence[Any], where: str) -> None:
+    """A classification dataset needs two classes or more: with one, every prediction is right and
+    nothing is learnt; the error names the classes found."""
+    names = sorted({str(v) for v in found})
+    if len(names) < 2:
+        listed = ", ".join(repr(n) for n in names) or "none"
+        raise DataError(f"{where}: classification needs at least two classes in the training data; "
+                        f"found {len(names)}: {listed}")
 
 
 class BatchOrder:

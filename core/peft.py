@@ -33,18 +33,45 @@ from .errors import OmnituneError
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
-# Per-architecture LoRA targets where peft's own table has none (Whisper) or where ours differs.
-# Attention query/value projections are the original LoRA paper's choice and a sound default.
-_LORA_TARGETS = {
-    "bert": ["query", "value"],
-    "llama": ["q_proj", "v_proj"],
-    "whisper": ["q_proj", "v_proj"],
+# The one per-architecture table of default places for adapters, keyed by the Hugging Face
+# ``config.model_type``. It holds only what peft's own tables (peft.utils.constants) lack:
+# architecture_targets() reads ours first, then peft's, so every architecture peft knows (BERT,
+# Llama, Mistral, Qwen, ...) gets peft's defaults, and a new peft release extends ours for free.
+#   lora: peft has no Whisper entry; q/v projections are the original LoRA paper's choice.
+#   ia3 / ia3_feedforward: the same for IA3 (keys, values and the feed-forward output, scaled).
+#   bottleneck: peft has no bottleneck adapters; Houlsby's placement, after each attention output
+#   projection and each feed-forward output ("output.dense" also matches BERT's
+#   attention.output.dense; Whisper's out_proj covers self- and cross-attention).
+ARCHITECTURE_TARGETS: dict[str, dict[str, list[str]]] = {
+    "bert": {"bottleneck": ["attention.output.dense", "output.dense"]},
+    "llama": {"bottleneck": ["o_proj", "down_proj"]},
+    "whisper": {"lora": ["q_proj", "v_proj"], "ia3": ["k_proj", "v_proj", "fc2"], "ia3_feedforward": ["fc2"],
+                "bottleneck": ["out_proj", "fc2"]},
 }
-_IA3_TARGETS = {
-    "bert": (["key", "value", "output.dense"], ["output.dense"]),
-    "llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
-    "whisper": (["k_proj", "v_proj", "fc2"], ["fc2"]),
-}
+
+
+def _peft_tables() -> dict[str, dict[str, list[str]]]:
+    from peft.utils import constants
+
+    return {"lora": constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
+            "ia3": constants.TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
+            "ia3_feedforward": constants.TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING}
+
+
+def architecture_targets(model_type: str | None, kind: str) -> list[str] | None:
+    """Default module names for ``kind`` (lora, ia3, ia3_feedforward, bottleneck) on a Hugging
+    Face ``model_type``: ours (:data:`ARCHITECTURE_TARGETS`), else peft's; None when neither knows.
+
+    >>> architecture_targets("whisper", "lora"), architecture_targets("mistral", "lora")
+    (['q_proj', 'v_proj'], ['q_proj', 'v_proj'])
+    """
+    if model_type is None:
+        return None
+    own = ARCHITECTURE_TARGETS.get(model_type, {}).get(kind)
+    if own is not None:
+        return list(own)
+    found = _peft_tables().get(kind, {}).get(model_type)
+    return list(found) if found is not None else None
 
 
 def check_quantization(quantize: str) -> None:
@@ -98,19 +125,15 @@ def default_target_modules(model: nn.Module, head_modules: list[nn.Module], meth
     (non-grouped) Conv2d outside the head, e.g. a ResNet's or EfficientNet's convolutions.
     Bottleneck adapters go after attention and feed-forward outputs (per architecture), else after
     each of ``block_modules`` (the task's layer groups between the stem and the head: CNN stages)."""
-    kind = _model_type(model)
+    known = architecture_targets(_model_type(model), method)
+    if known is not None:
+        return known
     if method == "bottleneck":
-        if kind in bottleneck.DEFAULT_TARGETS:
-            return list(bottleneck.DEFAULT_TARGETS[kind])
         names = _module_names(model, block_modules or [])
         if not names:
             raise OmnituneError(f"{type(model).__name__}: no default places for bottleneck adapters; list "
                                 "finetune.peft.target_modules")
         return names
-    if method == "lora" and kind in _LORA_TARGETS:
-        return list(_LORA_TARGETS[kind])
-    if method == "ia3" and kind in _IA3_TARGETS:
-        return list(_IA3_TARGETS[kind][0])
     head = {id(m) for h in head_modules for m in h.modules()}
     names = [n for n, m in model.named_modules()
              if id(m) not in head and (isinstance(m, nn.Linear)
@@ -122,9 +145,11 @@ def default_target_modules(model: nn.Module, head_modules: list[nn.Module], meth
 
 
 def default_feedforward_modules(model: nn.Module, targets: list[str]) -> list[str]:
+    """IA3's feed-forward modules (scaled on their input) when the targets are the architecture's
+    defaults; none otherwise (every target is then scaled on its output)."""
     kind = _model_type(model)
-    if kind in _IA3_TARGETS and targets == _IA3_TARGETS[kind][0]:
-        return list(_IA3_TARGETS[kind][1])
+    if targets == architecture_targets(kind, "ia3"):
+        return architecture_targets(kind, "ia3_feedforward") or []
     return []
 
 

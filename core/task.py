@@ -91,10 +91,23 @@ class Task(Protocol):
     # The metric that picks the best checkpoint by default, and whether higher is better.
     main_metric: ClassVar[str]
     main_metric_mode: ClassVar[str]  # "max" or "min"
+    # The class names the model's head is sized for (None for tasks without a label set): declared,
+    # restored from a saved model, or resolved from the training data by resolve_labels().
+    label_names: list[str] | None
 
     def __init__(
         self, *, model: ModelConfig, data: DataConfig, regularization: RegularizationConfig, seed: int
     ) -> None: ...
+
+    def resolve_labels(self) -> list[str] | None:
+        """Fix the label set the head is sized for, once: ``data.labels``, else what restore()
+        read, else the labels of the training source (reading labels only). build_model and
+        build_datasets both call it, so neither has to run first. None without a label set."""
+
+    def restore(self, model_dir: Path) -> None:
+        """Read back from a folder written by save_pretrained (a full model or an adapter) what the
+        task learnt from the training data: label names, tokenizer/processor, preprocessing. After
+        it, build_model() rebuilds the trained architecture with no training data at hand."""
 
     def build_model(self) -> nn.Module:
         """The pretrained model (or random init when model.pretrained is False), head sized."""
@@ -138,6 +151,17 @@ class Task(Protocol):
 
     def predict(self, model: nn.Module, inputs: list[str]) -> list[dict[str, Any]]:
         """Predictions for raw user inputs (texts, file paths), one dict each."""
+
+    # Optional, for the contract tests (tests/core/test_task_contract.py) and the tiny run of every
+    # shipped recipe (tests/core/test_shipped_recipes.py):
+    # @classmethod
+    # def tiny_recipe(cls, folder: Path, like: BaseRecipe | None = None) -> dict:
+    #     """A raw recipe for a tiny model built from a config and tiny generated data, written
+    #     into ``folder``; nothing downloaded. With ``like`` (a shipped recipe of this task), a
+    #     tiny model and data of the same kind, so that recipe's other settings apply unchanged."""
+    # @classmethod
+    # def tiny_inputs(cls, folder: Path) -> list[str]:
+    #     """Raw inputs (texts, file paths) for predict() on the tiny recipe's model."""
 
     # Optional, for tasks whose data are files rather than table rows (core/cv.py):
     # def cv_rows(self) -> tuple[pandas.DataFrame, str | None]:

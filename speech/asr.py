@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from omnitune.core import assets
+from omnitune.core.data import cap_splits, canonical_splits, drop_overlap, is_hub, require_rows, split_off
 from omnitune.core.errors import DataError, OmnituneError
 from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
 from omnitune.core.task import DataBundle, DataReport, LayerGroup
@@ -92,6 +93,19 @@ class SpeechRecognitionTask:
     DataConfig: ClassVar[type] = SpeechDataConfig
     main_metric: ClassVar[str] = "wer"
     main_metric_mode: ClassVar[str] = "min"
+
+    @classmethod
+    def tiny_recipe(cls, folder: Path, like=None) -> dict:
+        """The contract tests' fixture: a raw recipe for a tiny random Whisper and generated tone clips (built
+        from configs into ``folder``, nothing downloaded); see speech/testing.py."""
+        from .testing import tiny_asr_recipe
+
+        return tiny_asr_recipe(folder)
+
+    @classmethod
+    def tiny_inputs(cls, folder: Path) -> list[str]:
+        """Raw inputs for ``predict`` on the tiny recipe's model: audio files."""
+        return [str(Path(folder) / "audio" / "clip00.wav"), str(Path(folder) / "audio" / "clip01.wav")]
 
     def __init__(self, *, model: SpeechModelConfig, data: SpeechDataConfig,
                  regularization: RegularizationConfig, seed: int) -> None:
@@ -171,7 +185,7 @@ class SpeechRecognitionTask:
     def _utterances(self, source: str, report: DataReport, split: str) -> dict[str, list[sdata.Utterance]]:
         """{split: utterances} of one source: Hub sources may bring their own splits."""
         cfg = self.data_cfg
-        if source.startswith("hub:"):
+        if is_hub(source):
             return sdata.hub_utterances(source, None, cfg.audio_column, cfg.text_column, report)
         path = Path(assets.resolve(source))
         return {split: sdata.local_utterances(path, cfg.transcripts, cfg.audio_dir, cfg.path_column,
@@ -189,9 +203,7 @@ class SpeechRecognitionTask:
     def build_datasets(self) -> DataBundle:
         cfg = self.data_cfg
         report = DataReport(source=cfg.source)
-        found = self._utterances(cfg.source, report, "all")
-        aliases = {"valid": "validation", "dev": "validation", "val": "validation"}
-        found = {aliases.get(k, k): v for k, v in found.items()}
+        found = canonical_splits(self._utterances(cfg.source, report, "all"))
         splits: dict[str, list[sdata.Utterance]] = {}
         for name, extra in (("validation", cfg.validation_source), ("test", cfg.test_source)):
             if extra:
@@ -199,27 +211,18 @@ class SpeechRecognitionTask:
             elif name in found:
                 splits[name] = found[name]
         pool = found.get("train") or [u for k, v in found.items() if k not in ("validation", "test") for u in v]
-        if "validation" not in splits or "test" not in splits:
-            cut = sdata.split_utterances(pool, cfg.val_size if "validation" not in splits else 0.0,
-                                         cfg.test_size if "test" not in splits else 0.0, self.seed)
-            pool = cut["train"]
-            splits.setdefault("validation", cut["validation"])
-            splits.setdefault("test", cut["test"])
-            report.notes.append(f"seeded utterance-level split (seed {self.seed}, val {cfg.val_size}, "
-                                f"test {cfg.test_size})")
-        splits["train"] = pool
+        # Sorted by name, so the seeded split does not depend on the order the source lists clips in.
+        splits["train"] = sorted(pool, key=lambda u: u.name)
+        splits = split_off(splits, val_size=cfg.val_size, test_size=cfg.test_size, seed=self.seed, report=report)
+        if cfg.drop_duplicates:  # before decoding: a clip that is also a training clip is not decoded twice
+            splits = drop_overlap(splits, lambda utts: [sdata.audio_identity(u) for u in utts], report,
+                                  "same audio")
         clips = {name: self._clean(splits[name], name, report) for name in ("train", "validation", "test")}
         sdata.check_bad_share(report, cfg.max_bad_share)
-        if cfg.max_samples:
-            clips["train"] = clips["train"][: cfg.max_samples]
-        if cfg.max_eval_samples:
-            clips["validation"] = clips["validation"][: cfg.max_eval_samples]
-            clips["test"] = clips["test"][: cfg.max_eval_samples]
-        for name, kept in clips.items():
-            if not kept:
-                raise DataError(f"{cfg.source}: no usable clips left in the {name} split (see the data report: "
-                                f"{report.dropped.get(name, {})})")
-            report.rows_kept[name] = len(kept)
+        # Caps apply to usable clips (after decoding), so a capped run gets the clips it asked for.
+        clips = cap_splits(clips, max_samples=cfg.max_samples, max_eval_samples=cfg.max_eval_samples,
+                           seed=self.seed, report=report)
+        require_rows(clips, cfg.source, report)
         report.notes.append(f"normaliser: {cfg.normalizer} ({smetrics.NORMALIZER_DESCRIPTIONS[cfg.normalizer]})")
         report.notes.append(f"encoder window: {self.window_seconds:g} s; audio resampled to {SAMPLE_RATE} Hz")
         hours = sum(len(c.wave) for c in clips["train"]) / SAMPLE_RATE / 3600
@@ -323,18 +326,36 @@ class SpeechRecognitionTask:
     def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
         save_model(getattr(model, "module", model), self.processor, Path(out_dir))
 
-    def load_pretrained(self, model_dir: Path) -> nn.Module:
-        from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
+    def resolve_labels(self) -> None:
+        """No label set: nothing about Whisper's shape comes from the data."""
+        return None
+
+    def restore(self, model_dir: Path) -> None:
+        """The processor saved beside the model (full or adapter), which pads to the window the
+        model was trained with; the generation settings saved with it, else the base model's."""
+        from transformers import GenerationConfig, WhisperConfig, WhisperProcessor
 
         model_dir = Path(model_dir)
-        model = WhisperForConditionalGeneration.from_pretrained(model_dir)
         processor = WhisperProcessor.from_pretrained(model_dir)
+        config = WhisperConfig.from_pretrained(model_dir)
+        try:
+            gen = GenerationConfig.from_pretrained(model_dir)
+        except OSError:  # an adapter folder: the base's generation settings are the ones it runs with
+            try:
+                gen = GenerationConfig.from_pretrained(self.model_path, revision=self.model_cfg.revision)
+            except OSError:
+                gen = GenerationConfig.from_model_config(config)
         # The saved feature extractor already pads to the saved window; the recipe's window must agree.
-        self._use_processor(processor, model.config, GenerationConfig.from_pretrained(model_dir))
+        self._use_processor(processor, config, gen)
         if self.model_cfg.max_source_seconds is None:
-            set_feature_window(processor.feature_extractor, int(model.config.max_source_positions // 50))
-            self._window = model.config.max_source_positions / 50
-        return model.eval()
+            set_feature_window(processor.feature_extractor, int(config.max_source_positions // 50))
+            self._window = config.max_source_positions / 50
+
+    def load_pretrained(self, model_dir: Path) -> nn.Module:
+        from transformers import WhisperForConditionalGeneration
+
+        self.restore(model_dir)
+        return WhisperForConditionalGeneration.from_pretrained(Path(model_dir)).eval()
 
     @torch.no_grad()
     def predict(self, model: nn.Module, inputs: list[str]) -> list[dict[str, Any]]:

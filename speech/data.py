@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from omnitune.core.data import load_hub, parse_hub
 from omnitune.core.errors import DataError
 from omnitune.core.seeding import item_rng
 from omnitune.core.task import DataReport
@@ -144,27 +146,7 @@ def hub_utterances(ref: str, split: str | None, audio_column: str, text_column: 
     are read into memory, which large corpora such as LibriSpeech need."""
     import datasets
 
-    spec = ref.removeprefix("hub:")
-    spec, _, named_split = spec.partition(":")  # dataset names never contain ":"; split slices do
-    split = split or named_split or None
-    parts = spec.split("/")
-    if Path(spec).exists() or len(parts) == 1:  # a local dataset folder, or a bare name
-        attempts = [(spec, None)]
-    elif len(parts) == 3:  # owner/name/config
-        attempts = [("/".join(parts[:2]), parts[2])]
-    else:  # "name/config" or "owner/name": try both, in that order
-        attempts = [(parts[0], parts[1]), (spec, None)] if len(parts) == 2 else [(spec, None)]
-    errors = []
-    for name, config in attempts:
-        try:
-            ds = datasets.load_dataset(name, config, split=split)
-            break
-        except Exception as exc:  # datasets raises many types (not found, no config, offline)
-            errors.append(f"{name}{'/' + config if config else ''}: {exc}")
-    else:
-        raise DataError(f"data.source {ref}: cannot load ({'; '.join(errors)})")
-    # One split asked for: keyed by its name without the slice ("train[:2000]" -> "train").
-    dd = {(split or "all").split("[")[0]: ds} if isinstance(ds, datasets.Dataset) else dict(ds)
+    dd = load_hub(parse_hub(ref), split)
     out: dict[str, list[Utterance]] = {}
     for split_name, d in dd.items():
         if audio_column not in d.column_names or text_column not in d.column_names:
@@ -182,17 +164,12 @@ def hub_utterances(ref: str, split: str | None, audio_column: str, text_column: 
 
 
 # ----------------------------------------------------------------------------- splitting and cleaning
-def split_utterances(utts: list[Utterance], val_size: float, test_size: float, seed: int
-                     ) -> dict[str, list[Utterance]]:
-    """Seeded utterance-level split; the order of the source does not matter (sorted by name)."""
-    utts = sorted(utts, key=lambda u: u.name)
-    order = np.random.default_rng(seed).permutation(len(utts))
-    n_test = int(round(test_size * len(utts)))
-    n_val = int(round(val_size * len(utts)))
-    test = [utts[i] for i in order[:n_test]]
-    val = [utts[i] for i in order[n_test:n_test + n_val]]
-    train = [utts[i] for i in order[n_test + n_val:]]
-    return {"train": train, "validation": val, "test": test}
+def audio_identity(utt: Utterance) -> str:
+    """What makes two utterances the same recording: the audio file's real path, or a hash of the
+    encoded bytes of a Hub row."""
+    if isinstance(utt.audio, bytes):
+        return hashlib.sha1(utt.audio).hexdigest()
+    return os.path.realpath(utt.audio)
 
 
 def clean_clips(utts: Iterable[Utterance], split: str, report: DataReport, normalize: Callable[[str], str],

@@ -7,7 +7,6 @@ unless OMNITUNE_CACHE is already set (CI keeps the real assets cached between ru
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
 import pytest
@@ -22,44 +21,9 @@ import torch  # noqa: E402
 # cores are shared with other work.
 torch.set_num_threads(1)
 
-POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun"]
-NEGATIVE = ["bad", "awful", "dull", "poor", "boring", "weak"]
-FILLER = ["the", "film", "movie", "was", "plot", "actors", "very", "quite", "a", "story"]
-
-
-def make_tokenizer_and_model(folder: Path, num_layers: int = 2, hidden: int = 32) -> Path:
-    """A word-level tokenizer over the fixture vocabulary and a random tiny BERT, saved as a HF folder."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER, "|||"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    from tokenizers.processors import TemplateProcessing
-
-    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                            special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=num_layers,
-                        num_attention_heads=2, intermediate_size=hidden * 2, max_position_embeddings=64)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)  # the same tiny model every session: learning tests must not depend on luck
-    BertModel(config).save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
-
-
-def make_reviews(n: int, seed: int = 0) -> list[dict]:
-    """Short texts whose label is decided by a sentiment word: learnable in a few steps."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = "pos" if i % 2 == 0 else "neg"
-        words = rng.sample(FILLER, rng.randint(2, 8)) + [rng.choice(POSITIVE if label == "pos" else NEGATIVE)]
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
+# The builders live in the package, where each task's tiny_recipe() reaches them too.
+from omnitune.text.testing import (FILLER, NEGATIVE, POSITIVE, make_reviews,  # noqa: E402,F401
+                                   make_tokenizer_and_model)
 
 
 @pytest.fixture(scope="session")

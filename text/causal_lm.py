@@ -19,6 +19,7 @@ from pydantic import Field
 from torch import nn
 
 from omnitune.core import assets
+from omnitune.core.data import cap_splits, drop_overlap, require_rows, split_off
 from omnitune.core.errors import DataError, OmnituneError
 from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
 from omnitune.core.task import DataBundle, DataReport, LayerGroup
@@ -66,6 +67,19 @@ class CausalLMTask:
     DataConfig: ClassVar[type] = CausalLMDataConfig
     main_metric: ClassVar[str] = "perplexity"
     main_metric_mode: ClassVar[str] = "min"
+
+    @classmethod
+    def tiny_recipe(cls, folder: Path, like=None) -> dict:
+        """The contract tests' fixture: a raw recipe for a tiny Llama and generated review -> yes/no rows (built
+        from configs into ``folder``, nothing downloaded); see text/testing.py."""
+        from .testing import tiny_causal_lm_recipe
+
+        return tiny_causal_lm_recipe(folder)
+
+    @classmethod
+    def tiny_inputs(cls, folder: Path) -> list[str]:
+        """Raw inputs for ``predict`` on the tiny recipe's model."""
+        return ["the film was good"]
 
     def __init__(self, *, model: CausalLMModelConfig, data: CausalLMDataConfig,
                  regularization: RegularizationConfig, seed: int) -> None:
@@ -153,15 +167,13 @@ class CausalLMTask:
                                    d.test_source and assets.resolve(d.test_source))
         where = {"train": d.source, "validation": d.validation_source or d.source, "test": d.test_source or d.source}
         splits = {s: self._clean(df, s, where[s], report) for s, df in splits.items()}
-        splits = tdata.split_frames(splits, d.label_column, d.val_size, d.test_size, self.seed, report, False)
-        splits["train"] = tdata.subsample(splits["train"], d.max_samples, d.label_column, self.seed, False)
-        for s in ("validation", "test"):
-            if s in splits:
-                splits[s] = tdata.subsample(splits[s], d.max_eval_samples, d.label_column, self.seed, False)
-        for s, df in splits.items():
-            if len(df) == 0:
-                raise DataError(f"{where[s]}: the {s} split is empty after cleaning (dropped: {report.dropped.get(s, {})})")
-            report.rows_kept[s] = len(df)
+        splits = split_off(splits, val_size=d.val_size, test_size=d.test_size, seed=self.seed, report=report)
+        splits = cap_splits(splits, max_samples=d.max_samples, max_eval_samples=d.max_eval_samples,
+                            seed=self.seed, report=report)
+        if d.drop_duplicates:  # the same prompt and response on both sides would score memorisation
+            splits = drop_overlap(splits, lambda df: list(zip(*(df[c].astype(str) for c in self._columns()))),
+                                  report, "same row")
+        require_rows(splits, where, report)
         train = self._prepare(splits["train"])
         return DataBundle(train=train, validation=self._prepare(splits["validation"]),
                           test=self._prepare(splits["test"]) if "test" in splits else None, report=report,
@@ -225,12 +237,22 @@ class CausalLMTask:
         model.save_pretrained(out_dir)
         self.tokenizer.save_pretrained(out_dir)
 
-    def load_pretrained(self, model_dir: Path) -> nn.Module:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def resolve_labels(self) -> None:
+        """No label set: nothing about the model's shape comes from the data."""
+        return None
+
+    def restore(self, model_dir: Path) -> None:
+        """The tokenizer saved with the model (nothing else was learnt from the data)."""
+        from transformers import AutoTokenizer
 
         self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
+
+    def load_pretrained(self, model_dir: Path) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        self.restore(model_dir)
         return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from omnitune.core import assets
+from omnitune.core.data import cap_splits, check_classes, drop_overlap, require_rows, split_off
 from omnitune.core.errors import DataError, OmnituneError
 from omnitune.core.metrics import compute as compute_metric
 from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
@@ -62,6 +63,19 @@ class TextClassificationTask:
     main_metric: ClassVar[str] = "accuracy"
     main_metric_mode: ClassVar[str] = "max"
 
+    @classmethod
+    def tiny_recipe(cls, folder: Path, like=None) -> dict:
+        """The contract tests' fixture: a raw recipe for a tiny BERT and generated reviews (built
+        from configs into ``folder``, nothing downloaded); see text/testing.py."""
+        from .testing import tiny_classification_recipe
+
+        return tiny_classification_recipe(folder)
+
+    @classmethod
+    def tiny_inputs(cls, folder: Path) -> list[str]:
+        """Raw inputs for ``predict`` on the tiny recipe's model."""
+        return ["the film was good", "a very dull plot"]
+
     def __init__(self, *, model: TextModelConfig, data: TextDataConfig,
                  regularization: RegularizationConfig, seed: int) -> None:
         self.model_cfg, self.data_cfg, self.seed = model, data, seed
@@ -88,12 +102,29 @@ class TextClassificationTask:
     def _num_labels(self) -> int:
         return 1 if self.problem_type == "regression" else len(self.label_names or [])
 
+    def resolve_labels(self) -> list[str] | None:
+        """The label set the head is sized for: ``data.labels``, the set :meth:`restore` read back
+        from a saved model, or else the sorted labels of the training source (read, not cleaned,
+        as build_datasets reads them). build_model and build_datasets both go through it, so
+        either may run first. None for regression."""
+        if self.label_names is None and self.problem_type != "regression":
+            d = self.data_cfg
+            splits = tdata.load_splits(assets.resolve(d.source), None, None)
+            self.label_names = self._labels_seen(splits["train"])
+        return self.label_names
+
+    def _labels_seen(self, train) -> list[str]:
+        d = self.data_cfg
+        values = train[d.label_column].dropna() if d.label_column in train else []
+        if self.problem_type == "multi_label":
+            values = [x.strip() for v in values for x in str(v).split(d.label_separator)]
+        return sorted({str(v) for v in values if str(v).strip()})
+
     def build_model(self) -> nn.Module:
         from transformers import AutoConfig, AutoModelForSequenceClassification
         from transformers.utils import logging as hf_logging
 
-        if self.label_names is None and self.problem_type != "regression":
-            raise OmnituneError("build_datasets() must run before build_model() to learn the label set")
+        self.resolve_labels()
         kwargs: dict[str, Any] = {"num_labels": self._num_labels(),
                                   "problem_type": {"single_label": "single_label_classification",
                                                    "multi_label": "multi_label_classification",
@@ -181,6 +212,10 @@ class TextClassificationTask:
             None if self.problem_type == "regression" else self.label_names, d.unknown_labels,
             d.drop_duplicates, d.label_separator if self.problem_type == "multi_label" else None, report)
 
+    def _row_keys(self, df) -> list:
+        """What makes two rows the same example, whatever their labels: the text (and its pair)."""
+        return list(zip(*(df[c].astype(str) for c in self._text_columns())))
+
     def build_datasets(self) -> DataBundle:
         d = self.data_cfg
         source = assets.resolve(d.source)
@@ -189,24 +224,25 @@ class TextClassificationTask:
                                    d.test_source and assets.resolve(d.test_source))
         where = {"train": d.source, "validation": d.validation_source or d.source, "test": d.test_source or d.source}
         if self.label_names is None and self.problem_type != "regression":
-            values = splits["train"][d.label_column].dropna() if d.label_column in splits["train"] else []
-            if self.problem_type == "multi_label":
-                values = [x.strip() for v in values for x in str(v).split(d.label_separator)]
-            self.label_names = sorted({str(v) for v in values if str(v).strip()})
+            self.label_names = self._labels_seen(splits["train"])
             report.notes.append(f"labels not declared: using the {len(self.label_names)} seen in training data")
         splits = {s: self._clean(df, s, where[s], report) for s, df in splits.items()}
         stratify = self.problem_type == "single_label"
-        splits = tdata.split_frames(splits, d.label_column, d.val_size, d.test_size, self.seed, report, stratify)
-        splits["train"] = tdata.subsample(splits["train"], d.max_samples, d.label_column, self.seed, stratify)
-        for s in ("validation", "test"):
-            if s in splits:
-                splits[s] = tdata.subsample(splits[s], d.max_eval_samples, d.label_column, self.seed, stratify)
-        for s, df in splits.items():
-            if len(df) == 0:
-                raise DataError(f"{where[s]}: the {s} split is empty after cleaning "
-                                f"(dropped: {report.dropped.get(s, {})})")
-            report.rows_kept[s] = len(df)
-            if stratify:
+        by_label = (lambda df: df[d.label_column].astype(str).tolist()) if stratify else None
+        splits = split_off(splits, val_size=d.val_size, test_size=d.test_size, seed=self.seed, report=report,
+                           labels=by_label)
+        splits = cap_splits(splits, max_samples=d.max_samples, max_eval_samples=d.max_eval_samples,
+                            seed=self.seed, report=report, labels=by_label)
+        if d.drop_duplicates:
+            splits = drop_overlap(splits, self._row_keys, report, "same text")
+        require_rows(splits, where, report)
+        if self.problem_type != "regression":
+            seen = splits["train"][d.label_column].astype(str)
+            if self.problem_type == "multi_label":
+                seen = [x.strip() for v in seen for x in v.split(d.label_separator) if x.strip()]
+            check_classes(seen, where["train"])
+        if stratify:
+            for s, df in splits.items():
                 report.label_counts[s] = tdata.label_counts(df[d.label_column])
         train = self._prepare(splits["train"], "train")
         return DataBundle(train=train, validation=self._prepare(splits["validation"], "validation"),
@@ -214,7 +250,9 @@ class TextClassificationTask:
                           report=report, label_names=self.label_names, train_lengths=train.lengths())
 
     def load_eval_dataset(self, source: str, label_names: list[str] | None) -> tuple[Any, DataReport]:
-        self.label_names = label_names
+        if label_names is not None:  # the trained model's labels, whatever the new file holds
+            self.label_names = list(label_names)
+        self.resolve_labels()
         report = DataReport(source=source)
         path = assets.resolve(source)
         splits = tdata.load_splits(path, None, None)
@@ -310,12 +348,25 @@ class TextClassificationTask:
         (Path(out_dir) / LABELS_FILE).write_text(json.dumps(
             {"label_names": self.label_names, "problem_type": self.problem_type}, indent=1))
 
-    def load_pretrained(self, model_dir: Path) -> nn.Module:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    def restore(self, model_dir: Path) -> None:
+        """Read back what training learnt from the data (the label names) and the tokenizer from a
+        folder written by save_pretrained: a saved run needs no training data to be rebuilt."""
+        from transformers import AutoTokenizer
 
-        meta = json.loads((Path(model_dir) / LABELS_FILE).read_text())
+        path = Path(model_dir) / LABELS_FILE
+        if not path.is_file():
+            raise OmnituneError(f"{model_dir}: no {LABELS_FILE} (not a text-classification model folder)")
+        meta = json.loads(path.read_text())
+        if meta.get("problem_type", self.problem_type) != self.problem_type:
+            raise OmnituneError(f"{model_dir}: saved for problem_type {meta['problem_type']!r}, the recipe "
+                                f"says {self.problem_type!r}")
         self.label_names = meta["label_names"]
         self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def load_pretrained(self, model_dir: Path) -> nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        self.restore(model_dir)
         return AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
 
     @torch.no_grad()

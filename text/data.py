@@ -14,19 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from omnitune.core.data import read_table, require_columns, stratified_split, stratified_subsample
+from omnitune.core.data import SPLIT_ALIASES, is_hub, load_hub, read_table, require_columns
 from omnitune.core.errors import DataError, OmnituneError
 from omnitune.core.task import DataReport
-
-HUB_PREFIX = "hub:"
-SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"),
-                 "test": ("test",)}
 
 
 def load_splits(source: str, validation_source: str | None, test_source: str | None) -> dict[str, Any]:
     """{"train": DataFrame, and "validation"/"test" where the source has them}."""
-    if source.startswith(HUB_PREFIX):
-        return _load_hub(source[len(HUB_PREFIX):])
+    if is_hub(source):
+        return _load_hub(source)
     path = Path(source)
     if path.is_dir():
         return _load_folder(path)
@@ -39,7 +35,7 @@ def load_splits(source: str, validation_source: str | None, test_source: str | N
 
 
 def _load_folder(folder: Path) -> dict[str, Any]:
-    """A folder with train.* and optionally validation.* / test.* tables."""
+    """A folder with train.* and optionally validation.* / test.* tables (or dev.*, val.*...)."""
     found = {}
     for split, aliases in SPLIT_ALIASES.items():
         for alias in aliases:
@@ -52,36 +48,23 @@ def _load_folder(folder: Path) -> dict[str, Any]:
     return found
 
 
-def _load_hub(spec: str) -> dict[str, Any]:
-    """``hub:glue/sst2`` -> datasets.load_dataset("glue", "sst2") as DataFrames per split."""
-    import datasets
-
-    parts = spec.split("/")
-    # "owner/name" ids have two parts too; a known single-name dataset with a config is "name/config".
-    name, config = (spec, None) if len(parts) != 2 or parts[0] in ("", None) else (parts[0], parts[1])
-    try:
-        ds = datasets.load_dataset(name, config) if config else datasets.load_dataset(name)
-    except Exception as first:
-        if config:  # maybe it was an "owner/name" id without a config
-            try:
-                ds = datasets.load_dataset(spec)
-            except Exception:
-                raise DataError(f"hub:{spec}: cannot load dataset ({type(first).__name__}: {first})") from None
-        else:
-            raise DataError(f"hub:{spec}: cannot load dataset ({type(first).__name__}: {first})") from None
+def _load_hub(ref: str) -> dict[str, Any]:
+    """``hub:glue/sst2`` -> the dataset's train/validation/test splits as DataFrames, class ids
+    turned into their names."""
     out = {}
-    for split, aliases in SPLIT_ALIASES.items():
-        for alias in aliases:
-            if alias in ds:
-                frame = ds[alias].to_pandas()
-                # GLUE test splits carry label -1 (hidden): treat them as having no test labels.
-                if "label" in frame and (frame["label"] == -1).all():
-                    break
-                names = ds[alias].features.get("label")
-                if names is not None and hasattr(names, "names"):
-                    frame["label"] = [names.names[i] for i in frame["label"]]
-                out[split] = frame
-                break
+    for split, ds in load_hub(ref).items():
+        if split not in SPLIT_ALIASES:
+            continue
+        frame = ds.to_pandas()
+        # GLUE test splits carry label -1 (hidden): treat them as having no test labels.
+        if "label" in frame and len(frame) and (frame["label"] == -1).all():
+            continue
+        names = ds.features.get("label")
+        if names is not None and hasattr(names, "names"):
+            frame["label"] = [names.names[i] for i in frame["label"]]
+        out[split] = frame
+    if "train" not in out:
+        raise DataError(f"{ref}: the dataset has no train split (splits: {', '.join(out) or 'none'})")
     return out
 
 
@@ -127,34 +110,6 @@ def clean_frame(
         df = df[~dup]
     report.rows_kept[split] = len(df)
     return df.reset_index(drop=True)
-
-
-def split_frames(splits: dict[str, Any], label_column: str, val_size: float, test_size: float,
-                 seed: int, report: DataReport, stratify: bool) -> dict[str, Any]:
-    """Make the missing validation/test splits from train with a seeded stratified split."""
-    train = splits["train"]
-    need = [s for s in ("validation", "test") if s not in splits]
-    if not need:
-        return splits
-    fractions = [val_size if s == "validation" else test_size for s in need]
-    labels = train[label_column].astype(str).tolist() if stratify else ["all"] * len(train)
-    parts = stratified_split(labels, fractions, seed)
-    out = dict(splits)
-    out["train"] = train.iloc[parts[0]].reset_index(drop=True)
-    for s, idx in zip(need, parts[1:]):
-        out[s] = train.iloc[idx].reset_index(drop=True)
-    report.notes.append(
-        f"source has no {' / '.join(need)} split: made by a seeded (seed {seed}) "
-        f"{'stratified ' if stratify else ''}split of the training rows "
-        f"({', '.join(f'{s} {f:.0%}' for s, f in zip(need, fractions))})")
-    return out
-
-
-def subsample(df, n: int | None, label_column: str, seed: int, stratify: bool):
-    if n is None or n >= len(df):
-        return df
-    labels = df[label_column].astype(str).tolist() if stratify else ["all"] * len(df)
-    return df.iloc[stratified_subsample(labels, n, seed)].reset_index(drop=True)
 
 
 def load_tokenizer(name: str, path: str, revision: str | None):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
+from omnitune.core.data import check_classes, require_rows
 from omnitune.core.errors import DataError, OmnituneError
 from omnitune.core.mixing import mix_batch, soft_target_cross_entropy
 from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig, Section
@@ -25,8 +26,8 @@ from omnitune.core.task import DataBundle, DataReport, LayerGroup
 from . import sources
 from .augment import AugmentSpec, Augmenter, validate_spec
 from .data import ImageDataset, decode_path
-from .models import (Preprocessing, build_classifier, image_layer_groups, load_folder, resolve_preprocessing,
-                     save_folder)
+from .models import (Preprocessing, build_classifier, image_layer_groups, load_folder, read_folder_config,
+                     resolve_preprocessing, save_folder)
 from .report import confidently_wrong, wrong_grid_png
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "area", "lanczos"]
@@ -90,6 +91,21 @@ class ImageClassificationTask:
     main_metric: ClassVar[str] = "accuracy"
     main_metric_mode: ClassVar[str] = "max"
 
+    @classmethod
+    def tiny_recipe(cls, folder: Path, like=None) -> dict:
+        """The contract tests' fixture: a raw recipe for timm's tiny test models and generated images (built
+        from configs into ``folder``, nothing downloaded); see vision/testing.py."""
+        from .testing import tiny_image_recipe
+
+        return tiny_image_recipe(folder, like)
+
+    @classmethod
+    def tiny_inputs(cls, folder: Path) -> list[str]:
+        """Raw inputs for ``predict`` on the tiny recipe's model: image files."""
+        from .testing import tiny_image_inputs
+
+        return tiny_image_inputs(folder)
+
     def __init__(self, *, model: VisionModelConfig, data: VisionDataConfig,
                  regularization: RegularizationConfig, seed: int) -> None:
         self.model_cfg, self.data_cfg, self.reg, self.seed = model, data, regularization, seed
@@ -116,8 +132,12 @@ class ImageClassificationTask:
                          random_erasing=self.data_cfg.random_erasing)
 
     # ------------------------------------------------------------------ model
-    def _ensure_labels(self) -> list[str]:
-        if self.label_names is None:  # build_model before build_datasets: read the label set only
+    def resolve_labels(self) -> list[str]:
+        """The class names the head is sized for: ``data.labels``, the names :meth:`restore` read
+        back from a saved model, the source's own (IDX labels.txt, a Hub ClassLabel), or the sorted
+        classes of the training data. build_model and build_datasets both go through it, so either
+        may run first; this reads the label set only, not the images."""
+        if self.label_names is None:
             d = self.data_cfg
             report = DataReport(source=d.source)
             raw, native = sources.load_raw_splits(d.source, declared=None, path_column=d.path_column,
@@ -131,7 +151,7 @@ class ImageClassificationTask:
         return sources.cv_rows(self)
 
     def build_model(self) -> nn.Module:
-        names = self._ensure_labels()
+        names = self.resolve_labels()
         m = self.model_cfg
         model, _, self._architecture = build_classifier(
             m.name, pretrained=m.pretrained, num_classes=len(names), drop_rate=m.drop_rate,
@@ -154,13 +174,14 @@ class ImageClassificationTask:
                                                   image_column=d.image_column, label_column=d.label_column,
                                                   report=report)
                 raw[key] = sources.merge_for_eval(more)
-        self.label_names = sources.label_set(d.labels, native, raw["train"], report)
+        if self.label_names is None:  # else declared, or restored from a saved model
+            self.label_names = sources.label_set(d.labels, native, raw["train"], report)
         for split in raw:
             report.rows_read[split] = len(raw[split].keys)
             raw[split] = sources.encode_labels(raw[split], self.label_names, d.unknown_labels, split, d.source, report)
         splits = sources.split_and_subsample(raw, val_size=d.val_size, test_size=d.test_size,
                                              max_samples=d.max_samples, max_eval_samples=d.max_eval_samples,
-                                             seed=self.seed, report=report)
+                                             seed=self.seed, report=report, drop_duplicates=d.drop_duplicates)
         bad = checked = 0
         for split in ("train", "validation", "test"):
             if split in splits:
@@ -168,10 +189,9 @@ class ImageClassificationTask:
                 splits[split], n_bad = sources.drop_unreadable(splits[split], split, d.verify_images, report)
                 bad += n_bad
         sources.check_bad_share(bad, checked, d.max_unreadable_share, report)
+        require_rows(splits, d.source, report)
+        check_classes([self.label_names[i] for i in set(splits["train"].labels)], d.source)
         for split, records in splits.items():
-            if not records.keys:
-                raise DataError(f"{d.source}: the {split} split is empty after cleaning")
-            report.rows_kept[split] = len(records.keys)
             report.label_counts[split] = sources.label_counts(records, self.label_names)
         train_aug, eval_aug = self.augmenter(True), self.augmenter(False)
         return DataBundle(
@@ -182,7 +202,7 @@ class ImageClassificationTask:
 
     def load_eval_dataset(self, source: str, label_names: list[str] | None) -> tuple[Any, DataReport]:
         d = self.data_cfg
-        names = label_names or self._ensure_labels()
+        names = label_names or self.resolve_labels()
         self.label_names = list(names)
         report = DataReport(source=source)
         raw, _ = sources.load_raw_splits(source, declared=None, path_column=d.path_column,
@@ -267,6 +287,15 @@ class ImageClassificationTask:
             raise OmnituneError("save_pretrained: build_model or load_pretrained first")
         save_folder(model, Path(out_dir), architecture=self._architecture, label_names=self.label_names,
                     data_config=self.preprocessing(), extra={"base_model": self.model_cfg.name})
+
+    def restore(self, model_dir: Path) -> None:
+        """Class names, preprocessing and architecture id from a folder written by save_pretrained
+        (full model or adapter): a saved run needs no training data to be rebuilt."""
+        config = read_folder_config(Path(model_dir))
+        dc = config["data_config"]
+        self.label_names, self._architecture = list(config["label_names"]), config["architecture"]
+        self._pre = Preprocessing(int(dc["input_size"][-1]), tuple(dc["mean"]), tuple(dc["std"]),
+                                  dc["interpolation"], float(dc["crop_pct"]))
 
     def load_pretrained(self, model_dir: Path) -> nn.Module:
         model, pre, config = load_folder(Path(model_dir))

@@ -21,12 +21,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from omnitune.core.data import read_table, require_columns, table_suffix
+from omnitune.core.data import SPLIT_ALIASES, read_table, require_columns, table_suffix
 from omnitune.core.errors import DataError
 from omnitune.core.seeding import item_seed
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-SPLIT_DIRS = {"train": ("train",), "validation": ("val", "validation", "valid"), "test": ("test",)}
+SPLIT_DIRS = SPLIT_ALIASES  # split folders: train/, val/ (or validation/, valid/, dev/), test/
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
@@ -65,6 +65,9 @@ class Records:
     keys: list[Any]  # what `load` takes: a file path, or a row of an array / Hub dataset
     labels: list[Any]
     from_files: bool = False  # files can be verified (and be corrupt) before training
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
     def subset(self, keep: Sequence[int]) -> "Records":
         return Records(self.load, self.describe, [self.keys[i] for i in keep], [self.labels[i] for i in keep],
@@ -237,26 +240,6 @@ def read_idx_folder(root: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]
     names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()] \
         if names_file.is_file() else None
     return out, names
-
-
-def load_hub(name: str, image_column: str, label_column: str):
-    """A Hugging Face image dataset's splits and its class names (ClassLabel), online only."""
-    import datasets
-
-    # "owner/dataset/config" or "owner/dataset" / "dataset": the config is a third part only.
-    parts = name.split("/")
-    repo, config = ("/".join(parts[:2]), parts[2]) if len(parts) > 2 else (name, None)
-    try:
-        dd = datasets.load_dataset(repo, config)
-    except Exception as exc:  # offline, unknown name, gated...
-        raise DataError(f"hub:{name}: cannot load dataset ({type(exc).__name__}: {exc})".splitlines()[0]) from None
-    first = next(iter(dd.values()))
-    for col in (image_column, label_column):
-        if col not in first.column_names:
-            raise DataError(f"hub:{name}: no column {col!r} (columns: {', '.join(first.column_names)})")
-    feature = first.features[label_column]
-    names = list(feature.names) if hasattr(feature, "names") else None
-    return dd, names
 
 
 class _HubLoader:

@@ -6,6 +6,7 @@ quick run on a big folder does not read every file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from omnitune.core.assets import resolve as resolve_asset
-from omnitune.core.data import stratified_split, stratified_subsample
+from omnitune.core.data import cap_splits, drop_overlap, load_hub, parse_hub, split_off
 from omnitune.core.errors import DataError
 from omnitune.core.task import DataReport
 
-from .data import (Records, array_records, find_unreadable, hub_records, load_hub, path_records,
+from .data import (Records, _ArrayLoader, _HubLoader, array_records, find_unreadable, hub_records, path_records,
                    read_idx_folder, read_manifest, scan_image_folder, source_kind, split_dirs)
 
 MAX_LISTED_BAD = 200  # unreadable paths listed in the report's notes, per split
@@ -31,16 +32,21 @@ def load_raw_splits(source: str, *, declared: list[str] | None, path_column: str
     resolved = resolve_asset(source)
     kind = source_kind(resolved)
     if kind == "hub":
-        name = resolved[len("hub:"):]
-        dd, names = load_hub(name, image_column, label_column)
+        hub = parse_hub(resolved)
+        dd = load_hub(hub)
+        first = next(iter(dd.values()))
+        for col in (image_column, label_column):
+            if col not in first.column_names:
+                raise DataError(f"{hub.ref}: no column {col!r} (columns: {', '.join(first.column_names)})")
+        feature = first.features[label_column]
+        names = list(feature.names) if hasattr(feature, "names") else None
         out = {}
         for split, ds in dd.items():
-            split = "validation" if split in ("val", "valid") else split
             raw = list(ds[label_column])
             labels = [names[int(v)] if names else str(v) for v in raw]
-            out[split] = hub_records(ds, image_column, labels, f"{name}/{split}")
+            out[split] = hub_records(ds, image_column, labels, f"{hub.spec}/{split}")
         if "train" not in out:
-            raise DataError(f"hub:{name}: no 'train' split (splits: {', '.join(dd)})")
+            raise DataError(f"{hub.ref}: no 'train' split (splits: {', '.join(dd)})")
         return out, names
     path = Path(resolved)
     if kind == "idx":
@@ -120,26 +126,40 @@ def check_bad_share(bad: int, total: int, limit: float, report: DataReport) -> N
 
 def split_and_subsample(splits: dict[str, Records], *, val_size: float, test_size: float,
                         max_samples: int | None, max_eval_samples: int | None, seed: int,
-                        report: DataReport) -> dict[str, Records]:
-    """Fill in missing validation/test splits from train (seeded, stratified) and apply the caps."""
-    train = splits["train"]
-    out = dict(splits)
-    if "validation" not in out and "test" not in out:
-        rest, val, test = stratified_split(train.labels, [val_size, test_size], seed)
-        out.update(train=train.subset(rest), validation=train.subset(val), test=train.subset(test))
-        report.notes.append(f"validation and test split off the training data ({val_size:.0%} / {test_size:.0%}, "
-                            f"stratified, seed {seed})")
-    elif "validation" not in out:
-        rest, val = stratified_split(train.labels, [val_size], seed)
-        out.update(train=train.subset(rest), validation=train.subset(val))
-        report.notes.append(f"validation split off the training data ({val_size:.0%}, stratified, seed {seed})")
-    caps = {"train": max_samples, "validation": max_eval_samples, "test": max_eval_samples}
-    for split, cap in caps.items():
-        if cap is not None and split in out and len(out[split].keys) > cap:
-            keep = stratified_subsample(out[split].labels, cap, seed)
-            out[split] = out[split].subset(keep.tolist())
-            report.notes.append(f"{split}: stratified subset of {cap} samples (seed {seed})")
+                        report: DataReport, drop_duplicates: bool = True) -> dict[str, Records]:
+    """Fill in missing splits from train (seeded, stratified), apply the caps, then drop the
+    validation/test images that are also training images (same file, or same pixels for arrays
+    and Hub rows). A source with neither validation nor test gets both; one with a test split but
+    no validation gets a validation split; one with a validation split only keeps no test split."""
+    by_label = lambda records: records.labels  # noqa: E731 (stratify every split by class)
+    make = ("validation", "test") if "validation" not in splits and "test" not in splits else ("validation",)
+    out = split_off(splits, val_size=val_size, test_size=test_size, seed=seed, report=report, labels=by_label,
+                    make=make)
+    out = cap_splits(out, max_samples=max_samples, max_eval_samples=max_eval_samples, seed=seed, report=report,
+                     labels=by_label)
+    if drop_duplicates:
+        out = drop_overlap(out, identities, report, "same image")
     return out
+
+
+def identities(records: Records) -> list[str]:
+    """What makes two items the same image: the file's absolute path for files, a hash of the
+    pixels (arrays) or of the encoded bytes (Hub rows) otherwise."""
+    if records.from_files:
+        return [os.path.realpath(k) for k in records.keys]
+    if isinstance(records.load, _ArrayLoader):
+        images = records.load.images
+        return [hashlib.sha1(np.ascontiguousarray(images[k]).tobytes()).hexdigest() for k in records.keys]
+    if isinstance(records.load, _HubLoader):
+        import datasets
+
+        column = records.load.column
+        if isinstance(records.load.ds.features.get(column), datasets.Image):  # hash the file bytes, no decoding
+            ds = records.load.ds.cast_column(column, datasets.Image(decode=False))
+            cells = ds.select(records.keys)[column]
+            return [hashlib.sha1(c["bytes"]).hexdigest() if c.get("bytes") else f"path:{c.get('path')}"
+                    for c in cells]
+    return [hashlib.sha1(records.load(k).tobytes()).hexdigest() for k in records.keys]
 
 
 def label_counts(records: Records, names: list[str]) -> dict[str, int]:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from omnitune.core.api import cross_validate
+from omnitune.core.api import build_task, cross_validate
 from omnitune.core.cv import stratified_folds, summarise, write_folds
 from omnitune.core.recipe import load_recipe
 
@@ -82,5 +82,5 @@ def test_a_task_listing_its_files_gets_manifest_folds(tmp_path, tiny_bert, revie
     plain = write_folds(rec, 3, tmp_path / "cv2", task=_ListingTask(frame, None))
     assert plain.stratify is None and plain.labels is None and "data.labels" not in plain.overrides(0)
     # The tabular path is unchanged: fold folders of split tables.
-    table = write_folds(rec, 3, tmp_path / "cv3")
+    table = write_folds(rec, 3, tmp_path / "cv3", build_task(rec))
     assert not table.manifests and table.overrides(0)["data.source"] == str(table.dirs[0])

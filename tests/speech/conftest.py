@@ -2,80 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 # Polite on a shared 2-core machine; the tiny models do not need more.
 torch.set_num_threads(1)
 
-SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
-            "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-
-
-def make_tiny_whisper(out: Path, seed: int = 0) -> Path:
-    """A random 2+2-layer Whisper (d_model 32) with a byte-level tokenizer of 265 tokens, saved in
-    Hugging Face layout with its processor and an English-only generation config."""
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer)
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    # One token per byte (the byte-level alphabet), no merges: tiny and still a real BPE tokenizer.
-    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
-    for tok in SPECIALS:
-        vocab[tok] = len(vocab)
-    tokenizer = WhisperTokenizer(vocab=vocab, merges=[])
-    tokenizer.add_special_tokens({"additional_special_tokens": SPECIALS})
-    eot, sot = vocab["<|endoftext|>"], vocab["<|startoftranscript|>"]
-    cfg = WhisperConfig(vocab_size=len(vocab), num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=2,
-                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-                        decoder_ffn_dim=64, max_source_positions=1500, max_target_positions=64,
-                        decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
-    torch.manual_seed(seed)
-    model = WhisperForConditionalGeneration(cfg)
-    gen = GenerationConfig.from_model_config(cfg)
-    gen._from_model_config = False  # else from_pretrained rebuilds it from config.json
-    gen.decoder_start_token_id, gen.max_length = sot, 64
-    gen.no_timestamps_token_id = vocab["<|notimestamps|>"]
-    gen.prev_sot_token_id = vocab["<|startofprev|>"]
-    gen.is_multilingual = False
-    model.generation_config = gen
-    model.save_pretrained(out)
-    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer).save_pretrained(out)
-    return out
+# The builders live in the package, where the task's tiny_recipe() reaches them too.
+from omnitune.speech.testing import SPECIALS, make_audio_folder, make_tiny_whisper, tone  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
 def tiny_whisper(tmp_path_factory) -> Path:
     return make_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper"))
-
-
-def tone(seconds: float, sr: int, freq: float = 440.0, amp: float = 0.3) -> np.ndarray:
-    t = np.arange(int(seconds * sr)) / sr
-    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def make_audio_folder(root: Path, n: int = 12, sr: int = 8000) -> Path:
-    """n short tone clips at 8 kHz with `name: text` transcripts, plus one silent clip, one
-    unreadable file, one clip without transcript and one transcript without audio."""
-    root.mkdir(parents=True, exist_ok=True)
-    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
-    lines = []
-    for i in range(n):
-        sf.write(root / f"clip{i:02d}.wav", tone(0.5 + 0.05 * i, sr, 300 + 40 * i), sr)
-        lines.append(f"clip{i:02d}: {words[i % 10]} {words[(i + 3) % 10]}")
-    sf.write(root / "quiet.wav", np.zeros(sr // 2, dtype=np.float32), sr)
-    lines.append("quiet: nothing")
-    (root / "broken.wav").write_bytes(b"not a wav file at all")
-    lines.append("broken: broken")
-    sf.write(root / "orphan.wav", tone(0.5, sr), sr)
-    lines.append("ghost: no audio for this line")
-    (root / "transcripts.txt").write_text("; comment line\n" + "\n".join(lines) + "\n")
-    return root
 
 
 @pytest.fixture()

@@ -154,7 +154,9 @@ def test_hub_audio_dataset_without_ffmpeg(tiny_whisper, tmp_path):
     meta = {"info": {"features": {"audio": {"_type": "Audio"}, "sentence": {"dtype": "string", "_type": "Value"}}}}
     (tmp_path / "data").mkdir()
     for split, n in (("train", 10), ("test", 3)):
-        audio = pa.array([{"bytes": wav_bytes(200 + 30 * i), "path": f"{split}{i}.wav"} for i in range(n)],
+        # Distinct tones per split: a test clip equal to a training clip would be dropped as a leak.
+        audio = pa.array([{"bytes": wav_bytes(200 + 30 * i + (15 if split == "test" else 0)), "path": f"{split}{i}.wav"}
+                          for i in range(n)],
                          type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
         table = pa.table({"audio": audio, "sentence": [f"word {i}" for i in range(n)]})
         pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps(meta)}),

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from omnitune.core.api import cross_validate
+from omnitune.core.api import build_task, cross_validate
 from omnitune.core.cv import write_folds
 from omnitune.core.errors import DataError
 from omnitune.core.recipe import load_recipe
@@ -31,7 +31,8 @@ def _recipe(tmp_path: Path, model: Path, source) -> Path:
 
 
 def test_transcript_folder_folds_are_disjoint_and_cover(tmp_path, tiny_whisper, audio_folder):
-    folds = write_folds(load_recipe(_recipe(tmp_path, tiny_whisper, audio_folder)), 3, tmp_path / "cv")
+    rec = load_recipe(_recipe(tmp_path, tiny_whisper, audio_folder))
+    folds = write_folds(rec, 3, tmp_path / "cv", build_task(rec))
     assert folds.manifests and folds.stratify is None and folds.labels is None
     tests = [pd.read_csv(d / "test.csv", keep_default_na=False) for d in folds.dirs]
     held_out = pd.concat(tests)

@@ -1,11 +1,11 @@
-"""Every shipped speech recipe validates, and runs end to end on a tiny model and tiny data."""
+"""Every shipped speech recipe validates; bottleneck adapters on Whisper. The tiny run of every shipped
+recipe is in tests/core/test_shipped_recipes.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
 
 from omnitune.core.recipe import load_recipe
 
@@ -22,34 +22,6 @@ def test_there_are_speech_recipes():
 def test_recipe_validates(path):
     rec = load_recipe(path)
     assert rec.task == "speech-recognition" and rec.eval.baseline and rec.description
-
-
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
-def test_tiny_run(path, tiny_whisper, audio_folder, tmp_path):
-    from safetensors.torch import load_file
-
-    from omnitune.core.api import train
-
-    result = train(path, {"model.name": str(tiny_whisper), "data.source": str(audio_folder),
-                          "model.max_new_tokens": 4, "train.max_steps": 2, "train.batch_size": 2,
-                          "train.eval_batch_size": 4, "train.threads": 1, "data.max_bad_share": 0.5,
-                          "data.val_size": 0.2, "data.test_size": 0.2, "output.dir": str(tmp_path)})
-    m = result.metrics
-    for split in ("baseline_test", "test", "validation"):
-        assert 0 <= m[split]["wer"] and 0 <= m[split]["cer"]
-    assert (result.run_dir / "worst_utterances_test.md").is_file()
-    rec = load_recipe(path)
-    if rec.finetune.peft is not None:
-        _check_adapter_run(result, tiny_whisper)
-        return
-    assert (result.run_dir / "model" / "model.safetensors").is_file()
-    before, after = load_file(tiny_whisper / "model.safetensors"), load_file(result.run_dir / "model" / "model.safetensors")
-    enc = "model.encoder.layers.0.fc1.weight"
-    dec = "model.decoder.layers.0.fc1.weight"
-    assert not torch.equal(before[dec], after[dec])  # the decoder trained in every recipe
-    assert torch.equal(before[enc], after[enc]) == ("model.encoder.*" in rec.finetune.freeze)
-    if rec.model.max_source_seconds:
-        assert after["model.encoder.embed_positions.weight"].shape[0] == rec.model.max_source_seconds * 50
 
 
 def _check_adapter_run(result, tiny_whisper):

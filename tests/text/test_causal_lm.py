@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 
 import pytest
@@ -11,34 +10,9 @@ import torch
 
 from omnitune.core.api import _load_run, build_task, predict, train
 from omnitune.core.recipe import load_recipe, validate_recipe
+from omnitune.text.testing import make_qa_rows, make_tiny_llama, write_csv
 
-from ..conftest import FILLER, NEGATIVE, POSITIVE, write_recipe
-
-SPECIAL = ["<pad>", "<unk>", "<s>", "</s>"]
-
-
-def make_tiny_llama(folder: Path) -> Path:
-    """A word-level tokenizer and a random 2-layer Llama (tied embeddings, like SmolLM2)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = [*SPECIAL, *POSITIVE, *NEGATIVE, *FILLER, "review:", "answer:", "yes", "no"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>")
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                         tie_word_embeddings=True, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-                         # With the usual std 0.02 the tied (frozen under LoRA) embeddings bound every
-                         # logit below ~0.7, so no adapter could make an answer likely; pretrained
-                         # embeddings are far larger than that.
-                         initializer_range=0.3)
-    torch.manual_seed(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
+from ..conftest import write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +23,7 @@ def tiny_llama(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def qa_csv(tmp_path_factory) -> Path:
     """review -> yes/no (positive?): the response is decided by one word of the prompt."""
-    import pandas as pd
-
-    rng = random.Random(0)
-    rows = []
-    for i in range(200):
-        pos = i % 2 == 0
-        words = rng.sample(FILLER, 3) + [rng.choice(POSITIVE if pos else NEGATIVE)]
-        rng.shuffle(words)
-        rows.append({"review": " ".join(words), "answer": "yes" if pos else "no"})
-    path = tmp_path_factory.mktemp("qa") / "qa.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
+    return write_csv(tmp_path_factory.mktemp("qa") / "qa.csv", make_qa_rows(200))
 
 
 def lm_recipe(model: Path, data: Path, out: Path, **sections) -> dict:
@@ -100,7 +63,8 @@ def test_loss_covers_response_tokens_only(tmp_path, tiny_llama, qa_csv):
     preds, refs = task.predict_batch(model, batch, out)
     metrics = task.compute_metrics(preds, refs)
     assert metrics["perplexity"] == pytest.approx(math.exp(nll.mean().item()), rel=1e-4)
-    assert out["loss"].item() == pytest.approx(nll.mean().item(), rel=1e-4)
+    assert out["loss_sum"].item() == pytest.approx(nll.sum().item(), rel=1e-4)
+    assert int(out["num_items"]) == int(mask.sum())
 
 
 def test_lora_lowers_perplexity_and_saves_adapter_only(tmp_path, tiny_llama, qa_csv):
@@ -133,19 +97,6 @@ def test_layer_groups_keep_tied_head_once(tiny_llama, qa_csv, tmp_path):
     groups = task.layer_groups(model)
     check_groups_cover(model, groups)  # raises when the tied LM head shows up in two groups
     assert [g.name for g in groups] == ["embeddings", "block_0", "block_1", "head"]
-
-
-def test_tiny_run_of_shipped_smollm2_recipe(tmp_path, tiny_llama, qa_csv):
-    """The shipped recipe's settings (LoRA, schedule, templates' shape) on the tiny Llama and data."""
-    from omnitune.core.api import train
-
-    result = train("text/smollm2-rotten-tomatoes-lora", {
-        "model.name": str(tiny_llama), "data.source": str(qa_csv), "data.max_samples": 48,
-        "data.max_eval_samples": 16, "data.prompt_template": "review: {review} answer:",
-        "data.response_template": " {answer}", "train.max_steps": 2, "train.precision": "fp32",
-        "output.dir": str(tmp_path), "output.run_name": "run"})
-    assert result.metrics["steps"] == 2 and result.metrics["test"]["perplexity"] >= 1.0
-    assert (result.run_dir / "model" / "adapter_config.json").exists()
 
 
 def test_smollm2_recipe_validates():

@@ -43,7 +43,7 @@ def test_image_folder_folds_are_disjoint_stratified_cover_and_load(tmp_path):
     make_image_folder(root / "train", per_class=6, seed=0)
     make_image_folder(root / "val", per_class=3, seed=1)
     rec = load_recipe(_recipe(tmp_path, root))
-    folds = write_folds(rec, 3, tmp_path / "cv" / "data")
+    folds = write_folds(rec, 3, tmp_path / "cv" / "data", build_task(rec))
     assert folds.manifests and folds.stratify == "label" and folds.labels == ["cat", "dog", "fox"]
     tests = [pd.read_csv(d / "test.csv") for d in folds.dirs]
     held_out = pd.concat(tests)
@@ -70,7 +70,8 @@ def test_manifest_source_is_split_by_path(tmp_path):
     rows = [{"path": str(p.relative_to(root)), "label": p.parent.name} for p in files] + \
            [{"path": str(files[0].relative_to(root)), "label": files[0].parent.name}]
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    folds = write_folds(load_recipe(_recipe(tmp_path, root / "manifest.csv")), 2, tmp_path / "cv")
+    rec = load_recipe(_recipe(tmp_path, root / "manifest.csv"))
+    folds = write_folds(rec, 2, tmp_path / "cv", build_task(rec))
     held_out = pd.concat(pd.read_csv(d / "test.csv") for d in folds.dirs)
     assert sorted(held_out["path"]) == sorted(str(p.absolute()) for p in files)
 
