@@ -31,6 +31,7 @@ def interleaved_samples_per_s(rounds: int, batch_size: int = 8) -> dict[str, flo
 
     from omnitune.core.api import build_task
     from omnitune.core.recipe import load_recipe
+    from omnitune.core.trainer import mean_loss
 
     setups = {}
     for label, recipe in RECIPES.items():
@@ -44,7 +45,7 @@ def interleaved_samples_per_s(rounds: int, batch_size: int = 8) -> dict[str, flo
         for label, (task, model, batch, opt) in setups.items():
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = task.forward(model, batch, train=True)["loss"]
+                loss = mean_loss(task.forward(model, batch, train=True))
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

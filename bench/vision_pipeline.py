@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from omnitune.core.api import as_recipe, build_task, seed_everything
 from omnitune.core.strategies import apply_trainable, frozen_parameter_ids
+from omnitune.core.trainer import mean_loss
 
 
 def make_photo_folder(root: Path, count: int, seed: int = 0) -> Path:
@@ -96,7 +97,7 @@ def step_rates(task, model, batches: list[dict]) -> dict[str, float]:
     def one(batch, precision: str) -> float:
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = task.forward(model, batch, train=True)["loss"]
+            loss = mean_loss(task.forward(model, batch, train=True))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

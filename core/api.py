@@ -28,7 +28,6 @@ from .report import learning_curves_png, write_json, write_model_card, write_rep
 
 RECIPE_FILE = "recipe.yaml"
 MODEL_DIR = "model"
-_MIN_METRICS = ("loss", "wer", "cer", "mse", "mae", "perplexity", "error")
 
 
 @dataclass
@@ -58,13 +57,64 @@ def as_recipe(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[
     return load_recipe(recipe, overrides)
 
 
-def selection(recipe: BaseRecipe, task) -> tuple[str, str]:
+def selection(recipe: BaseRecipe, task, extra_metrics=()) -> tuple[str, str]:
+    """The metric that picks the best checkpoint and its direction: the recipe's eval.mode, else
+    the metric registry's (or a user metric's declared) direction; never guessed from the name."""
+    from .metrics import metric_mode
+
     metric = recipe.eval.metric or task.main_metric
     if recipe.eval.mode:
         return metric, recipe.eval.mode
     if metric == task.main_metric:
         return metric, task.main_metric_mode
-    return metric, "min" if any(m in metric for m in _MIN_METRICS) else "max"
+    try:
+        return metric, metric_mode(metric, extra_metrics)
+    except RecipeError as exc:
+        raise RecipeError(f"eval.metric: {exc}; or set eval.mode") from None
+
+
+def early_stopping(recipe: BaseRecipe, select_metric: str, select_mode: str, extra_metrics=()):
+    """The recipe's early stopping as a hook (None when off); its metric's direction as selection's."""
+    from .metrics import metric_mode
+    from .trainer import EarlyStopping
+
+    es = recipe.early_stopping
+    if not es.enabled:
+        return None
+    metric = es.metric or select_metric
+    mode = es.mode or (select_mode if metric == select_metric else None)
+    if mode is None:
+        try:
+            mode = metric_mode(metric, extra_metrics)
+        except RecipeError as exc:
+            raise RecipeError(f"early_stopping.metric: {exc}; or set early_stopping.mode") from None
+    return EarlyStopping(metric, mode, es.patience, es.min_delta)
+
+
+def user_extra_metrics(recipe: BaseRecipe) -> dict[str, Any]:
+    from .metrics import load_user_metric
+
+    loaded = [load_user_metric(spec) for spec in recipe.eval.extra_metrics]
+    return {m.name: m for m in loaded}
+
+
+def user_loss_fn(recipe: BaseRecipe) -> Callable | None:
+    """``train.loss`` imported (a class is instantiated without arguments), or None."""
+    import inspect
+
+    from .plugins import import_object
+
+    if recipe.train.loss is None:
+        return None
+    obj = import_object(recipe.train.loss, where="train.loss")
+    if inspect.isclass(obj):
+        try:
+            obj = obj()
+        except TypeError as exc:
+            raise RecipeError(f"train.loss: {recipe.train.loss!r} cannot be built without arguments ({exc})") from None
+    if not callable(obj):
+        raise RecipeError(f"train.loss: {recipe.train.loss!r} is a {type(obj).__name__}, not a loss function")
+    return obj
 
 
 def peft_kwargs(recipe: BaseRecipe) -> dict[str, Any]:
@@ -97,6 +147,25 @@ def _new_run_dir(recipe: BaseRecipe) -> Path:
     return run_dir
 
 
+def _shared_run_dir(recipe: BaseRecipe, distributed) -> Path:
+    """The main process names and creates the run folder; the others learn it from the main one
+    (an error there is raised on every process, so none waits forever)."""
+    if distributed.num_processes == 1:
+        return _new_run_dir(recipe)
+    from torch.distributed import broadcast_object_list
+
+    message: list[Any] = [None]
+    if distributed.is_main_process:
+        try:
+            message = [str(_new_run_dir(recipe))]
+        except OmnituneError as exc:
+            message = [exc]
+    broadcast_object_list(message, src=0)
+    if isinstance(message[0], Exception):
+        raise message[0]
+    return Path(message[0])
+
+
 def _asset_origin(ref: str) -> str:
     if ref.startswith(assets.ASSET_PREFIX):
         a = assets.ASSETS.get(ref[len(assets.ASSET_PREFIX):].split("/")[0])
@@ -104,16 +173,72 @@ def _asset_origin(ref: str) -> str:
     return ref
 
 
+def process_state():
+    """Accelerate's process state: one process, or the group ``torchrun``/``accelerate launch``
+    started (gloo on CPU, nccl on GPU); set up once per process."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def build_trainer(rec: BaseRecipe, task, model, bundle, run_dir: Path, *, selection: tuple[str, str] | None = None,
+                  early_stop=None, loss_fn: Callable | None = None, extra_metrics: dict | None = None,
+                  callbacks: list[Callable] = ()):
+    """The recipe's strategy applied to ``model`` (PEFT, if any, already injected), its optimiser,
+    schedule and hooks, as a :class:`~omnitune.core.trainer.Trainer` (the boundary between recipe
+    sections and the trainer's explicit arguments)."""
+    from .optim import LRSchedule, build_optimizer
+    from .strategies import apply_strategy, check_groups_cover, param_groups, set_dropout
+    from .trainer import LoopSettings, Trainer
+
+    metric, mode = selection or (task.main_metric, task.main_metric_mode)
+    groups = task.layer_groups(model)
+    check_groups_cover(model, groups)
+    if rec.regularization.dropout is not None:
+        set_dropout(model, rec.regularization.dropout)
+    ft = rec.finetune
+    excluded, unfreezer = apply_strategy(model, groups, strategy=ft.strategy, freeze=ft.freeze,
+                                         freeze_layers=ft.freeze_layers, unfreeze_every=ft.unfreeze_every,
+                                         unfreeze_unit=ft.unfreeze_unit, adapters=ft.peft is not None)
+    optimizer = build_optimizer(
+        param_groups(model, groups, rec.optim.weight_decay, rec.train.lr, ft.layer_decay, ft.head_lr,
+                     exclude_ids=excluded),
+        rec.optim.name, rec.train.lr, rec.optim.betas, rec.optim.eps, rec.optim.momentum, rec.optim.nesterov)
+    sc = rec.sched
+
+    def make_schedule(opt, total_steps: int) -> LRSchedule:
+        warmup = sc.warmup_steps if sc.warmup_steps is not None else round(sc.warmup_ratio * total_steps)
+        return LRSchedule(opt, sc.name, total_steps, warmup, sc.min_lr_ratio, sc.power, sc.factor, sc.patience,
+                          mode=mode)
+
+    t = rec.train
+    loop = LoopSettings(epochs=t.epochs, batch_size=t.batch_size, max_steps=t.max_steps,
+                        eval_batch_size=t.eval_batch_size, grad_accum=t.grad_accum, max_grad_norm=t.max_grad_norm,
+                        precision=t.precision, eval_every=t.eval_every, log_every=t.log_every,
+                        group_by_length=t.group_by_length, num_workers=t.num_workers,
+                        save_checkpoints=t.save_checkpoints)
+    return Trainer(
+        task, model, bundle, run_dir, seed=rec.seed, optimizer=optimizer, make_schedule=make_schedule, loop=loop,
+        groups=groups, select_metric=metric, select_mode=mode, early_stopping=early_stop,
+        ema_decay=rec.regularization.ema_decay, unfreezer=unfreezer,
+        # A PEFT run keeps the whole base as pretrained, norm statistics included, so the
+        # adapter-only folder (adapter + head) describes the trained model exactly.
+        freeze_norm_stats=ft.freeze_norm_stats or ft.peft is not None, l1=rec.regularization.l1,
+        # PEFT checkpoints hold only the adapter (+ head, buffers): megabytes instead of the model.
+        adapter_names=peft_lib.checkpoint_names(model) if ft.peft is not None else None,
+        baseline=rec.eval.baseline, loss_fn=loss_fn, extra_metrics=extra_metrics, callbacks=list(callbacks))
+
+
 def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str] | None = None, *,
           resume: str | Path | None = None, callbacks: list[Callable] = (), **kw_overrides: Any) -> RunResult:
     """Train from a recipe (file, shipped name or object) and return the run's metrics and folder.
 
     Overrides use dotted keys: ``train(r, {"train.lr": 3e-5})`` or ``train(r, **{"train.lr": 3e-5})``.
-    ``resume=RUN_DIR`` continues an interrupted run from its last checkpoint.
+    ``resume=RUN_DIR`` continues an interrupted run from its last checkpoint. Under ``torchrun`` every
+    process calls this; the main process writes the run folder and every process returns the result.
     """
     import torch
-
-    from .trainer import Trainer
 
     t_start = time.perf_counter()
     if resume is not None:
@@ -131,35 +256,45 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
         torch.set_num_threads(rec.train.threads)
     if rec.finetune.peft is not None:  # QLoRA without a GPU fails here, before any work
         peft_lib.check_quantization(rec.finetune.peft.quantize)
+    distributed = process_state()
+    is_main = distributed.is_main_process
+
+    # --- everything that can be wrong with the recipe or the data fails before the run folder exists
     seed_everything(rec.seed)
     task = build_task(rec)
-    bundle = task.build_datasets()  # data errors surface before any run folder is made
+    extra_metrics = user_extra_metrics(rec)
+    metric, mode = selection(rec, task, extra_metrics.values())
+    stopper = early_stopping(rec, metric, mode, extra_metrics.values())
+    loss_fn = user_loss_fn(rec)
+    bundle = task.build_datasets()
     if resume is None:
-        run_dir = _new_run_dir(rec)
-        (run_dir / RECIPE_FILE).write_text(dump_recipe(rec))
-    write_json(run_dir / "data_report.json", bundle.report.to_dict())
+        run_dir = _shared_run_dir(rec, distributed)
+        if is_main:
+            (run_dir / RECIPE_FILE).write_text(dump_recipe(rec))
+    if is_main:
+        write_json(run_dir / "data_report.json", bundle.report.to_dict())
+
+    # --- model, strategy (what trains), optimiser, trainer
     seed_everything(rec.seed)
     model = task.build_model()
     peft_model = build_peft_model(rec, task, model)  # None without finetune.peft; model trains either way
-    metric, mode = selection(rec, task)
-    trainer = Trainer(task, model, bundle, run_dir, seed=rec.seed, train=rec.train, optim=rec.optim,
-                      sched=rec.sched, finetune=rec.finetune, regularization=rec.regularization,
-                      early_stopping=rec.early_stopping, select_metric=metric, select_mode=mode,
-                      baseline=rec.eval.baseline, callbacks=list(callbacks))
-    print(f"run folder: {run_dir}  (precision {trainer.precision}, {len(bundle.train)} train / "
-          f"{len(bundle.validation)} validation samples, {trainer.total_steps} steps)", flush=True)
+    trainer = build_trainer(rec, task, model, bundle, run_dir, selection=(metric, mode), early_stop=stopper,
+                            loss_fn=loss_fn, extra_metrics=extra_metrics, callbacks=callbacks)
+    if is_main:
+        procs = f", {trainer.world} processes" if trainer.world > 1 else ""
+        print(f"run folder: {run_dir}  (precision {trainer.precision}{procs}, {len(bundle.train)} train / "
+              f"{len(bundle.validation)} validation samples, {trainer.total_steps} steps)", flush=True)
     state = trainer.fit(resume=resume is not None)
 
-    # --- final evaluation of the best checkpoint, model export, report
+    # --- final evaluation of the best checkpoint (every process takes its shard), then the main
+    # process writes the model, metrics and report
     trainer.load_best()
     t_eval = time.perf_counter()
-    val_metrics, _, _ = trainer.evaluate(bundle.validation, "validation")
+    val_metrics, _, _ = trainer.evaluate(bundle.validation)
     metrics: dict[str, Any] = {"validation": val_metrics}
-    extras: list[str] = []
     if bundle.test is not None:
-        test_metrics, preds, refs = trainer.evaluate(bundle.test, "test")
+        test_metrics, preds, refs = trainer.evaluate(bundle.test)
         metrics["test"] = test_metrics
-        extras = task.report_extras(run_dir, "test", preds, refs, bundle.test)
     if state.baseline is not None:
         metrics["baseline_test"] = state.baseline
     eval_seconds = time.perf_counter() - t_eval
@@ -173,23 +308,26 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
         "train_samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
         "final_eval_seconds": round(eval_seconds, 2),
         "wall_seconds_this_process": round(time.perf_counter() - t_start, 2),
-        "precision": trainer.precision, "threads": torch.get_num_threads(),
+        "precision": trainer.precision, "threads": torch.get_num_threads(), "processes": trainer.world,
         "device": str(trainer.accelerator.device), "samples_seen": state.samples_seen,
     }
-    model_dir = run_dir / MODEL_DIR
-    # A PEFT run saves the adapter only (peft's wrapper writes adapter_config + adapter weights).
-    task.save_pretrained(peft_model or trainer.accelerator.unwrap_model(trainer.model), model_dir)
-    if peft_model is not None and getattr(model, "config", None) is not None:
-        # The base's config (architecture, label names) beside the adapter documents what it adapts.
-        model.config.save_pretrained(model_dir)
-    write_model_card(model_dir, recipe_name=rec.name, task=rec.task, base_model=rec.model.name,
-                     base_origin=_asset_origin(rec.model.name), data_source=rec.data.source,
-                     data_origin=_asset_origin(rec.data.source), metrics=metrics, recipe_yaml=dump_recipe(rec))
-    write_json(run_dir / "metrics.json", metrics)
-    curves = learning_curves_png(state.history, metric, run_dir / "learning_curves.png")
-    write_report(run_dir, recipe_name=rec.name, task=rec.task, model_name=rec.model.name, metrics=metrics,
-                 data_report=bundle.report.to_dict(), extras=extras, curves=curves, timing=metrics["timing"])
+    if is_main:
+        extras = task.report_extras(run_dir, "test", preds, refs, bundle.test) if bundle.test is not None else []
+        model_dir = run_dir / MODEL_DIR
+        # A PEFT run saves the adapter only (peft's wrapper writes adapter_config + adapter weights).
+        task.save_pretrained(peft_model or trainer.accelerator.unwrap_model(trainer.model), model_dir)
+        if peft_model is not None and getattr(model, "config", None) is not None:
+            # The base's config (architecture, label names) beside the adapter documents what it adapts.
+            model.config.save_pretrained(model_dir)
+        write_model_card(model_dir, recipe_name=rec.name, task=rec.task, base_model=rec.model.name,
+                         base_origin=_asset_origin(rec.model.name), data_source=rec.data.source,
+                         data_origin=_asset_origin(rec.data.source), metrics=metrics, recipe_yaml=dump_recipe(rec))
+        write_json(run_dir / "metrics.json", metrics)
+        curves = learning_curves_png(state.history, metric, run_dir / "learning_curves.png")
+        write_report(run_dir, recipe_name=rec.name, task=rec.task, model_name=rec.model.name, metrics=metrics,
+                     data_report=bundle.report.to_dict(), extras=extras, curves=curves, timing=metrics["timing"])
     trainer.log.close()
+    trainer.accelerator.wait_for_everyone()
     return RunResult(run_dir=run_dir, metrics=metrics)
 
 
@@ -242,7 +380,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, batch_size: int | Non
     ``adapter`` picks one of several adapters saved in the run's model folder."""
     import torch
 
-    from .trainer import evaluate_model, resolve_precision
+    from .trainer import default_eval_batch_size, evaluate_model, resolve_precision
 
     rec, task, model = _load_run(run_dir, adapter)
     if data is not None:
@@ -258,8 +396,10 @@ def evaluate(run_dir: str | Path, data: str | None = None, batch_size: int | Non
     def autocast():
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
-    metrics, _, _ = evaluate_model(task, peft_lib.task_model(model), dataset, batch_size or rec.train.eval_batch_size or 64, device,
-                                   autocast)
+    # The same evaluation batch size rule as training (the loss does not depend on it anyway).
+    batch_size = batch_size or default_eval_batch_size(rec.train.batch_size, rec.train.eval_batch_size)
+    metrics, _, _ = evaluate_model(task, peft_lib.task_model(model), dataset, batch_size, device, autocast,
+                                   extra_metrics=user_extra_metrics(rec))
     return {"data": data or "test split", "samples": len(dataset), "metrics": metrics,
             "data_report": report.to_dict()}
 

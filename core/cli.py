@@ -9,10 +9,18 @@ from importlib.metadata import entry_points
 
 
 def _cmd_train(args) -> int:
-    from .api import train
+    if args.nproc > 1:
+        from .launch import launch_local
+
+        child = (["--debug"] if args.debug else []) + ["train"]
+        child += ["--resume", args.resume] if args.resume else [args.recipe, *args.overrides]
+        return launch_local(args.nproc, child)
+    from .api import process_state, train
 
     result = train(args.recipe, args.overrides, resume=args.resume) if not args.resume else train(
         None, resume=args.resume)
+    if not process_state().is_main_process:  # one summary per run, from the main process
+        return 0
     test = result.metrics.get("test") or result.metrics.get("validation")
     split = "test" if "test" in result.metrics else "validation"
     shown = {k: round(v, 4) for k, v in test.items() if isinstance(v, float)}
@@ -154,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", help="recipe file or shipped name, e.g. text/minilm-rotten-tomatoes")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-5 data.max_samples=500")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train in N local processes (DDP through torchrun's API; train.batch_size is per process)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a finished run on its test split or other data")

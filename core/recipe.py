@@ -196,6 +196,11 @@ class TrainConfig(Section):
     # torch intra-op threads; None keeps torch's default (all cores).
     threads: int | None = Field(default=None, gt=0)
     save_checkpoints: bool = True
+    # A loss of your own instead of the task's, by import path ("my_pkg.losses:ContrastiveLoss"; a
+    # class is instantiated without arguments). Called as loss(outputs, batch) with the task's
+    # outputs (e.g. logits) and batch; returns a scalar mean over the batch's samples, or
+    # (summed loss, item count) for a loss averaged over tokens. Checked on one batch before training.
+    loss: str | None = None
 
 
 class EarlyStoppingConfig(Section):
@@ -212,8 +217,13 @@ class EvalConfig(Section):
     baseline: bool = False
     # The metric that picks the best checkpoint; None uses the task's main metric.
     metric: str | None = None
-    # Whether higher is better for `metric`; None: "min" for losses and error rates, else "max".
+    # Whether higher is better for `metric`; None: the metric registry's direction (`omnitune
+    # metrics`), or the one a user metric declares. A metric with no known direction is an error.
     mode: Literal["max", "min"] | None = None
+    # More metrics computed at every evaluation: registered names, "my_pkg.metrics:f2" import paths
+    # (fn(predictions, references) -> number or dict; `fn.direction = "max"` declares its direction),
+    # or Hub metric names for evaluate.load (online).
+    extra_metrics: list[str] = []
 
 
 class SearchParam(Section):

@@ -176,3 +176,27 @@ class GradualUnfreezer:
     def load_state_dict(self, state: dict) -> None:
         self.unfrozen = int(state["unfrozen"])
         apply_trainable(self.model, self.frozen_ids())
+
+
+def apply_strategy(
+    model: nn.Module, groups: list[LayerGroup], *, strategy: str, freeze: Iterable[str] = (), freeze_layers: int = 0,
+    unfreeze_every: int = 1, unfreeze_unit: str = "epoch", adapters: bool = False,
+) -> tuple[set[int], GradualUnfreezer | None]:
+    """Set ``requires_grad`` for a strategy; returns the ids of the parameters the optimiser
+    leaves out, and the unfreezer of a gradual run.
+
+    ``adapters``: PEFT already froze the base (what trains is the adapter and the head). Gradual
+    unfreezing puts every parameter in the optimiser from the start (frozen ones get no gradient).
+    """
+    unfreezer = None
+    if strategy == "gradual":
+        unfreezer = GradualUnfreezer(model, groups, unfreeze_every, unfreeze_unit)
+        frozen, excluded = unfreezer.frozen_ids(), set()
+    elif adapters:
+        frozen = {id(p) for p in model.parameters() if not p.requires_grad}
+        excluded = frozen
+    else:
+        frozen = frozen_parameter_ids(model, groups, strategy, freeze, freeze_layers)
+        excluded = frozen
+    apply_trainable(model, frozen)
+    return excluded, unfreezer

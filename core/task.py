@@ -126,7 +126,12 @@ class Task(Protocol):
         """Samples -> a batch of tensors (dynamic padding belongs here)."""
 
     def forward(self, model: nn.Module, batch: dict[str, Any], train: bool) -> dict[str, Any]:
-        """Run the model; return at least {"loss": scalar tensor, "outputs": ...}."""
+        """Run the model; return {"loss_sum": scalar tensor, "num_items": int or tensor, "outputs": ...}.
+
+        ``loss_sum`` is summed over the items the loss averages over (samples; tokens for LM, ASR,
+        seq2seq and token classification) and ``num_items`` counts them. The trainer divides by the
+        items of the whole step (all micro-batches, all processes), and evaluation by the items of
+        the split, so neither depends on how the items were batched."""
 
     def predict_batch(
         self, model: nn.Module, batch: dict[str, Any], outputs: dict[str, Any]
@@ -162,6 +167,10 @@ class Task(Protocol):
     # @classmethod
     # def tiny_inputs(cls, folder: Path) -> list[str]:
     #     """Raw inputs (texts, file paths) for predict() on the tiny recipe's model."""
+
+    # Optional, for user metrics (eval.extra_metrics); without it they get what predict_batch returned:
+    # def metric_inputs(self, predictions: list, references: list) -> tuple[list, list]:
+    #     """Predictions and references as plain values (e.g. label indices)."""
 
     # Optional, for tasks whose data are files rather than table rows (core/cv.py):
     # def cv_rows(self) -> tuple[pandas.DataFrame, str | None]:

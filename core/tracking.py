@@ -9,10 +9,13 @@ from typing import Any
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    """``enabled=False`` (every process but the main one of a multi-process run) writes nothing."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True) -> None:
         self.events_path = Path(run_dir) / "events.jsonl"
+        self.enabled = enabled
         self._tb = None
-        if tensorboard:
+        if tensorboard and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -21,6 +24,8 @@ class RunLog:
                 self._tb = None
 
     def event(self, kind: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
         record = {"time": round(time.time(), 3), "event": kind, **fields}
         with open(self.events_path, "a") as f:
             f.write(json.dumps(record) + "\n")

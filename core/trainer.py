@@ -1,12 +1,23 @@
-"""One training loop for every domain, on Hugging Face Accelerate.
+"""One training loop for every domain and every process count, on Hugging Face Accelerate.
 
-Accelerate wraps only devices and precision; the loop itself reads top to bottom in
-:meth:`Trainer.fit`: for each epoch, for each micro-batch: forward, backward, and every
-``grad_accum`` micro-batches clip, step, schedule, log, maybe evaluate / checkpoint / stop.
+Accelerate wraps only devices, precision and the process group; the loop itself reads top to
+bottom in :meth:`Trainer.fit`: for each epoch, for each optimiser step: forward and backward over
+the step's micro-batches, normalise, clip, update, schedule, then the small hooks in order (EMA,
+unfreezing, logging, evaluation, checkpoints, early stopping).
 
-The loop is resumable to the step: batch order is a function of (seed, epoch), and checkpoints
-hold the position in the epoch, the RNG state taken right after the last optimiser update, the
-optimiser, schedule, EMA and unfreezing state. Evaluation never consumes the global RNG.
+Losses. A task's ``forward`` returns ``loss_sum`` (summed over what it averages: samples, or tokens
+for token-level tasks) and ``num_items``. The loop back-propagates the sums and, once the step's
+micro-batches are done, divides the gradients by the item count of the whole effective batch,
+summed over micro-batches and over processes. So 2 micro-batches x 4 equal one batch of 8, and 2
+processes x 4 equal one process x 8, whatever the number of tokens in each micro-batch.
+
+Processes. Under ``torchrun`` / ``accelerate launch`` every process runs this loop on its own
+shard of each step's batches (process r takes every n-th micro-batch of the global order); only
+the main process writes files; evaluation is sharded and gathered once per sample.
+
+Resume. Batch order is a function of (seed, epoch); checkpoints hold the position in the epoch,
+every process's RNG state taken right after the last optimiser update, the optimiser, schedule,
+EMA, unfreezing and early-stopping state. Evaluation never consumes the global RNG.
 """
 
 from __future__ import annotations
@@ -25,41 +36,67 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
-from . import peft as peft_lib
 from .data import BatchOrder
 from .ema import EMA
 from .errors import OmnituneError, RecipeError, TrainingDiverged
-from .optim import LRSchedule, build_optimizer
-from .recipe import (EarlyStoppingConfig, FinetuneConfig, OptimConfig, RegularizationConfig, SchedConfig,
-                     TrainConfig)
-from .strategies import (GradualUnfreezer, apply_trainable, check_groups_cover, frozen_norm_modules,
-                         frozen_parameter_ids, param_groups, set_dropout)
-from .task import DataBundle
+from .strategies import GradualUnfreezer, frozen_norm_modules
+from .task import DataBundle, LayerGroup
 from .tracking import RunLog
 
 
 class Interrupted(OmnituneError):
-    """Training was stopped by Ctrl-C / SIGTERM after saving a checkpoint."""
+    """Training was stopped by Ctrl-C / SIGTERM (after saving a checkpoint, when checkpoints are on)."""
 
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(f"interrupted; checkpoint saved. Resume with: omnitune train --resume {run_dir}")
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, saved: bool = True) -> None:
+        if saved:
+            message = f"interrupted; checkpoint saved. Resume with: omnitune train --resume {run_dir}"
+        else:
+            message = ("interrupted; train.save_checkpoints is false, so nothing was kept to resume from: "
+                       "this run cannot be resumed")
+        super().__init__(message)
+        self.run_dir, self.saved = run_dir, saved
+
+
+@dataclass
+class LoopSettings:
+    """What the loop needs of the recipe's ``train`` section (see core/recipe.py for each field)."""
+
+    epochs: int
+    batch_size: int
+    max_steps: int | None = None
+    eval_batch_size: int | None = None
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    precision: str = "auto"
+    eval_every: int | None = None
+    log_every: int = 10
+    group_by_length: bool = True
+    num_workers: int = 0
+    save_checkpoints: bool = True
+
+    @property
+    def eval_batch(self) -> int:
+        return default_eval_batch_size(self.batch_size, self.eval_batch_size)
+
+
+def default_eval_batch_size(batch_size: int, eval_batch_size: int | None) -> int:
+    """One rule for training-time and ``omnitune eval`` evaluation: eval_batch_size, else 2 x batch."""
+    return eval_batch_size or batch_size * 2
 
 
 @dataclass
 class TrainerState:
     epoch: int = 0
-    micro_in_epoch: int = 0  # micro-batches of `epoch` consumed at the last optimiser update
+    micro_in_epoch: int = 0  # micro-batches (of this process) of `epoch` consumed at the last update
     step: int = 0  # optimiser updates done
-    samples_seen: int = 0
+    samples_seen: int = 0  # over all processes
     train_seconds: float = 0.0
     best_metric: float | None = None
     best_step: int | None = None
-    bad_evals: int = 0
-    es_best: float | None = None  # best value of the early-stopping metric
     finished: bool = False
     stop_reason: str = ""
     unfreezer: dict | None = None
+    early_stopping: dict | None = None
     baseline: dict | None = None
     history: list[dict] = field(default_factory=list)
 
@@ -83,86 +120,145 @@ def better(value: float, best: float | None, mode: str, min_delta: float = 0.0) 
     return value > best + min_delta if mode == "max" else value < best - min_delta
 
 
+# ---------------------------------------------------------------------------------------- hooks
+class EarlyStopping:
+    """Stop after ``patience`` evaluations without an improvement of ``metric`` by ``min_delta``."""
+
+    def __init__(self, metric: str, mode: str, patience: int, min_delta: float = 0.0) -> None:
+        self.metric, self.mode, self.patience, self.min_delta = metric, mode, patience, min_delta
+        self.best: float | None = None
+        self.bad = 0
+
+    def update(self, metrics: dict[str, float], task_name: str) -> bool:
+        """Record one evaluation; True when training should stop."""
+        if self.metric not in metrics:
+            raise RecipeError(f"early_stopping.metric: {self.metric!r} is not a metric of task {task_name} "
+                              f"(known: {', '.join(sorted(metrics))})")
+        if better(metrics[self.metric], self.best, self.mode, self.min_delta):
+            self.best, self.bad = metrics[self.metric], 0
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad = state["best"], state["bad"]
+
+
+class TrainLog:
+    """Averages the training loss over a window of steps and writes it every ``every`` steps."""
+
+    def __init__(self, log: RunLog, every: int) -> None:
+        self.log, self.every = log, every
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum, self.items, self.samples, self.t0 = 0.0, 0.0, 0, time.perf_counter()
+
+    def add(self, loss_sum: float, items: float, samples: int) -> None:
+        self.loss_sum, self.items, self.samples = self.loss_sum + loss_sum, self.items + items, self.samples + samples
+
+    def maybe_write(self, step: int, epoch: int, lr: float, last: bool) -> dict | None:
+        if step % self.every and not last:
+            return None
+        elapsed = time.perf_counter() - self.t0
+        logged = {"loss": self.loss_sum / max(self.items, 1e-12), "lr": lr,
+                  "samples_per_s": self.samples / max(elapsed, 1e-9), "epoch": epoch}
+        self.log.event("train", step=step, **logged)
+        self.log.scalars("train", logged, step)
+        self._reset()
+        return logged
+
+
+class Checkpointer:
+    """Atomic checkpoints in ``folder``; only the main process writes, every process may read."""
+
+    def __init__(self, folder: Path, enabled: bool, is_main: bool, adapter_names: set[str] | None) -> None:
+        self.folder, self.enabled, self.is_main, self.adapter_names = Path(folder), enabled, is_main, adapter_names
+
+    def save(self, name: str, model: nn.Module, state: dict, extra: dict | None) -> bool:
+        """Write checkpoint ``name`` ("last" is skipped when checkpoints are off; "best" always is
+        written, since the final evaluation loads it). Returns whether it was written."""
+        if name != "best" and not self.enabled:
+            return False
+        if self.is_main:
+            ckpt.save_checkpoint(self.folder / name, model, state, extra, names=self.adapter_names)
+        return True
+
+    def load(self, name: str, model: nn.Module) -> tuple[dict, dict]:
+        return ckpt.load_checkpoint(self.folder / name, model, names=self.adapter_names)
+
+    def exists(self, name: str) -> bool:
+        return (self.folder / name).is_dir()
+
+
+# ---------------------------------------------------------------------------------------- trainer
 class Trainer:
-    """Trains ``model`` for ``task`` on ``bundle``; writes checkpoints and logs into ``run_dir``."""
+    """Trains ``model`` (strategy already applied: what trains has ``requires_grad``) for ``task``.
+
+    Everything is an explicit argument: the optimiser over the trainable parameters, a schedule
+    factory ``make_schedule(optimizer, total_steps)`` (the step count depends on the process count),
+    the loop settings, the selection metric and its direction, and the optional hooks.
+    """
 
     def __init__(
         self, task: Any, model: nn.Module, bundle: DataBundle, run_dir: Path, *, seed: int,
-        train: TrainConfig, optim: OptimConfig, sched: SchedConfig, finetune: FinetuneConfig,
-        regularization: RegularizationConfig, early_stopping: EarlyStoppingConfig,
-        select_metric: str, select_mode: str, baseline: bool = False,
+        optimizer: torch.optim.Optimizer, make_schedule: Callable, loop: LoopSettings, groups: list[LayerGroup],
+        select_metric: str, select_mode: str, early_stopping: EarlyStopping | None = None,
+        ema_decay: float | None = None, unfreezer: GradualUnfreezer | None = None, freeze_norm_stats: bool = False,
+        l1: float = 0.0, adapter_names: set[str] | None = None, baseline: bool = False,
+        loss_fn: Callable | None = None, extra_metrics: dict[str, Callable] | None = None,
         callbacks: list[Callable[["Trainer"], None]] = (),
     ) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
-        self.task, self.bundle, self.run_dir, self.seed = task, bundle, Path(run_dir), seed
-        self.cfg, self.es, self.reg = train, early_stopping, regularization
-        self.select_metric, self.select_mode, self.baseline = select_metric, select_mode, baseline
+        self.task, self.bundle, self.run_dir, self.seed, self.cfg = task, bundle, Path(run_dir), seed, loop
+        self.groups, self.select_metric, self.select_mode = groups, select_metric, select_mode
+        self.early_stopping, self.unfreezer, self.freeze_norm_stats = early_stopping, unfreezer, freeze_norm_stats
+        self.l1, self.baseline, self.loss_fn = l1, baseline, loss_fn
+        self.extra_metrics = dict(extra_metrics or {})
         self.callbacks = list(callbacks)
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        self.log = RunLog(self.run_dir)
         self.state = TrainerState()
         self._stop_requested = False
 
         use_cpu = not torch.cuda.is_available()
-        device = torch.device("cpu" if use_cpu else "cuda")
-        self.precision = resolve_precision(train.precision, device)
+        self.precision = resolve_precision(loop.precision, torch.device("cpu" if use_cpu else "cuda"))
         # Accelerate keeps the precision in process-wide state; several runs in one process (the
         # API, search, cross-validation) may each pick their own, so clear it first. The
         # distributed set-up (PartialState) is kept.
-        from accelerate.state import AcceleratorState
-
         AcceleratorState._reset_state()
         self.accelerator = Accelerator(mixed_precision=self.precision, cpu=use_cpu)
-
-        # --- strategy: freezing, dropout, parameter groups (all from the task's layer groups)
-        self.groups = task.layer_groups(model)
-        check_groups_cover(model, self.groups)
-        if regularization.dropout is not None:
-            set_dropout(model, regularization.dropout)
-        self.unfreezer = None
-        if finetune.strategy == "gradual":
-            self.unfreezer = GradualUnfreezer(model, self.groups, finetune.unfreeze_every, finetune.unfreeze_unit)
-            frozen = self.unfreezer.frozen_ids()
-            excluded: set[int] = set()  # gradual: every parameter is in the optimiser from the start
-        elif finetune.peft is not None:
-            # core.peft.apply_peft already froze the base: what trains is the adapter and the head.
-            frozen = {id(p) for p in model.parameters() if not p.requires_grad}
-            excluded = frozen
-        else:
-            frozen = frozen_parameter_ids(model, self.groups, finetune.strategy, finetune.freeze,
-                                          finetune.freeze_layers)
-            excluded = frozen
-        apply_trainable(model, frozen)
-        # A PEFT run keeps the whole base as pretrained, norm statistics included, so the adapter-only
-        # folder (adapter + head) describes the trained model exactly.
-        self.freeze_norm_stats = finetune.freeze_norm_stats or finetune.peft is not None
-        # PEFT checkpoints hold only the adapter (+ head, buffers): megabytes instead of the model.
-        self.adapter_names = peft_lib.checkpoint_names(model) if finetune.peft is not None else None
-        groups = param_groups(model, self.groups, optim.weight_decay, train.lr, finetune.layer_decay,
-                              finetune.head_lr, exclude_ids=excluded)
-        optimizer = build_optimizer(groups, optim.name, train.lr, optim.betas, optim.eps, optim.momentum,
-                                    optim.nesterov)
+        self.is_main = self.accelerator.is_main_process
+        self.world = self.accelerator.num_processes
+        if unfreezer is not None and self.world > 1:
+            # DDP fixes the set of synchronised parameters when it wraps the model.
+            raise RecipeError("finetune.strategy 'gradual' runs in one process only (DDP cannot add "
+                              "parameters to its gradient synchronisation mid-run)")
+        self.log = RunLog(self.run_dir, enabled=self.is_main)
+        self.train_log = TrainLog(self.log, loop.log_every)
+        self.checkpoints = Checkpointer(self.run_dir / "checkpoints", loop.save_checkpoints, self.is_main,
+                                        adapter_names)
+        self.trainable_params = [p for g in optimizer.param_groups for p in g["params"]]
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.ema = EMA(self._unwrapped, ema_decay) if ema_decay else None
 
-        # --- data order and step counts
-        n_proc = self.accelerator.num_processes
-        lengths = bundle.train_lengths if train.group_by_length else None
-        effective = train.batch_size * train.grad_accum
-        self.order = BatchOrder(len(bundle.train), train.batch_size, seed, lengths, group_size=effective * 50)
-        self.micro_per_epoch = len(self.order.batches(0)) // n_proc
+        # --- data order and step counts. Length groups span the global effective batch, so N
+        # processes x batch B see the same samples per step as one process x N*B.
+        global_batch = loop.batch_size * loop.grad_accum * self.world
+        lengths = bundle.train_lengths if loop.group_by_length else None
+        self.order = BatchOrder(len(bundle.train), loop.batch_size, seed, lengths, group_size=global_batch * 50)
+        self.micro_per_epoch = len(self.order.batches(0)) // self.world
         if self.micro_per_epoch == 0:
             raise OmnituneError(
                 f"the training set ({len(bundle.train)} samples) is smaller than one batch per process")
-        self.updates_per_epoch = math.ceil(self.micro_per_epoch / train.grad_accum)
-        self.total_steps = train.epochs * self.updates_per_epoch
-        if train.max_steps:
-            self.total_steps = min(self.total_steps, train.max_steps)
-        warmup = sched.warmup_steps if sched.warmup_steps is not None else round(sched.warmup_ratio * self.total_steps)
-        self.schedule = LRSchedule(self.optimizer, sched.name, self.total_steps, warmup, sched.min_lr_ratio,
-                                   sched.power, sched.factor, sched.patience, mode=select_mode)
-        self.ema = EMA(self._unwrapped, regularization.ema_decay) if regularization.ema_decay else None
-        self.trainable_params = [p for p in model.parameters() if id(p) not in excluded]
+        self.updates_per_epoch = math.ceil(self.micro_per_epoch / loop.grad_accum)
+        self.total_steps = loop.epochs * self.updates_per_epoch
+        if loop.max_steps:
+            self.total_steps = min(self.total_steps, loop.max_steps)
+        self.schedule = make_schedule(self.optimizer, self.total_steps)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -170,8 +266,15 @@ class Trainer:
         return self.accelerator.unwrap_model(self.model)
 
     def request_stop(self) -> None:
-        """Ask the loop to save a checkpoint and stop at the next micro-batch (what SIGTERM does)."""
+        """Ask the loop to save a checkpoint and stop after the current step (what SIGTERM does)."""
         self._stop_requested = True
+
+    def _stop_agreed(self) -> bool:
+        """Whether any process was asked to stop; all processes stop at the same step."""
+        if self.world == 1:
+            return self._stop_requested
+        flag = torch.tensor([float(self._stop_requested)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, "sum").item() > 0)
 
     def _train_mode(self) -> None:
         self.model.train()
@@ -181,36 +284,47 @@ class Trainer:
                 m.eval()
 
     def _batches(self, epoch: int) -> list[list[int]]:
-        rank, n_proc = self.accelerator.process_index, self.accelerator.num_processes
         batches = self.order.batches(epoch)
-        return batches[rank::n_proc][: self.micro_per_epoch]
+        return batches[self.accelerator.process_index::self.world][: self.micro_per_epoch]
 
-    def _loader(self, dataset, batch_sampler, epoch: int = 0) -> DataLoader:
+    def _loader(self, batch_sampler: list[list[int]], epoch: int) -> DataLoader:
+        dataset = self.bundle.train
+        if hasattr(dataset, "set_epoch"):  # augmentation drawn from (seed, epoch, index)
+            dataset.set_epoch(epoch)
         # An explicit generator: worker seeds then do not consume (or depend on) the global RNG.
         generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=self.task.collate,
-                          num_workers=self.cfg.num_workers, generator=generator,
-                          persistent_workers=False)
+                          num_workers=self.cfg.num_workers, generator=generator, persistent_workers=False)
 
-    def _l1_penalty(self) -> torch.Tensor:
-        return sum(p.abs().sum() for p in self.trainable_params if p.requires_grad and p.ndim > 1)
+    def _forward(self, batch: dict[str, Any], train: bool) -> dict[str, Any]:
+        out = self.task.forward(self.model if train else self._unwrapped, batch, train=train)
+        if self.loss_fn is not None and train:
+            out["loss_sum"], out["num_items"] = user_loss(self.loss_fn, out, batch)
+        return out
+
+    def _diverged(self, loss: torch.Tensor) -> TrainingDiverged:
+        s = self.state
+        return TrainingDiverged(f"loss is {loss.item()} at step {s.step} (epoch {s.epoch}); stopped. The last good "
+                                f"checkpoint is kept in {self.checkpoints.folder}. Try a lower train.lr or "
+                                f"train.precision=fp32")
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, dataset, split: str) -> tuple[dict[str, float], list, list]:
-        """Loss and the task's metrics on a dataset; RNG-neutral (a resumed run stays exact)."""
+    def evaluate(self, dataset) -> tuple[dict[str, float], list, list]:
+        """Loss and metrics on a dataset, sharded over the processes; RNG-neutral."""
         was_training = self.model.training
-        ema_ctx = self.ema.swapped_in(self._unwrapped) if self.ema else nullcontext()
-        with ema_ctx:
-            result = evaluate_model(self.task, self.model, dataset, self.cfg.eval_batch_size or self.cfg.batch_size * 2,
-                                    self.accelerator.device, self.accelerator.autocast, self.cfg.num_workers)
+        model = self._unwrapped
+        with self.ema.swapped_in(model) if self.ema else nullcontext():
+            result = evaluate_model(self.task, model, dataset, self.cfg.eval_batch, self.accelerator.device,
+                                    self.accelerator.autocast, self.cfg.num_workers, self.extra_metrics)
         if was_training:
             self._train_mode()
         return result
 
-    def _after_eval(self, metrics: dict[str, float]) -> bool:
-        """Record an evaluation; update best checkpoint, plateau schedule, early stopping.
-        Returns True when early stopping says stop."""
+    def _validate(self) -> bool:
+        """Evaluate on validation; update the best checkpoint, the plateau schedule and early
+        stopping. Returns True when early stopping says stop."""
         s = self.state
+        metrics = self.evaluate(self.bundle.validation)[0]
         if self.select_metric not in metrics:
             raise RecipeError(f"eval.metric: {self.select_metric!r} is not a metric of task "
                               f"{self.task.name} (known: {', '.join(sorted(metrics))})")
@@ -220,41 +334,31 @@ class Trainer:
         value = metrics[self.select_metric]
         if better(value, s.best_metric, self.select_mode):
             s.best_metric, s.best_step = value, s.step
-            self._save(self.ckpt_dir / "best", full=False)
+            self._save("best")
         self.schedule.step_metric(value)
-        if not self.es.enabled:
-            return False
-        es_metric = self.es.metric or self.select_metric
-        if es_metric not in metrics:
-            raise RecipeError(f"early_stopping.metric: {es_metric!r} is not a metric of task "
-                              f"{self.task.name} (known: {', '.join(sorted(metrics))})")
-        es_mode = self.es.mode or ("min" if es_metric == "loss" else self.select_mode)
-        if better(metrics[es_metric], s.es_best, es_mode, self.es.min_delta):
-            s.es_best, s.bad_evals = metrics[es_metric], 0
-        else:
-            s.bad_evals += 1
-        return s.bad_evals >= self.es.patience
+        return self.early_stopping is not None and self.early_stopping.update(metrics, self.task.name)
 
     # ------------------------------------------------------------------ checkpoints
-    def _save(self, path: Path, full: bool = True, rng: dict | None = None) -> None:
-        if not self.cfg.save_checkpoints and path.name != "best":
-            return
+    def _save(self, name: str, rng: dict | None = None) -> bool:
+        """Checkpoint ``name``: "last" holds everything a resume needs, "best" the weights only."""
         s = self.state
         s.unfreezer = self.unfreezer.state_dict() if self.unfreezer else None
+        s.early_stopping = self.early_stopping.state_dict() if self.early_stopping else None
+        full = name != "best"
         extra = None
         if full:
+            # Every process's RNG state (dropout masks differ per process), gathered to the main one.
+            rngs = gather_objects([rng or ckpt.rng_state()], self.world)
             extra = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                     "rng": rng or ckpt.rng_state(), "ema": self.ema.state_dict() if self.ema else None}
+                     "rng": rngs, "ema": self.ema.state_dict() if self.ema else None}
         model = self._unwrapped
-        ctx = self.ema.swapped_in(model) if (self.ema and not full) else nullcontext()
-        with ctx:
-            ckpt.save_checkpoint(path, model, asdict(s), extra, names=self.adapter_names)
+        with self.ema.swapped_in(model) if (self.ema and not full) else nullcontext():
+            saved = self.checkpoints.save(name, model, asdict(s), extra)
+        self.accelerator.wait_for_everyone()
+        return saved
 
-    def _load(self, path: Path) -> tuple[dict, dict]:
-        return ckpt.load_checkpoint(path, self._unwrapped, names=self.adapter_names)
-
-    def _resume(self, path: Path) -> None:
-        state, extra = self._load(path)
+    def _resume(self) -> None:
+        state, extra = self.checkpoints.load("last", self._unwrapped)
         self.state = TrainerState(**state)
         self.optimizer.load_state_dict(extra["optimizer"])
         self.schedule.load_state_dict(extra["schedule"])
@@ -262,88 +366,102 @@ class Trainer:
             self.ema.load_state_dict(extra["ema"])
         if self.unfreezer and self.state.unfreezer:
             self.unfreezer.load_state_dict(self.state.unfreezer)
-        ckpt.set_rng_state(extra["rng"])
+        if self.early_stopping and self.state.early_stopping:
+            self.early_stopping.load_state_dict(self.state.early_stopping)
+        rngs = extra["rng"]
+        rank = self.accelerator.process_index
+        ckpt.set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
         self.schedule.step_update(self.state.step)
         self.log.event("resume", step=self.state.step, epoch=self.state.epoch)
 
+    # ------------------------------------------------------------------ one optimiser step
+    def _train_step(self, micro_batches: list[list[int]], loader) -> tuple[float, float]:
+        """Forward/backward over this process's micro-batches of one step, then normalise the
+        gradients by the item count of the whole step (all micro-batches, all processes) and
+        update. Returns the step's summed loss and item count over all processes."""
+        from accelerate.utils import send_to_device
+
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        items = torch.zeros((), dtype=torch.float64)
+        for micro in range(len(micro_batches)):
+            batch = send_to_device(next(loader), self.accelerator.device)
+            last = micro == len(micro_batches) - 1
+            with nullcontext() if last else self.accelerator.no_sync(self.model), self.accelerator.autocast():
+                out = self._forward(batch, train=True)
+                loss = out["loss_sum"].float()
+                if not torch.isfinite(loss):
+                    raise self._diverged(loss)
+                self.accelerator.backward(loss)
+            loss_sum += float(loss.detach())
+            items += float(out["num_items"])
+        totals = torch.stack([loss_sum, items]).to(self.accelerator.device)
+        if self.world > 1:
+            totals = self.accelerator.reduce(totals, "sum")
+        total_loss, total_items = float(totals[0]), float(totals[1])
+        # DDP averaged the gradients over processes: undo that, then divide by the step's items.
+        scale = self.world / max(total_items, 1.0)
+        with torch.no_grad():
+            for p in self.trainable_params:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+                    if self.l1 and p.ndim > 1:  # L1 on weights (not biases/norms), once per step
+                        p.grad.add_(torch.sign(p), alpha=self.l1)
+        if self.cfg.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.trainable_params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss, total_items
+
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> TrainerState:
-        from accelerate.utils import send_to_device
         from tqdm.auto import tqdm
 
         if resume:
-            self._resume(self.ckpt_dir / "last")
+            self._resume()
         s, cfg = self.state, self.cfg
+        if self.loss_fn is not None and not resume:
+            check_user_loss(self)
         if self.baseline and s.baseline is None and self.bundle.test is not None:
-            s.baseline, _, _ = self.evaluate(self.bundle.test, "test")
+            s.baseline = self.evaluate(self.bundle.test)[0]
             self.log.event("baseline", split="test", **s.baseline)
 
         previous = {sig: signal.signal(sig, lambda *_: self.request_stop())
                     for sig in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
         bar = tqdm(total=self.total_steps, initial=s.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not sys.stderr.isatty())
+                   disable=not (sys.stderr.isatty() and self.is_main))
         rng_after_update = ckpt.rng_state()
-        window_loss, window_n, window_samples, window_t0 = 0.0, 0, 0, time.perf_counter()
         try:
             self._train_mode()
             while s.epoch < cfg.epochs and not s.finished:
                 batches = self._batches(s.epoch)
-                groups = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
-                first_group = s.micro_in_epoch // cfg.grad_accum
-                flat = [b for g in groups[first_group:] for b in g]
-                loader = iter(self._loader(self.bundle.train, flat, s.epoch))
-                for group in groups[first_group:]:
+                steps = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+                first = s.micro_in_epoch // cfg.grad_accum
+                loader = iter(self._loader([b for group in steps[first:] for b in group], s.epoch))
+                for group in steps[first:]:
                     t0 = time.perf_counter()
-                    n_samples = sum(len(b) for b in group)
-                    for micro, _ in enumerate(group):
-                        if self._stop_requested:
-                            raise KeyboardInterrupt
-                        batch = send_to_device(next(loader), self.accelerator.device)
-                        is_last = micro == len(group) - 1
-                        sync = nullcontext() if is_last else self.accelerator.no_sync(self.model)
-                        with sync, self.accelerator.autocast():
-                            out = self.task.forward(self.model, batch, train=True)
-                            loss = out["loss"]
-                            if not torch.isfinite(loss):
-                                raise TrainingDiverged(
-                                    f"loss is {loss.item()} at step {s.step} (epoch {s.epoch}); stopped. The last "
-                                    f"good checkpoint is kept in {self.ckpt_dir}. Try a lower train.lr or "
-                                    f"train.precision=fp32")
-                            # Each micro-batch's share of the effective batch, so 2 x 4 equals 8.
-                            scaled = loss * (len(group[micro]) / n_samples)
-                            if self.reg.l1:
-                                scaled = scaled + self.reg.l1 * self._l1_penalty() / len(group)
-                            self.accelerator.backward(scaled)
-                        window_loss += loss.item() * len(group[micro])
-                        window_n += len(group[micro])
-                    if cfg.max_grad_norm:
-                        self.accelerator.clip_grad_norm_(self.trainable_params, cfg.max_grad_norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                    loss_sum, items = self._train_step(group, loader)
+                    n_samples = sum(len(b) for b in group) * self.world
                     s.step += 1
                     s.micro_in_epoch += len(group)
-                    s.samples_seen += n_samples * self.accelerator.num_processes
+                    s.samples_seen += n_samples
                     s.train_seconds += time.perf_counter() - t0
-                    window_samples += n_samples
                     self.schedule.step_update(s.step)
-                    if self.ema:
-                        self.ema.update(self._unwrapped)
                     rng_after_update = ckpt.rng_state()
                     bar.update(1)
-                    if s.step % cfg.log_every == 0 or s.step == self.total_steps:
-                        elapsed = time.perf_counter() - window_t0
-                        logged = {"loss": window_loss / max(1, window_n), "lr": self.optimizer.param_groups[-1]["lr"],
-                                  "samples_per_s": window_samples / max(elapsed, 1e-9), "epoch": s.epoch}
-                        self.log.event("train", step=s.step, **logged)
-                        self.log.scalars("train", logged, s.step)
-                        s.history.append({"step": s.step, "epoch": s.epoch, "train_loss": logged["loss"],
-                                          "lr": logged["lr"]})
-                        bar.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{logged['lr']:.2e}",
-                                        sps=f"{logged['samples_per_s']:.1f}")
-                        window_loss, window_n, window_samples, window_t0 = 0.0, 0, 0, time.perf_counter()
+
+                    # --- hooks, in order
+                    if self.ema:
+                        self.ema.update(self._unwrapped)
                     if self.unfreezer and self.unfreezer.maybe_unfreeze(s.step, "step"):
                         self.log.event("unfreeze", step=s.step, groups=self.unfreezer.unfrozen)
                         self._train_mode()
+                    self.train_log.add(loss_sum, items, n_samples)
+                    logged = self.train_log.maybe_write(s.step, s.epoch, self.optimizer.param_groups[-1]["lr"],
+                                                        last=s.step == self.total_steps)
+                    if logged:
+                        s.history.append({"step": s.step, "epoch": s.epoch, "train_loss": logged["loss"],
+                                          "lr": logged["lr"]})
+                        bar.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{logged['lr']:.2e}")
                     for callback in self.callbacks:
                         callback(self)
                     at_max = s.step >= self.total_steps
@@ -352,12 +470,14 @@ class Trainer:
                     # Stopping at max_steps mid-epoch still evaluates; at an epoch's end the
                     # epoch-end evaluation below does it.
                     if periodic or (at_max and (cfg.eval_every or not end_of_epoch)):
-                        if self._after_eval(self.evaluate(self.bundle.validation, "validation")[0]):
+                        if self._validate():
                             s.finished, s.stop_reason = True, "early stopping"
-                        self._save(self.ckpt_dir / "last", rng=rng_after_update)
+                        self._save("last", rng=rng_after_update)
                     if at_max and not s.finished:
                         s.finished = True
                         s.stop_reason = "reached train.max_steps" if cfg.max_steps else "finished all epochs"
+                    if self._stop_agreed():
+                        raise KeyboardInterrupt
                     if s.finished:
                         break
                 if s.finished and s.micro_in_epoch < len(batches):
@@ -368,18 +488,17 @@ class Trainer:
                 if self.unfreezer and self.unfreezer.maybe_unfreeze(s.epoch, "epoch"):
                     self.log.event("unfreeze", epoch=s.epoch, groups=self.unfreezer.unfrozen)
                     self._train_mode()
-                if not cfg.eval_every:
-                    if self._after_eval(self.evaluate(self.bundle.validation, "validation")[0]):
-                        s.finished, s.stop_reason = True, "early stopping"
-                self._save(self.ckpt_dir / "last", rng=rng_after_update)
+                if not cfg.eval_every and self._validate():
+                    s.finished, s.stop_reason = True, "early stopping"
+                self._save("last", rng=rng_after_update)
             if not s.stop_reason:
                 s.stop_reason = "finished all epochs"
             s.finished = True
-            self._save(self.ckpt_dir / "last", rng=rng_after_update)
+            self._save("last", rng=rng_after_update)
         except KeyboardInterrupt:
-            self._save(self.ckpt_dir / "last", rng=rng_after_update)
-            self.log.event("interrupted", step=s.step, epoch=s.epoch)
-            raise Interrupted(self.run_dir) from None
+            saved = self._save("last", rng=rng_after_update)
+            self.log.event("interrupted", step=s.step, epoch=s.epoch, checkpoint_saved=saved)
+            raise Interrupted(self.run_dir, saved=saved) from None
         finally:
             bar.close()
             for sig, handler in previous.items():
@@ -389,37 +508,123 @@ class Trainer:
 
     def load_best(self) -> None:
         """Load the best checkpoint's weights (EMA weights when EMA is on) into the model."""
-        best = self.ckpt_dir / "best"
-        if best.exists():
-            self._load(best)
+        if self.checkpoints.exists("best"):
+            self.checkpoints.load("best", self._unwrapped)
             if self.ema:  # the best weights are the averaged ones: evaluate them as they are
                 self.ema = None
 
 
-@torch.no_grad()
-def evaluate_model(task: Any, model: nn.Module, dataset, batch_size: int, device: torch.device,
-                   autocast: Callable = nullcontext, num_workers: int = 0) -> tuple[dict[str, float], list, list]:
-    """Mean loss plus ``task.compute_metrics`` over ``dataset`` in order; leaves the global RNG as it was."""
+# ---------------------------------------------------------------------------------------- losses
+def user_loss(loss_fn: Callable, out: dict[str, Any], batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+    """A recipe's ``train.loss``: ``loss_fn(outputs, batch)`` returns a scalar mean over the batch's
+    samples, or ``(summed_loss, num_items)`` for a loss averaged over other items (tokens)."""
+    value = loss_fn(out["outputs"], batch)
+    if isinstance(value, tuple):
+        return value[0], value[1]
+    n = batch_size(batch)
+    return value * n, n
+
+
+def batch_size(batch: dict[str, Any]) -> int:
+    for v in batch.values():
+        if isinstance(v, torch.Tensor) and v.ndim > 0:
+            return v.shape[0]
+        if isinstance(v, list):
+            return len(v)
+    raise OmnituneError("cannot tell the batch size: the batch holds no tensor or list")
+
+
+def check_user_loss(trainer: Trainer) -> None:
+    """Run ``train.loss`` on the first training batch before any update, RNG-neutral: a loss that
+    does not fit the task's outputs fails here, naming the field, not mid-run."""
     from accelerate.utils import send_to_device
 
+    batch = send_to_device(trainer.task.collate([trainer.bundle.train[i] for i in trainer._batches(0)[0]]),
+                           trainer.accelerator.device)
+    name = getattr(trainer.loss_fn, "__name__", type(trainer.loss_fn).__name__)
+    with torch.random.fork_rng(devices=[]), trainer.accelerator.autocast():
+        try:
+            out = trainer._forward(batch, train=True)
+        except Exception as exc:
+            raise RecipeError(f"train.loss: {name} failed on the task's outputs "
+                              f"({type(exc).__name__}: {exc})") from None
+        loss = out["loss_sum"]
+        if not (isinstance(loss, torch.Tensor) and loss.ndim == 0 and loss.is_floating_point()):
+            raise RecipeError(f"train.loss: {name} must return a scalar float tensor (or (sum, count)); got "
+                              f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
+        if not loss.requires_grad:
+            raise RecipeError(f"train.loss: {name} returned a loss that does not depend on the model's outputs")
+        if not torch.isfinite(loss):
+            raise RecipeError(f"train.loss: {name} returned {loss.item()} on the first batch")
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+def gather_objects(items: list, world: int) -> list:
+    """Every process's list, concatenated in rank order, on every process."""
+    if world == 1:
+        return list(items)
+    import torch.distributed as dist
+
+    parts: list[list] = [None] * world  # type: ignore[list-item]
+    dist.all_gather_object(parts, list(items))
+    return [x for part in parts for x in part]
+
+
+@torch.no_grad()
+def evaluate_model(task: Any, model: nn.Module, dataset, batch_size: int, device: torch.device,
+                   autocast: Callable = nullcontext, num_workers: int = 0,
+                   extra_metrics: dict[str, Callable] | None = None) -> tuple[dict[str, float], list, list]:
+    """Loss (summed over the task's items, divided by their count: independent of the batch size)
+    and the task's metrics over ``dataset``, in dataset order; leaves the global RNG as it was.
+
+    Under several processes each takes every n-th sample; predictions are gathered so that each
+    sample counts exactly once, uneven tails included, and every process gets the same metrics.
+    """
+    from accelerate.utils import send_to_device
+
+    world, rank = 1, 0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
     model.eval()
-    batches = [list(range(i, min(i + batch_size, len(dataset)))) for i in range(0, len(dataset), batch_size)]
+    mine = list(range(rank, len(dataset), world))
+    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=task.collate, num_workers=num_workers,
                         generator=torch.Generator().manual_seed(0))
-    loss_sum, count, preds, refs = 0.0, 0, [], []
+    loss_sum, items, records = 0.0, 0.0, []
     with torch.random.fork_rng(devices=[]):
-        for batch in loader:
+        for indices, batch in zip(batches, loader):
             batch = send_to_device(batch, device)
             with autocast():
                 out = task.forward(model, batch, train=False)
             p, r = task.predict_batch(model, batch, out)
-            loss_sum += float(out["loss"]) * len(r)
-            count += len(r)
-            preds.extend(p)
-            refs.extend(r)
+            loss_sum += float(out["loss_sum"])
+            items += float(out["num_items"])
+            records.extend(zip(indices, p, r))
+    if world > 1:
+        totals = torch.tensor([loss_sum, items], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(totals)
+        loss_sum, items = float(totals[0]), float(totals[1])
+        records = sorted(gather_objects(records, world), key=lambda rec: rec[0])
+    preds, refs = [p for _, p, _ in records], [r for _, _, r in records]
     metrics = dict(task.compute_metrics(preds, refs))
-    metrics["loss"] = loss_sum / max(1, count)
+    for name, fn in (extra_metrics or {}).items():
+        value = fn(*metric_inputs(task, preds, refs))
+        metrics.update(value if isinstance(value, dict) else {name: float(value)})
+    metrics["loss"] = loss_sum / max(items, 1e-12)
     return metrics, preds, refs
+
+
+def metric_inputs(task: Any, predictions: list, references: list) -> tuple[list, list]:
+    """Predictions and references as plain values for a user's metric (the task's optional
+    ``metric_inputs``; otherwise as ``predict_batch`` returned them)."""
+    convert = getattr(task, "metric_inputs", None)
+    return convert(predictions, references) if convert else (predictions, references)
+
+
+def mean_loss(out: dict[str, Any]) -> torch.Tensor:
+    """A forward's loss as a mean over its items (for tests and benchmarks that step by hand)."""
+    return out["loss_sum"] / max(float(out["num_items"]), 1.0)
 
 
 def _main_thread() -> bool:

@@ -259,9 +259,10 @@ class SpeechRecognitionTask:
             # inside the trainer's autocast (so it runs at the training precision).
             encoded = core.model.encoder(batch["input_features"])
             logits = core(encoder_outputs=encoded, decoder_input_ids=dec_in).logits
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                               ignore_index=-100, label_smoothing=self.label_smoothing)
-        out = {"loss": loss, "outputs": logits}
+        # Summed over transcript tokens; the trainer divides by the tokens of the whole step.
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                               label_smoothing=self.label_smoothing if train else 0.0, reduction="sum")
+        out = {"loss_sum": loss, "num_items": (labels != -100).sum(), "outputs": logits}
         if not train:
             out["generated"] = self.generate(model, encoder_outputs=encoded)
         return out

@@ -208,9 +208,10 @@ class CausalLMTask:
                               reduction="none", label_smoothing=self.label_smoothing if train else 0.0)
         nll = nll.view(target.shape)
         counted = (target != IGNORE).sum(-1)
-        loss = nll.sum() / counted.sum().clamp(min=1)
-        # Per-sample sums, so the split's perplexity weighs every token equally.
-        return {"loss": loss, "outputs": {"nll_sum": nll.sum(-1).detach(), "tokens": counted}}
+        # Summed over response tokens; the trainer divides by the tokens of the whole step, so every
+        # token weighs the same whatever the batch it fell into. Per-sample sums feed perplexity.
+        return {"loss_sum": nll.sum(), "num_items": counted.sum(),
+                "outputs": {"nll_sum": nll.sum(-1).detach(), "tokens": counted}}
 
     def predict_batch(self, model, batch, outputs) -> tuple[list[Any], list[Any]]:
         out = outputs["outputs"]

@@ -287,16 +287,19 @@ class TextClassificationTask:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         logits = model(**inputs).logits.float()
         labels = batch["labels"]
+        # Summed over the batch's samples; the trainer divides by the samples of the whole step.
         if self.problem_type == "single_label":
-            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing if train else 0.0)
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing if train else 0.0,
+                                   reduction="sum")
         elif self.problem_type == "multi_label":
             target = labels
             if train and self.label_smoothing:
                 target = labels * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
-            loss = F.binary_cross_entropy_with_logits(logits, target)
+            # Each sample's loss is the mean over its labels, as in transformers' multi-label head.
+            loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / logits.shape[-1]
         else:
-            loss = F.mse_loss(logits.squeeze(-1), labels)
-        return {"loss": loss, "outputs": logits}
+            loss = F.mse_loss(logits.squeeze(-1), labels, reduction="sum")
+        return {"loss_sum": loss, "num_items": labels.shape[0], "outputs": logits}
 
     def predict_batch(self, model, batch, outputs) -> tuple[list[Any], list[Any]]:
         logits = outputs["outputs"].detach().float().cpu()
@@ -309,6 +312,13 @@ class TextClassificationTask:
         if self.problem_type == "multi_label":
             return ((logits.sigmoid() > 0.5).int().tolist(), [[int(x) for x in r] for r in refs])
         return logits.squeeze(-1).tolist(), refs
+
+    def metric_inputs(self, predictions: list[Any], references: list[Any]) -> tuple[list, list]:
+        """Plain values for a user's metric (``eval.extra_metrics``): label indices for single-label
+        classification; indicator rows (multi-label) and numbers (regression) are plain already."""
+        if self.problem_type == "single_label":
+            return [p["label"] for p in predictions], list(references)
+        return list(predictions), list(references)
 
     def compute_metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         if self.problem_type == "regression":

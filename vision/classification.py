@@ -231,12 +231,14 @@ class ImageClassificationTask:
                                 cutmix_alpha=reg.cutmix_alpha, prob=reg.mix_prob,
                                 label_smoothing=reg.label_smoothing, generator=None)
             logits = model(x)
-            loss = soft_target_cross_entropy(logits, soft)
+            loss = soft_target_cross_entropy(logits, soft) * y.shape[0]
         else:
             logits = model(x)
             # Validation/test loss is the plain cross-entropy, comparable across recipes.
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=reg.label_smoothing if train else 0.0)
-        return {"loss": loss, "outputs": logits}
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=reg.label_smoothing if train else 0.0,
+                                   reduction="sum")
+        # Summed over the batch's images; the trainer divides by the images of the whole step.
+        return {"loss_sum": loss, "num_items": y.shape[0], "outputs": logits}
 
     def predict_batch(self, model: nn.Module, batch: dict[str, Any], outputs: dict[str, Any]) -> tuple[list, list]:
         probs = outputs["outputs"].detach().float().softmax(-1).cpu()
@@ -246,6 +248,10 @@ class ImageClassificationTask:
         preds = [{"label": int(ti[0]), "score": float(tp[0]), "top5": [int(j) for j in ti], "index": i}
                  for tp, ti, i in zip(top_p, top_i, idx)]
         return preds, batch["labels"].cpu().tolist()
+
+    def metric_inputs(self, predictions: list[Any], references: list[Any]) -> tuple[list, list]:
+        """Plain values for a user's metric (``eval.extra_metrics``): predicted and true label indices."""
+        return [p["label"] for p in predictions], list(references)
 
     def compute_metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         from omnitune.core.metrics import compute

@@ -9,6 +9,7 @@ from torch import nn
 
 from omnitune.core.api import train
 from omnitune.core.ema import EMA
+from omnitune.core.trainer import mean_loss
 
 from ..conftest import text_recipe, write_recipe
 
@@ -72,7 +73,7 @@ def test_label_smoothing_raises_the_training_loss_floor():
 
         model = lambda **_: Out  # noqa: E731 - stands in for a model that is already certain
         batch = {"input_ids": torch.zeros(1, 1, dtype=torch.long), "labels": torch.tensor([0])}
-        return float(task.forward(model, batch, train=True)["loss"]), float(task.forward(model, batch, train=False)["loss"])
+        return float(mean_loss(task.forward(model, batch, train=True))), float(mean_loss(task.forward(model, batch, train=False)))
 
     assert loss(0.0)[0] == pytest.approx(0.0, abs=1e-6)
     smoothed_train, smoothed_eval = loss(0.2)

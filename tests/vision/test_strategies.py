@@ -10,9 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from omnitune.core.api import build_task
+from omnitune.core.api import build_task, build_trainer
 from omnitune.core.recipe import validate_recipe
-from omnitune.core.trainer import Trainer
 
 GROUPS = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
 
@@ -39,9 +38,7 @@ def train_two_steps(image_folder, tmp_path, finetune: dict):
     assert [g.name for g in groups] == GROUPS
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     stats = {n: b.detach().clone() for n, b in model.named_buffers() if "running_" in n}
-    trainer = Trainer(task, model, bundle, tmp_path / "run", seed=rec.seed, train=rec.train, optim=rec.optim,
-                      sched=rec.sched, finetune=rec.finetune, regularization=rec.regularization,
-                      early_stopping=rec.early_stopping, select_metric="accuracy", select_mode="max")
+    trainer = build_trainer(rec, task, model, bundle, tmp_path / "run")
     trainer.fit()
     trained = trainer.accelerator.unwrap_model(trainer.model)
     assert trained is model

@@ -9,6 +9,7 @@ from omnitune.core.errors import DataError
 from omnitune.core.recipe import RegularizationConfig
 from omnitune.core.task import Task
 from omnitune.vision.classification import ImageClassificationTask, VisionDataConfig, VisionModelConfig
+from omnitune.core.trainer import mean_loss
 
 from .test_data import make_task
 
@@ -42,9 +43,9 @@ def test_loss_uses_smoothing_and_mixing_only_in_training(image_folder):
     batch = task.collate([bundle.validation[i] for i in range(len(bundle.validation))])
     logits = model(batch["pixel_values"])
     plain = torch.nn.functional.cross_entropy(logits, batch["labels"])
-    torch.testing.assert_close(task.forward(model, batch, train=False)["loss"], plain)
+    torch.testing.assert_close(mean_loss(task.forward(model, batch, train=False)), plain)
     torch.manual_seed(0)
-    trained = task.forward(model, batch, train=True)["loss"]
+    trained = mean_loss(task.forward(model, batch, train=True))
     assert not torch.allclose(trained, plain)
     preds, refs = task.predict_batch(model, batch, {"outputs": logits})
     assert refs == batch["labels"].tolist()
