@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="hyper-parameter search over the recipe's tune.space (Optuna)")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--n-trials", type=int, help="trial budget (finished trials of a resumed study count)")
+    p.add_argument("--n-trials", type=int, help="trial budget of the whole study, all processes together (finished trials of a resumed study count)")
     p.add_argument("--timeout", type=float, help="time budget in seconds")
     p.add_argument("--storage", help="Optuna database URL shared by several processes (default: SQLite in the study folder)")
     p.add_argument("--study-dir", help="study folder (default: <output.dir>/<name>-tune); rerun to resume")

@@ -255,6 +255,7 @@ class TuneConfig(Section):
     space: dict[str, SearchParam] = {}
     # grid needs every parameter categorical or stepped; tpe is Bayesian (tree-structured Parzen).
     sampler: Literal["tpe", "random", "grid"] = "tpe"
+    # The budget of the whole study: several processes sharing one storage run this many in total.
     n_trials: int | None = Field(default=20, gt=0)
     # Stop starting new trials after this many seconds (a running trial finishes).
     timeout_s: float | None = Field(default=None, gt=0)

@@ -8,7 +8,6 @@ perplexity of the responses: exp of the mean token negative log-likelihood over 
 
 from __future__ import annotations
 
-import math
 import string
 from pathlib import Path
 from typing import Any, ClassVar
