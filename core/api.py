@@ -243,6 +243,9 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     t_start = time.perf_counter()
     if resume is not None:
         run_dir = Path(resume)
+        from .checkpoint import recover_checkpoint
+
+        recover_checkpoint(run_dir / "checkpoints" / "last")  # a kill -9 may have fallen mid-swap
         if not (run_dir / RECIPE_FILE).is_file() or not (run_dir / "checkpoints" / "last").is_dir():
             raise OmnituneError(f"{run_dir}: not a run folder with a checkpoint to resume")
         if overrides or kw_overrides:

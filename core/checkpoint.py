@@ -190,7 +190,11 @@ def recover_checkpoint(path: Path) -> None:
     path = Path(path)
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     if not path.exists() and old.is_dir():
-        os.replace(tmp if tmp.is_dir() else old, path)
+        try:
+            os.replace(tmp if tmp.is_dir() else old, path)
+        except OSError:  # another process of the same run recovered it first
+            if not path.is_dir():
+                raise
 
 
 def load_checkpoint(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,9 +64,12 @@ class Background:
             self.proc.wait()
 
 
-def kill_then_resume(recipe: Path, run_dir: Path, kill_at: int, timeout: float = 300) -> dict:
+def kill_then_resume(recipe: Path, run_dir: Path, kill_at: int, timeout: float = 300, mid_swap: bool = False) -> dict:
     """Start ``recipe``, SIGKILL it once checkpoints/last has reached step ``kill_at``, then resume
-    it with ``omnitune train --resume``. Returns the trainer state the kill left behind."""
+    it with ``omnitune train --resume``. Returns the trainer state the kill left behind.
+
+    ``mid_swap``: leave the checkpoint folders as a kill between the two renames of a checkpoint
+    swap does (``last.old`` and a complete ``last.tmp``, no ``last``); the resume must cope."""
     log = recipe.with_suffix(".log")
     state_file = run_dir / "checkpoints" / "last" / "trainer_state.json"
     with open(log, "wb") as out:
@@ -85,6 +89,10 @@ def kill_then_resume(recipe: Path, run_dir: Path, kill_at: int, timeout: float =
     recover_checkpoint(state_file.parent)  # what the resume does itself if the kill fell mid-swap
     killed = json.loads(state_file.read_text())
     assert not killed["finished"] and not (run_dir / "metrics.json").exists(), "the kill came too late"
+    if mid_swap:
+        last = state_file.parent
+        shutil.copytree(last, last.with_name("last.tmp"))
+        last.rename(last.with_name("last.old"))
     _cli(["--resume", str(run_dir)], log)
     return killed
 

@@ -154,7 +154,8 @@ def test_text_run_killed_and_resumed_matches_uninterrupted(tmp_path, tiny_bert, 
         recipe["output"]["run_name"] = name
         paths[name] = write_recipe(tmp_path / f"{name}.yaml", recipe)
     with Background(paths["full"]) as full:
-        killed = kill_then_resume(paths["killed"], tmp_path / "killed", kill_at=6)  # in the second epoch
+        # In the second epoch; the folders left as by a kill in the middle of a checkpoint swap.
+        killed = kill_then_resume(paths["killed"], tmp_path / "killed", kill_at=6, mid_swap=True)
         full.wait()
     assert killed["epoch"] >= 1
     assert_same_run(tmp_path / "full", tmp_path / "killed")
