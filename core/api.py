@@ -57,37 +57,37 @@ def as_recipe(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[
     return load_recipe(recipe, overrides)
 
 
+def _direction(metric: str, extra_metrics, section: str) -> str:
+    """The registry's (or a user metric's declared) direction of ``metric``; an error names the
+    recipe section whose ``metric``/``mode`` fields fix it."""
+    from .metrics import metric_mode
+
+    try:
+        return metric_mode(metric, extra_metrics)
+    except RecipeError as exc:
+        raise RecipeError(f"{section}.metric: {exc}; or set {section}.mode") from None
+
+
 def selection(recipe: BaseRecipe, task, extra_metrics=()) -> tuple[str, str]:
     """The metric that picks the best checkpoint and its direction: the recipe's eval.mode, else
     the metric registry's (or a user metric's declared) direction; never guessed from the name."""
-    from .metrics import metric_mode
-
     metric = recipe.eval.metric or task.main_metric
     if recipe.eval.mode:
         return metric, recipe.eval.mode
     if metric == task.main_metric:
         return metric, task.main_metric_mode
-    try:
-        return metric, metric_mode(metric, extra_metrics)
-    except RecipeError as exc:
-        raise RecipeError(f"eval.metric: {exc}; or set eval.mode") from None
+    return metric, _direction(metric, extra_metrics, "eval")
 
 
 def early_stopping(recipe: BaseRecipe, select_metric: str, select_mode: str, extra_metrics=()):
     """The recipe's early stopping as a hook (None when off); its metric's direction as selection's."""
-    from .metrics import metric_mode
     from .trainer import EarlyStopping
 
     es = recipe.early_stopping
     if not es.enabled:
         return None
     metric = es.metric or select_metric
-    mode = es.mode or (select_mode if metric == select_metric else None)
-    if mode is None:
-        try:
-            mode = metric_mode(metric, extra_metrics)
-        except RecipeError as exc:
-            raise RecipeError(f"early_stopping.metric: {exc}; or set early_stopping.mode") from None
+    mode = es.mode or (select_mode if metric == select_metric else _direction(metric, extra_metrics, "early_stopping"))
     return EarlyStopping(metric, mode, es.patience, es.min_delta)
 
 

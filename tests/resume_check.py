@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file
 
 CLI = [sys.executable, "-m", "omnitune.core.cli", "train"]
@@ -28,7 +29,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _cli(args: list[str], log: Path, timeout: float = 300) -> None:
+def _cli(args: list[str], log: Path, timeout: float = 600) -> None:
     with open(log, "ab") as out:
         code = subprocess.run([*CLI, *args], stdout=out, stderr=subprocess.STDOUT, env=_env(),
                               timeout=timeout).returncode
@@ -42,16 +43,27 @@ def _step(state_file: Path) -> int | None:
         return None
 
 
+def _start(args: list[str], out) -> subprocess.Popen:
+    # A session of its own, so a kill reaches every process of the run (the launcher and the
+    # workers of `--nproc N`), not only the first.
+    return subprocess.Popen([*CLI, *args], stdout=out, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 class Background:
     """An uninterrupted run of ``recipe`` through the CLI, in the background (it overlaps the
     interrupted one: most of each run's time is starting Python and importing torch)."""
 
-    def __init__(self, recipe: Path) -> None:
+    def __init__(self, recipe: Path, cli_args: list[str] = ()) -> None:
         self.log = recipe.with_suffix(".log")
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([*CLI, str(recipe)], stdout=out, stderr=subprocess.STDOUT, env=_env())
+            self.proc = _start([str(recipe), *cli_args], out)
 
-    def wait(self, timeout: float = 300) -> None:
+    def wait(self, timeout: float = 600) -> None:
         code = self.proc.wait(timeout)
         assert code == 0, f"the uninterrupted run exited {code}:\n{self.log.read_text()[-3000:]}"
 
@@ -60,20 +72,21 @@ class Background:
 
     def __exit__(self, *exc) -> None:
         if self.proc.poll() is None:  # the test failed before waiting: do not leave it running
-            self.proc.kill()
-            self.proc.wait()
+            _kill(self.proc)
 
 
-def kill_then_resume(recipe: Path, run_dir: Path, kill_at: int, timeout: float = 300, mid_swap: bool = False) -> dict:
-    """Start ``recipe``, SIGKILL it once checkpoints/last has reached step ``kill_at``, then resume
-    it with ``omnitune train --resume``. Returns the trainer state the kill left behind.
+def kill_then_resume(recipe: Path, run_dir: Path, kill_at: int, timeout: float = 300, mid_swap: bool = False,
+                     cli_args: list[str] = ()) -> dict:
+    """Start ``recipe``, SIGKILL it (every process of the run) once checkpoints/last has reached
+    step ``kill_at``, then resume it with ``omnitune train --resume``. Returns the trainer state the
+    kill left behind. ``cli_args`` go to both commands (e.g. ``["--nproc", "2"]``).
 
     ``mid_swap``: leave the checkpoint folders as a kill between the two renames of a checkpoint
     swap does (``last.old`` and a complete ``last.tmp``, no ``last``); the resume must cope."""
     log = recipe.with_suffix(".log")
     state_file = run_dir / "checkpoints" / "last" / "trainer_state.json"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*CLI, str(recipe)], stdout=out, stderr=subprocess.STDOUT, env=_env())
+        proc = _start([str(recipe), *cli_args], out)
         deadline = time.monotonic() + timeout
         try:
             while (_step(state_file) or 0) < kill_at:
@@ -81,8 +94,7 @@ def kill_then_resume(recipe: Path, run_dir: Path, kill_at: int, timeout: float =
                 assert time.monotonic() < deadline, f"no checkpoint at step {kill_at} after {timeout} s"
                 time.sleep(0.01)
         finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            _kill(proc)
     assert proc.returncode == -signal.SIGKILL
     from omnitune.core.checkpoint import recover_checkpoint
 
@@ -93,7 +105,25 @@ def kill_then_resume(recipe: Path, run_dir: Path, kill_at: int, timeout: float =
         last = state_file.parent
         shutil.copytree(last, last.with_name("last.tmp"))
         last.rename(last.with_name("last.old"))
-    _cli(["--resume", str(run_dir)], log)
+    _cli(["--resume", str(run_dir), *cli_args], log)
+    return killed
+
+
+def full_and_killed_runs_agree(recipe: dict, folder: Path, kill_at: int, mid_swap: bool = False,
+                               cli_args: list[str] = ()) -> dict:
+    """Write ``recipe`` as two runs in ``folder``, "full" and "killed"; run "full" uninterrupted in
+    the background while "killed" is SIGKILLed at step ``kill_at`` and resumed; assert both end
+    the same (:func:`assert_same_run`). Returns the trainer state the kill left behind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name in ("full", "killed"):
+        run = {**recipe, "output": {**recipe.get("output", {}), "dir": str(folder), "run_name": name}}
+        paths[name] = folder / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(run))
+    with Background(paths["full"], cli_args) as full:
+        killed = kill_then_resume(paths["killed"], folder / "killed", kill_at, mid_swap=mid_swap, cli_args=cli_args)
+        full.wait()
+    assert_same_run(folder / "full", folder / "killed")
     return killed
 
 

@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_model
 from omnitune.core import checkpoint as ckpt
 from omnitune.core.errors import OmnituneError
 
-from ..conftest import text_recipe, write_recipe
-from ..resume_check import Background, assert_same_run, kill_then_resume
+from ..conftest import text_recipe
+from ..resume_check import full_and_killed_runs_agree
 
 
 # ----------------------------------------------------------------------------- state without pickle
@@ -148,14 +148,7 @@ def test_text_run_killed_and_resumed_matches_uninterrupted(tmp_path, tiny_bert, 
     sections = {"regularization": {"dropout": 0.1},
                 "train": {"epochs": 3, "eval_every": 2, "num_workers": 2, "threads": 1},
                 "data": {"max_samples": 64}}  # 4 steps per epoch, a checkpoint every 2
-    paths = {}
-    for name in ("full", "killed"):
-        recipe = text_recipe(tiny_bert, reviews_csv, tmp_path, **sections)
-        recipe["output"]["run_name"] = name
-        paths[name] = write_recipe(tmp_path / f"{name}.yaml", recipe)
-    with Background(paths["full"]) as full:
-        # In the second epoch; the folders left as by a kill in the middle of a checkpoint swap.
-        killed = kill_then_resume(paths["killed"], tmp_path / "killed", kill_at=6, mid_swap=True)
-        full.wait()
+    # In the second epoch; the folders left as by a kill in the middle of a checkpoint swap.
+    killed = full_and_killed_runs_agree(text_recipe(tiny_bert, reviews_csv, tmp_path, **sections), tmp_path,
+                                        kill_at=6, mid_swap=True)
     assert killed["epoch"] >= 1
-    assert_same_run(tmp_path / "full", tmp_path / "killed")

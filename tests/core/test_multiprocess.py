@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from safetensors.torch import load_file
+import yaml
 
 from ..conftest import make_reviews, text_recipe, write_recipe
+from ..resume_check import assert_same_run, full_and_killed_runs_agree
 
 # fp32 and one thread per process: the two set-ups then differ only in the order of float sums
 # (gradients all-reduced over two processes instead of summed in one), far below this tolerance.
@@ -36,14 +35,11 @@ def _recipe(tmp_path, tiny_bert, reviews_csv, name, batch_size, dropout=0.0, **t
     return write_recipe(tmp_path / f"{name}.yaml", recipe)
 
 
-def _omnitune(*args, cwd, check=True, **popen) -> subprocess.CompletedProcess:
+def _omnitune(*args, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "omnitune.core.cli", *args]
-    if popen:
-        return subprocess.Popen(cmd, cwd=cwd, env=env, **popen)
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check:
-        assert out.returncode == 0, out.stderr[-3000:]
+    out = subprocess.run([sys.executable, "-m", "omnitune.core.cli", *args], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
     return out
 
 
@@ -53,17 +49,12 @@ def _events(run_dir: Path, kind: str) -> list[dict]:
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
+    """The same training-loss curve, and (resume_check) the same last/best weights and metrics."""
     train_a, train_b = _events(a, "train"), _events(b, "train")
     assert [e["step"] for e in train_a] == [e["step"] for e in train_b]
     for x, y in zip(train_a, train_b):
         assert x["loss"] == pytest.approx(y["loss"], abs=TOL), x["step"]
-    ma, mb = json.loads((a / "metrics.json").read_text()), json.loads((b / "metrics.json").read_text())
-    for split in ("validation", "test"):
-        for key, value in ma[split].items():
-            assert mb[split][key] == pytest.approx(value, abs=TOL), (split, key)
-    wa, wb = load_file(str(a / "model" / "model.safetensors")), load_file(str(b / "model" / "model.safetensors"))
-    for key in wa:
-        assert (wa[key] - wb[key]).abs().max().item() < TOL, key
+    assert_same_run(a, b, metric_tol=TOL, weight_tol=TOL)
 
 
 def test_two_processes_match_one_at_the_same_global_batch(tmp_path, tiny_bert, reviews_csv):
@@ -101,35 +92,12 @@ def test_torchrun_launch_matches_one_process(tmp_path, tiny_bert, reviews_csv):
     _assert_same_run(tmp_path / "runs-one" / "run", tmp_path / "runs-two" / "run")
 
 
-def _wait_for_checkpoint(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    state = run_dir / "checkpoints" / "last" / "trainer_state.json"
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        assert proc.poll() is None, "training ended before it could be killed"
-        try:
-            if json.loads(state.read_text())["step"] >= step:
-                return
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"no checkpoint at step {step} after {timeout} s")
-
-
 @pytest.mark.slow
 def test_two_process_run_killed_hard_resumes_exactly(tmp_path, tiny_bert, reviews_csv):
-    # Dropout on: each process's RNG state must come back for the resumed run to agree.
-    full = _recipe(tmp_path, tiny_bert, reviews_csv, "full", batch_size=4, dropout=0.1, eval_every=3)
-    killed = _recipe(tmp_path, tiny_bert, reviews_csv, "killed", batch_size=4, dropout=0.1, eval_every=3)
-    _omnitune("train", str(full), "--nproc", "2", cwd=tmp_path)
-    run_dir = tmp_path / "runs-killed" / "run"
-    proc = _omnitune("train", str(killed), "--nproc", "2", cwd=tmp_path, start_new_session=True,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for_checkpoint(run_dir, 6, proc)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, no chance to save
-        proc.wait()
-    assert not (run_dir / "metrics.json").exists()
-    _omnitune("train", "--resume", str(run_dir), "--nproc", "2", cwd=tmp_path)
-    assert _events(run_dir, "resume")
-    _assert_same_run(tmp_path / "runs-full" / "run", run_dir)
+    # Dropout on: each process's RNG state must come back for the resumed run to agree. The kill
+    # reaches the launcher and both workers; nothing gets a chance to save.
+    recipe = yaml.safe_load(_recipe(tmp_path, tiny_bert, reviews_csv, "r", batch_size=4, dropout=0.1,
+                                    eval_every=3).read_text())
+    killed = full_and_killed_runs_agree(recipe, tmp_path / "runs", kill_at=6, cli_args=["--nproc", "2"])
+    assert not killed["finished"]
+    assert _events(tmp_path / "runs" / "killed", "resume")

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
-from ..resume_check import Background, assert_same_run, kill_then_resume
+from ..resume_check import full_and_killed_runs_agree
 from .conftest import make_audio_folder
 from .test_asr_task import make_task
 
@@ -37,23 +36,15 @@ def test_augmented_items_are_the_same_in_workers_and_on_every_draw(tiny_whisper,
 
 def test_speech_run_killed_and_resumed_matches_uninterrupted(tmp_path, tiny_whisper):
     audio = make_audio_folder(tmp_path / "audio")  # 12 usable clips: 8 train, 2 + 2 held out
-    paths = {}
-    for name in ("full", "killed"):
-        recipe = {
-            "name": "tiny-speech", "task": "speech-recognition", "seed": 5,
-            "model": {"name": str(tiny_whisper), "max_new_tokens": 4},
-            "data": {"source": str(audio), "val_size": 0.2, "test_size": 0.2, "max_bad_share": 0.5,
-                     "augment": AUGMENT},
-            "regularization": {"dropout": 0.1},
-            "train": {"epochs": 3, "batch_size": 2, "eval_batch_size": 4, "eval_every": 2, "num_workers": 2,
-                      "threads": 1, "precision": "fp32", "lr": 1e-3},
-            "eval": {"baseline": False},
-            "output": {"dir": str(tmp_path), "run_name": name},
-        }
-        paths[name] = tmp_path / f"{name}.yaml"
-        paths[name].write_text(yaml.safe_dump(recipe))
-    with Background(paths["full"]) as full:
-        killed = kill_then_resume(paths["killed"], tmp_path / "killed", kill_at=6)  # 4 steps per epoch
-        full.wait()
+    recipe = {
+        "name": "tiny-speech", "task": "speech-recognition", "seed": 5,
+        "model": {"name": str(tiny_whisper), "max_new_tokens": 4},
+        "data": {"source": str(audio), "val_size": 0.2, "test_size": 0.2, "max_bad_share": 0.5,
+                 "augment": AUGMENT},
+        "regularization": {"dropout": 0.1},
+        "train": {"epochs": 3, "batch_size": 2, "eval_batch_size": 4, "eval_every": 2, "num_workers": 2,
+                  "threads": 1, "precision": "fp32", "lr": 1e-3},
+        "eval": {"baseline": False},
+    }
+    killed = full_and_killed_runs_agree(recipe, tmp_path, kill_at=6)  # 4 steps per epoch
     assert killed["epoch"] >= 1
-    assert_same_run(tmp_path / "full", tmp_path / "killed")

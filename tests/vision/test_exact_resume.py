@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
-from ..resume_check import Background, assert_same_run, kill_then_resume
+from ..resume_check import full_and_killed_runs_agree
 from .conftest import make_image_folder
 from .test_data import make_task
 
@@ -34,23 +33,15 @@ def test_augmented_items_are_the_same_in_workers_and_differ_by_epoch(image_folde
 
 def test_vision_run_killed_and_resumed_matches_uninterrupted(tmp_path):
     images = make_image_folder(tmp_path / "images", per_class=12)  # 36 images: 22 train, 7 + 7 held out
-    paths = {}
-    for name in ("full", "killed"):
-        recipe = {
-            "name": "tiny-vision", "task": "image-classification", "seed": 3,
-            "model": {"name": "test_resnet", "pretrained": False, "image_size": 32},
-            "data": {"source": str(images), "val_size": 0.2, "test_size": 0.2,
-                     "augment": {"train": "heavy", "eval": "none"}, "random_erasing": 0.5},
-            "regularization": {"label_smoothing": 0.1, "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_prob": 0.5,
-                               "ema_decay": 0.9},
-            "train": {"epochs": 4, "batch_size": 8, "eval_every": 2, "num_workers": 2, "threads": 1,
-                      "precision": "fp32", "lr": 1e-3},
-            "output": {"dir": str(tmp_path), "run_name": name},
-        }
-        paths[name] = tmp_path / f"{name}.yaml"
-        paths[name].write_text(yaml.safe_dump(recipe))
-    with Background(paths["full"]) as full:
-        killed = kill_then_resume(paths["killed"], tmp_path / "killed", kill_at=4)  # 3 steps per epoch
-        full.wait()
+    recipe = {
+        "name": "tiny-vision", "task": "image-classification", "seed": 3,
+        "model": {"name": "test_resnet", "pretrained": False, "image_size": 32},
+        "data": {"source": str(images), "val_size": 0.2, "test_size": 0.2,
+                 "augment": {"train": "heavy", "eval": "none"}, "random_erasing": 0.5},
+        "regularization": {"label_smoothing": 0.1, "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_prob": 0.5,
+                           "ema_decay": 0.9},
+        "train": {"epochs": 4, "batch_size": 8, "eval_every": 2, "num_workers": 2, "threads": 1,
+                  "precision": "fp32", "lr": 1e-3},
+    }
+    killed = full_and_killed_runs_agree(recipe, tmp_path, kill_at=4)  # 3 steps per epoch
     assert killed["epoch"] >= 1
-    assert_same_run(tmp_path / "full", tmp_path / "killed")
