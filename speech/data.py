@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from omnitune.core.data import load_hub, parse_hub
+from omnitune.core.data import is_hub, load_hub, parse_hub
 from omnitune.core.errors import DataError
 from omnitune.core.seeding import item_rng
 from omnitune.core.task import DataReport
@@ -292,7 +292,7 @@ def cv_rows(task) -> tuple[object, None]:
                           ("test_source", cfg.test_source)):
         if not source:
             continue
-        if source.startswith("hub:") or resolve(source).startswith("hub:"):
+        if is_hub(source) or is_hub(resolve(source)):
             raise DataError(f"data.{field} {source}: cross-validation writes each fold as a transcript manifest "
                             f"of audio files, and a Hub dataset has no files to list. Save the clips as audio "
                             f"files with a transcript CSV ({cfg.path_column},{cfg.text_column}) and set "

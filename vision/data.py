@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from omnitune.core.data import SPLIT_ALIASES, read_table, require_columns, table_suffix
+from omnitune.core.data import SPLIT_ALIASES, is_hub, read_table, require_columns, table_suffix
 from omnitune.core.errors import DataError
 from omnitune.core.seeding import item_seed
 
@@ -260,7 +260,7 @@ def hub_records(split_ds, image_column: str, labels: list[Any], name: str) -> Re
 
 def source_kind(source: str) -> str:
     """"hub", "idx", "folder" or "manifest" for a resolved source string."""
-    if source.startswith("hub:"):
+    if is_hub(source):
         return "hub"
     path = Path(source)
     if is_idx_folder(path):
