@@ -22,7 +22,8 @@ import numpy as np
 from . import assets
 from . import peft as peft_lib
 from .errors import OmnituneError, RecipeError
-from .recipe import BaseRecipe, apply_overrides, dump_recipe, load_recipe, read_yaml, validate_recipe
+from .recipe import (BaseRecipe, FinetuneConfig, apply_overrides, dump_recipe, load_recipe, read_yaml,
+                     task_finetune_config, validate_recipe)
 from .registry import TASKS
 from .report import learning_curves_png, write_json, write_model_card, write_report
 
@@ -46,7 +47,10 @@ def seed_everything(seed: int) -> None:
 
 def build_task(recipe: BaseRecipe):
     task_cls = TASKS.get(recipe.task)
-    return task_cls(model=recipe.model, data=recipe.data, regularization=recipe.regularization, seed=recipe.seed)
+    kwargs = dict(model=recipe.model, data=recipe.data, regularization=recipe.regularization, seed=recipe.seed)
+    if task_finetune_config(task_cls) is not FinetuneConfig:  # a task with its own objective fields
+        kwargs["finetune"] = recipe.finetune
+    return task_cls(**kwargs)
 
 
 def as_recipe(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str] | None = None) -> BaseRecipe:

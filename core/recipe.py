@@ -309,12 +309,23 @@ class BaseRecipe(Section):
 def recipe_class(task_name: str) -> type[BaseRecipe]:
     """The recipe model for a task: the core sections plus the task's model and data sections."""
     task_cls = TASKS.get(task_name)
+    finetune_cls = task_finetune_config(task_cls)
     return create_model(
         f"Recipe[{task_name}]",
         __base__=BaseRecipe,
         model=(task_cls.ModelConfig, ...),
         data=(task_cls.DataConfig, ...),
+        finetune=(finetune_cls, finetune_cls()),
     )
+
+
+def task_finetune_config(task_cls: type) -> type[FinetuneConfig]:
+    """The ``finetune`` section of a task's recipes: the core's, or a subclass the task declares as
+    ``FinetuneConfig`` to add its own training objective fields (e.g. ``objective: dpo``, ``beta``)."""
+    declared = getattr(task_cls, "FinetuneConfig", FinetuneConfig)
+    if not (isinstance(declared, type) and issubclass(declared, FinetuneConfig)):
+        raise TypeError(f"{task_cls.__name__}.FinetuneConfig must subclass core.recipe.FinetuneConfig")
+    return declared
 
 
 def _format_validation_error(err: ValidationError, where: str) -> str:

