@@ -274,6 +274,7 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     stopper = early_stopping(rec, metric, mode, extra_metrics.values())
     loss_fn = user_loss_fn(rec)
     bundle = task.build_datasets()
+    retention = retention_check(rec, task)  # None without eval.retention; a bad source fails here
     if resume is None:
         run_dir = _shared_run_dir(rec, distributed)
         if is_main:
@@ -285,12 +286,18 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     seed_everything(rec.seed)
     model = task.build_model()
     peft_model = build_peft_model(rec, task, model)  # None without finetune.peft; model trains either way
+    checkpointing = None
+    if rec.train.gradient_checkpointing:
+        from .strategies import enable_gradient_checkpointing
+
+        checkpointing = enable_gradient_checkpointing(peft_model or model)
     trainer = build_trainer(rec, task, model, bundle, run_dir, selection=(metric, mode), early_stop=stopper,
                             loss_fn=loss_fn, extra_metrics=extra_metrics, callbacks=callbacks)
     if is_main:
         procs = f", {trainer.world} processes" if trainer.world > 1 else ""
         print(f"run folder: {run_dir}  (precision {trainer.precision}{procs}, {len(bundle.train)} train / "
               f"{len(bundle.validation)} validation samples, {trainer.total_steps} steps)", flush=True)
+    before = retention_before(retention, trainer, run_dir, resumed=resume is not None, is_main=is_main)
     state = trainer.fit(resume=resume is not None)
 
     # --- final evaluation of the best checkpoint (every process takes its shard), then the main
@@ -304,6 +311,10 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
         metrics["test"] = test_metrics
     if state.baseline is not None:
         metrics["baseline_test"] = state.baseline
+    if retention is not None:
+        from .retention import compare
+
+        metrics["retention"] = compare(retention.source, before, retention.run(trainer))
     eval_seconds = time.perf_counter() - t_eval
     metrics.update(best_step=state.best_step, selected_by=metric, stop_reason=state.stop_reason,
                    steps=state.step, epochs_completed=state.epoch)
@@ -318,6 +329,7 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
         "precision": trainer.precision, "threads": torch.get_num_threads(), "processes": trainer.world,
         "device": str(trainer.accelerator.device), "samples_seen": state.samples_seen,
     }
+    metrics["memory"] = {**peak_memory(trainer.accelerator.device), "gradient_checkpointing": checkpointing}
     if is_main:
         extras = task.report_extras(run_dir, "test", preds, refs, bundle.test) if bundle.test is not None else []
         model_dir = run_dir / MODEL_DIR
@@ -332,10 +344,53 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
         write_json(run_dir / "metrics.json", metrics)
         curves = learning_curves_png(state.history, metric, run_dir / "learning_curves.png")
         write_report(run_dir, recipe_name=rec.name, task=rec.task, model_name=rec.model.name, metrics=metrics,
-                     data_report=bundle.report.to_dict(), extras=extras, curves=curves, timing=metrics["timing"])
+                     data_report=bundle.report.to_dict(), extras=extras, curves=curves,
+                     timing={**metrics["timing"], **metrics["memory"]})
     trainer.log.close()
     trainer.accelerator.wait_for_everyone()
     return RunResult(run_dir=run_dir, metrics=metrics)
+
+
+def peak_memory(device) -> dict[str, float]:
+    """This process's peak memory so far: max RSS (MB) on every device, and on CUDA the peak of
+    memory allocated by tensors (MB)."""
+    import resource
+
+    import torch
+
+    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if getattr(device, "type", str(device)) == "cuda":
+        out["peak_cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+def retention_check(rec: BaseRecipe, task):
+    """The recipe's retention set (``eval.retention``, core/retention.py) loaded for scoring, or None.
+    A linear probe reads the set with its own labels, through a task built on it."""
+    if not rec.eval.retention:
+        return None
+    from .retention import RetentionCheck
+
+    def probe_task():
+        return build_task(as_recipe(rec, {"data.source": rec.eval.retention, "data.labels": None,
+                                          "data.validation_source": None, "data.test_source": None}))
+
+    return RetentionCheck(rec.eval.retention, rec.eval.retention_mode, task, probe_task, rec.seed)
+
+
+def retention_before(retention, trainer, run_dir: Path, *, resumed: bool, is_main: bool):
+    """The starting model's retention score: computed before the first update and kept in the run
+    folder, so a resumed run compares against the same starting model."""
+    from .retention import load_before, save_before
+
+    if retention is None:
+        return None
+    before = load_before(run_dir) if resumed else None
+    if before is None:
+        before = retention.run(trainer)
+        if is_main:
+            save_before(run_dir, before)
+    return before
 
 
 def quantize_base(recipe: BaseRecipe, task, model) -> None:

@@ -196,6 +196,9 @@ class TrainConfig(Section):
     # torch intra-op threads; None keeps torch's default (all cores).
     threads: int | None = Field(default=None, gt=0)
     save_checkpoints: bool = True
+    # Recompute activations in the backward pass: less memory, about a third more compute
+    # (transformers and timm models).
+    gradient_checkpointing: bool = False
     # A loss of your own instead of the task's, by import path ("my_pkg.losses:ContrastiveLoss"; a
     # class is instantiated without arguments). Called as loss(outputs, batch) with the task's
     # outputs (e.g. logits) and batch; returns a scalar mean over the batch's samples, or
@@ -224,6 +227,21 @@ class EvalConfig(Section):
     # (fn(predictions, references) -> number or dict; `fn.direction = "max"` declares its direction),
     # or Hub metric names for evaluate.load (online).
     extra_metrics: list[str] = []
+    # Group attributes (core/groups.py): columns of the evaluation table (sex, accent, speaker, source)
+    # whose values split the test set; the report gives every metric per group value, with its count.
+    groups: list[str] = []
+    # The table the group metrics read; None: data.test_source, else the test table of a source folder.
+    group_source: str | None = None
+    # Groups with fewer samples are flagged in the report (their metrics are noisy), never hidden.
+    group_min_count: int = Field(default=30, gt=0)
+    # Binary classification: the label that is the "selected" outcome of the fairness view (selection
+    # rate, TPR, FPR); None: the second of the model's labels (sorted labels: "1" of 0/1, ">50K").
+    positive_label: str | None = None
+    # Retention (core/retention.py): a general-domain set scored before and after fine-tuning.
+    retention: str | None = None
+    # metrics: the task's own metrics on it (LM perplexity, WER). linear_probe: accuracy of a
+    # logistic regression on the features the head reads. auto: linear_probe for tasks with a label set.
+    retention_mode: Literal["auto", "metrics", "linear_probe"] = "auto"
 
 
 class SearchParam(Section):

@@ -121,6 +121,10 @@ def write_report(run_dir: Path, *, recipe_name: str, task: str, model_name: str,
         parts += ["## Learning curves", "", f"![learning curves]({curves.name})", ""]
     if extras:
         parts += ["## Error analysis (test split)", "", *[b + "\n" for b in extras]]
+    if isinstance(metrics.get("retention"), dict):
+        from .retention import retention_md
+
+        parts += ["## Retention", "", retention_md(metrics["retention"]), ""]
     parts += ["## Data", "", data_report_md(data_report), "",
               "## Timing and throughput", "", "| quantity | value |", "|---|---|"]
     parts += [f"| {k} | {_fmt(v)} |" for k, v in timing.items()]
