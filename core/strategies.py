@@ -200,3 +200,26 @@ def apply_strategy(
         excluded = frozen
     apply_trainable(model, frozen)
     return excluded, unfreezer
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> str:
+    """Recompute activations in the backward pass instead of keeping them (``train.gradient_checkpointing``):
+    transformers models through ``activation_checkpointing_enable`` (non-reentrant, so frozen
+    embeddings under LoRA need no input-grad hook), timm models through ``set_grad_checkpointing``.
+    Returns which mechanism was used; a model with neither is a one-line error."""
+    inner = model
+    while True:  # a PEFT wrapper delegates to the model it wraps
+        if hasattr(inner, "activation_checkpointing_enable") and getattr(inner, "supports_gradient_checkpointing", True):
+            # transformers 5 renamed gradient_checkpointing_enable (deprecated until v6).
+            inner.activation_checkpointing_enable({"use_reentrant": False})
+            if getattr(getattr(inner, "config", None), "use_cache", False):
+                inner.config.use_cache = False  # a KV cache is useless (and refused) when recomputing
+            return "transformers"
+        if hasattr(inner, "set_grad_checkpointing"):
+            inner.set_grad_checkpointing(True)
+            return "timm"
+        nxt = getattr(inner, "base_model", None) or getattr(inner, "model", None)
+        if not isinstance(nxt, nn.Module) or nxt is inner:
+            raise OmnituneError(f"train.gradient_checkpointing: {type(model).__name__} supports neither "
+                                "transformers' gradient_checkpointing_enable nor timm's set_grad_checkpointing")
+        inner = nxt
