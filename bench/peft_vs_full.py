@@ -1,5 +1,5 @@
 """Full fine-tuning versus LoRA on MiniLM-L6 (classification) and SmolLM2-135M (instruction LM),
-plus bottleneck adapters on MiniLM.
+plus bottleneck adapters on MiniLM, and SmolLM2 full/LoRA with gradient checkpointing.
 
 Each configuration trains in its own process (core.suite.run_entry_in_subprocess), so the peak
 memory (max RSS) is that configuration's alone. Prints and writes a side-by-side table:
@@ -32,6 +32,11 @@ CONFIGS = [
     ("minilm-bottleneck", "text/minilm-rotten-tomatoes", {**MINILM, "finetune.peft": BOTTLENECK, "train.lr": 1e-3}),
     ("smollm2-full", "text/smollm2-rotten-tomatoes-lora", {**SMOLLM, "finetune.peft": None, "train.lr": 5e-5}),
     ("smollm2-lora", "text/smollm2-rotten-tomatoes-lora", {**SMOLLM, "finetune.peft": LORA, "train.lr": 1e-3}),
+    # The same two at the same batch with train.gradient_checkpointing: memory against samples/s.
+    ("smollm2-full-ckpt", "text/smollm2-rotten-tomatoes-lora",
+     {**SMOLLM, "finetune.peft": None, "train.lr": 5e-5, "train.gradient_checkpointing": True}),
+    ("smollm2-lora-ckpt", "text/smollm2-rotten-tomatoes-lora",
+     {**SMOLLM, "finetune.peft": LORA, "train.lr": 1e-3, "train.gradient_checkpointing": True}),
 ]
 
 
