@@ -318,6 +318,9 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     eval_seconds = time.perf_counter() - t_eval
     metrics.update(best_step=state.best_step, selected_by=metric, stop_reason=state.stop_reason,
                    steps=state.step, epochs_completed=state.epoch)
+    from .diagnosis import diagnose
+
+    metrics["diagnosis"] = diagnose(state.history, metric, mode)  # read from the run's own curves
     trainable, total = peft_lib.trainable_share(model)
     metrics["parameters"] = {"trainable": trainable, "total": total, "trainable_share": round(trainable / total, 6),
                              "peft": rec.finetune.peft.method if rec.finetune.peft else None}

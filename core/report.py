@@ -128,6 +128,10 @@ def write_report(run_dir: Path, *, recipe_name: str, task: str, model_name: str,
     parts += ["## Data", "", data_report_md(data_report), "",
               "## Timing and throughput", "", "| quantity | value |", "|---|---|"]
     parts += [f"| {k} | {_fmt(v)} |" for k, v in timing.items()]
+    if isinstance(metrics.get("diagnosis"), dict):  # the verdict ends every report
+        from .diagnosis import diagnosis_md
+
+        parts += ["", "## Diagnosis", "", diagnosis_md(metrics["diagnosis"])]
     path = Path(run_dir) / "report.md"
     path.write_text("\n".join(parts) + "\n")
     return path
