@@ -186,6 +186,33 @@ def _cer(predictions, references):
     return 100.0 * jiwer.cer(list(references), list(predictions))
 
 
+# ---- torchmetrics: extractive question answering (SQuAD) ------------------------------------------
+# predictions: answer strings; references: per question a list of accepted answers (or one string).
+# An empty list is an unanswerable question (SQuAD 2.0): only the empty answer scores 100 there.
+
+def _squad(predictions, references) -> dict:
+    from torchmetrics.functional.text.squad import squad
+
+    refs = [[r] if isinstance(r, str) else [str(a) for a in r] or [""] for r in references]
+    preds = [{"prediction_text": str(p), "id": str(i)} for i, p in enumerate(predictions)]
+    targets = [{"answers": {"text": r, "answer_start": [0] * len(r)}, "id": str(i)} for i, r in enumerate(refs)]
+    return squad(preds, targets) if preds else {"exact_match": 0.0, "f1": 0.0}
+
+
+@register_metric("squad_exact_match", "max", "torchmetrics",
+                 "SQuAD exact match, 0-100: the answer equals one of the references after SQuAD normalisation "
+                 "(case, punctuation, articles, spaces) (torchmetrics squad)")
+def _squad_exact_match(predictions, references):
+    return float(_squad(predictions, references)["exact_match"])
+
+
+@register_metric("squad_f1", "max", "torchmetrics",
+                 "SQuAD F1, 0-100: token overlap F1 of the answer with the best-matching reference after SQuAD "
+                 "normalisation, averaged over questions (torchmetrics squad)")
+def _squad_f1(predictions, references):
+    return float(_squad(predictions, references)["f1"])
+
+
 # ---- sacrebleu: translation ----------------------------------------------------------------------
 
 def _reference_streams(references) -> list[list[str]]:
@@ -232,6 +259,37 @@ for _kind in ("rouge1", "rouge2", "rougeL"):
     _register_rouge(_kind)
 
 
+def split_sentences(text: str) -> str:
+    """One sentence per line, as rougeLsum expects: kept as is when the text already has line breaks,
+    else split after ., ! or ? followed by white space and a capital letter, digit or quote (a plain
+    rule: rouge-score's own splitter needs NLTK's punkt data, which is not installed offline)."""
+    import re
+
+    if "\n" in text:
+        return text
+    return "\n".join(s for s in re.split(r"(?<=[.!?])\s+(?=[\"'A-Z0-9])", text.strip()) if s)
+
+
+@register_metric("rougeLsum", "max", "rouge-score",
+                 "mean summary-level LCS ROUGE F-measure per sample, 0-1: the LCS over sentences (one per line; "
+                 "texts without line breaks are split after sentence ends), rouge_score's rougeLsum")
+def _rouge_lsum(predictions, references, use_stemmer: bool = False):
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=use_stemmer)
+    scores = [scorer.score_multi([split_sentences(x) for x in ([r] if isinstance(r, str) else r)],
+                                 split_sentences(p))["rougeLsum"].fmeasure
+              for p, r in zip(predictions, references, strict=True)]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+@register_metric("gen_len", None, "omnitune",
+                 "mean generated length in tokens (predictions: token counts; references unused); a figure, not a score")
+def _gen_len(predictions, references=None):
+    values = list(predictions)
+    return float(sum(values)) / len(values) if values else 0.0
+
+
 # ---- seqeval: entities in tagged sequences (NER) -------------------------------------------------
 
 def _register_seqeval(kind: str) -> None:
@@ -250,6 +308,49 @@ def _register_seqeval(kind: str) -> None:
 
 for _kind in ("precision", "recall", "f1"):
     _register_seqeval(_kind)
+
+
+@register_metric("token_accuracy", "max", "seqeval",
+                 "share of tokens (words) whose tag equals the reference tag, 'O' included (seqeval accuracy_score)")
+def _token_accuracy(predictions, references):
+    from seqeval.metrics import accuracy_score
+
+    return accuracy_score([list(r) for r in references], [list(p) for p in predictions])
+
+
+# ---- generated answers (chat, generative QA) -----------------------------------------------------
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    import re
+    import string
+
+    text = "".join(ch for ch in str(text).lower() if ch not in string.punctuation)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def _answers(reference) -> list[str]:
+    return [reference] if isinstance(reference, str) else [str(r) for r in reference]
+
+
+@register_metric("exact_match", "max", "omnitune",
+                 "share of generated answers equal to a reference after SQuAD normalisation (case, punctuation, "
+                 "articles, spaces); a reference may be a list of accepted answers")
+def _exact_match(predictions, references):
+    if not len(references):
+        return 0.0
+    hits = [any(normalize_answer(p) == normalize_answer(a) for a in _answers(r))
+            for p, r in zip(predictions, references, strict=True)]
+    return sum(hits) / len(hits)
+
+
+@register_metric("answer_accuracy", "max", "omnitune",
+                 "share of answers whose label parsed from the generation equals the reference's (None = unparsed, wrong)")
+def _answer_accuracy(predictions, references):
+    if not len(references):
+        return 0.0
+    return sum(p is not None and str(p).strip().casefold() == str(r).strip().casefold()
+               for p, r in zip(predictions, references, strict=True)) / len(references)
 
 
 # ---- directions and user metrics -----------------------------------------------------------------
@@ -330,3 +431,40 @@ def metric_mode(name: str, extra: Iterable[UserMetric] | Mapping[str, UserMetric
     if metric.direction is None:
         raise RecipeError(f"metric {name!r} has no direction ({metric.description}); select by another metric")
     return metric.direction
+
+
+# ---- preference learning (text/preference.py): per-pair margins, per-sample rewards -------------
+
+@register_metric("preference_accuracy", "max", "omnitune",
+                 "reward model: share of pairs scored higher for the chosen response; predictions = r_chosen - r_rejected")
+def _preference_accuracy(predictions, references=None):
+    return sum(1.0 for m in predictions if m > 0) / max(1, len(predictions))
+
+
+@register_metric("reward_accuracy", "max", "omnitune",
+                 "DPO/IPO: share of pairs whose implicit reward beta*log(pi/ref) is higher for the chosen response; "
+                 "predictions = reward margins")
+def _reward_accuracy(predictions, references=None):
+    return _preference_accuracy(predictions)
+
+
+@register_metric("choice_accuracy", "max", "omnitune",
+                 "policy: share of pairs where the chosen response has the higher summed log-likelihood; "
+                 "predictions = log p(chosen) - log p(rejected)")
+def _choice_accuracy(predictions, references=None):
+    return _preference_accuracy(predictions)
+
+
+@register_metric("mean_margin", "max", "omnitune", "reward model: mean of r_chosen - r_rejected over pairs")
+def _mean_margin(predictions, references=None):
+    return float(sum(predictions)) / max(1, len(predictions))
+
+
+@register_metric("reward_margin", "max", "omnitune", "DPO/IPO: mean implicit reward margin over pairs")
+def _reward_margin(predictions, references=None):
+    return _mean_margin(predictions)
+
+
+@register_metric("mean_reward", "max", "omnitune", "RL: mean reward of the policy's (greedy) responses")
+def _mean_reward(predictions, references=None):
+    return _mean_margin(predictions)
