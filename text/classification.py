@@ -56,6 +56,33 @@ class _TextDataset(torch.utils.data.Dataset):
         return [len(x) for x in self.encodings["input_ids"]]
 
 
+def encoder_layer_groups(model: nn.Module) -> list[LayerGroup]:
+    """An encoder with a head (sequence or token classification): embeddings, each encoder block,
+    then the head (pooler, classifier, final norms)."""
+    base = model.base_model
+    blocks = max((m for m in base.modules() if isinstance(m, nn.ModuleList)), key=len, default=None)
+    if blocks is None or len(blocks) == 0:
+        raise OmnituneError(f"{type(model).__name__}: no list of encoder blocks found for layer groups")
+    in_blocks = {id(p) for p in blocks.parameters()}
+    embed_modules, head_modules = [], []
+    for name, module in base.named_children():
+        if any(id(p) in in_blocks for p in module.parameters()):
+            continue
+        (embed_modules if "embed" in name else head_modules).append(module)
+    base_ids = {id(p) for p in base.parameters()}
+    head_modules += [m for n, m in model.named_children() if not any(id(p) in base_ids for p in m.parameters())]
+    # Modules that hold the blocks but also own parameters directly (e.g. a final norm).
+    container_extras = [m for m in base.modules() if m is not base and blocks in list(m.children())]
+    for m in container_extras:
+        for child in m.children():
+            if child is not blocks:
+                head_modules.append(child)
+    groups = [LayerGroup("embeddings", embed_modules)]
+    groups += [LayerGroup(f"block_{i}", [b]) for i, b in enumerate(blocks)]
+    groups.append(LayerGroup("head", head_modules))
+    return groups
+
+
 class TextClassificationTask:
     name: ClassVar[str] = "text-classification"
     ModelConfig: ClassVar[type] = TextModelConfig
@@ -148,28 +175,7 @@ class TextClassificationTask:
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         """Embeddings, each encoder block, then the head (pooler, classifier, final norms)."""
-        base = model.base_model
-        blocks = max((m for m in base.modules() if isinstance(m, nn.ModuleList)), key=len, default=None)
-        if blocks is None or len(blocks) == 0:
-            raise OmnituneError(f"{type(model).__name__}: no list of encoder blocks found for layer groups")
-        in_blocks = {id(p) for p in blocks.parameters()}
-        embed_modules, head_modules = [], []
-        for name, module in base.named_children():
-            if any(id(p) in in_blocks for p in module.parameters()):
-                continue
-            (embed_modules if "embed" in name else head_modules).append(module)
-        base_ids = {id(p) for p in base.parameters()}
-        head_modules += [m for n, m in model.named_children() if not any(id(p) in base_ids for p in m.parameters())]
-        # Modules that hold the blocks but also own parameters directly (e.g. a final norm).
-        container_extras = [m for m in base.modules() if m is not base and blocks in list(m.children())]
-        for m in container_extras:
-            for child in m.children():
-                if child is not blocks:
-                    head_modules.append(child)
-        groups = [LayerGroup("embeddings", embed_modules)]
-        groups += [LayerGroup(f"block_{i}", [b]) for i, b in enumerate(blocks)]
-        groups.append(LayerGroup("head", head_modules))
-        return groups
+        return encoder_layer_groups(model)
 
     # ------------------------------------------------------------------ data
     def _text_columns(self) -> list[str]:
