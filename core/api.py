@@ -275,6 +275,7 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     loss_fn = user_loss_fn(rec)
     bundle = task.build_datasets()
     retention = retention_check(rec, task)  # None without eval.retention; a bad source fails here
+    groups_from = check_groups(rec)  # the table eval.groups reads (None without); checked before the run starts
     if resume is None:
         run_dir = _shared_run_dir(rec, distributed)
         if is_main:
@@ -311,6 +312,8 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
         metrics["test"] = test_metrics
     if state.baseline is not None:
         metrics["baseline_test"] = state.baseline
+    if groups_from is not None:
+        metrics["groups"] = group_evaluation(rec, task, trainer.evaluate, groups_from)
     if retention is not None:
         from .retention import compare
 
@@ -345,6 +348,10 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
                          base_origin=_asset_origin(rec.model.name), data_source=rec.data.source,
                          data_origin=_asset_origin(rec.data.source), metrics=metrics, recipe_yaml=dump_recipe(rec))
         write_json(run_dir / "metrics.json", metrics)
+        if "groups" in metrics:
+            from .groups import fairness_png
+
+            fairness_png(metrics["groups"], run_dir / "group_rates.png")
         curves = learning_curves_png(state.history, metric, run_dir / "learning_curves.png")
         write_report(run_dir, recipe_name=rec.name, task=rec.task, model_name=rec.model.name, metrics=metrics,
                      data_report=bundle.report.to_dict(), extras=extras, curves=curves,
@@ -365,6 +372,29 @@ def peak_memory(device) -> dict[str, float]:
     if getattr(device, "type", str(device)) == "cuda":
         out["peak_cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
+
+
+def check_groups(rec: BaseRecipe, source: str | None = None, columns: list[str] | None = None) -> str | None:
+    """The table ``eval.groups`` reads (or ``source``), with its group columns checked; None without groups."""
+    from .groups import group_source, read_group_table
+
+    columns = columns if columns is not None else rec.eval.groups
+    if not columns:
+        return None
+    source = source or group_source(rec.eval.group_source, rec.data.source, rec.data.test_source)
+    read_group_table(source, columns, max_rows=1)
+    return source
+
+
+def group_evaluation(rec: BaseRecipe, task, evaluate_fn: Callable, source: str,
+                     columns: list[str] | None = None) -> dict[str, Any]:
+    """Per-group metrics of the model ``evaluate_fn(dataset) -> (metrics, preds, refs)`` scores
+    (core/groups.py), with the recipe's minimum count, positive label and eval-sample cap."""
+    from .groups import evaluate_groups
+
+    return evaluate_groups(task, task.label_names, source, columns or rec.eval.groups, evaluate_fn,
+                           min_count=rec.eval.group_min_count, positive_label=rec.eval.positive_label,
+                           max_rows=rec.data.max_eval_samples, seed=rec.seed)
 
 
 def retention_check(rec: BaseRecipe, task):
@@ -440,9 +470,10 @@ def load_adapter_model(rec: BaseRecipe, task, folder: Path, names: list[str] | N
 
 
 def evaluate(run_dir: str | Path, data: str | None = None, batch_size: int | None = None,
-             adapter: str | None = None) -> dict[str, Any]:
+             adapter: str | None = None, groups: list[str] | None = None) -> dict[str, Any]:
     """Evaluate a finished run's model on its test split, or on another file/folder (``data``);
-    ``adapter`` picks one of several adapters saved in the run's model folder."""
+    ``adapter`` picks one of several adapters saved in the run's model folder. ``groups`` names
+    columns of that table (or of the run's group table): the result then has per-group metrics."""
     import torch
 
     from .trainer import default_eval_batch_size, evaluate_model, resolve_precision
@@ -465,8 +496,14 @@ def evaluate(run_dir: str | Path, data: str | None = None, batch_size: int | Non
     batch_size = batch_size or default_eval_batch_size(rec.train.batch_size, rec.train.eval_batch_size)
     metrics, _, _ = evaluate_model(task, peft_lib.task_model(model), dataset, batch_size, device, autocast,
                                    extra_metrics=user_extra_metrics(rec))
-    return {"data": data or "test split", "samples": len(dataset), "metrics": metrics,
-            "data_report": report.to_dict()}
+    out = {"data": data or "test split", "samples": len(dataset), "metrics": metrics,
+           "data_report": report.to_dict()}
+    if groups:
+        source = check_groups(rec, data, list(groups))
+        out["groups"] = group_evaluation(
+            rec, task, lambda ds: evaluate_model(task, peft_lib.task_model(model), ds, batch_size, device, autocast,
+                                                 extra_metrics=user_extra_metrics(rec)), source, list(groups))
+    return out
 
 
 def merge_adapter(run_dir: str | Path, out_dir: str | Path, adapter: str | None = None) -> Path:

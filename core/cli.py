@@ -37,8 +37,19 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     from .api import evaluate
 
-    out = evaluate(args.run_dir, data=args.data, batch_size=args.batch_size, adapter=args.adapter)
+    groups = [c.strip() for c in args.groups.split(",") if c.strip()] if args.groups else None
+    out = evaluate(args.run_dir, data=args.data, batch_size=args.batch_size, adapter=args.adapter, groups=groups)
     print(json.dumps({"data": out["data"], "samples": out["samples"], "metrics": out["metrics"]}, indent=1))
+    if groups:
+        from pathlib import Path
+
+        from .groups import fairness_png, groups_md
+
+        print(groups_md(out["groups"]))
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "groups.json").write_text(json.dumps(out["groups"], indent=1, default=str))
+            fairness_png(out["groups"], Path(args.out) / "group_rates.png")
     return 0
 
 
@@ -54,6 +65,15 @@ def _cmd_predict(args) -> int:
     for row in predict(args.run_dir, inputs, adapter=args.adapter):
         print(json.dumps(row))
     return 0
+
+
+def _cmd_chat(args) -> int:
+    from .registry import TASKS
+
+    # The terminal chat belongs to the chat task (text/chat_cli.py); the core reaches it through the
+    # task registry, as it reaches every domain.
+    return TASKS.get("chat").terminal_chat(args.model, adapter=args.adapter, system=args.system,
+                                           template=args.template, max_new_tokens=args.max_new_tokens)
 
 
 def _cmd_recipes(args) -> int:
@@ -171,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="a file or folder to evaluate on instead of the run's test split")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--adapter", help="which adapter of a PEFT run or adapter library to evaluate")
+    p.add_argument("--groups", metavar="COL[,COL]",
+                   help="group columns of the table: every metric per group value (and fairlearn's view)")
+    p.add_argument("--out", metavar="DIR", help="with --groups: write groups.json and group_rates.png here")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="predict with a finished run's model")
@@ -179,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="read one input per line from this file")
     p.add_argument("--adapter", help="which adapter of a PEFT run or adapter library to use")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("chat", help="chat in the terminal with a run's model, a model folder or asset:NAME")
+    p.add_argument("model", help="a run folder (adapter runs load on their base), a model folder or asset:NAME")
+    p.add_argument("--adapter", help="which adapter of a PEFT run or adapter library to use")
+    p.add_argument("--system", help="system prompt (default: the run's data.system_prompt, if any)")
+    p.add_argument("--template", help="chat template when the tokenizer has none: chatml or a Jinja string")
+    p.add_argument("--max-new-tokens", type=int, help="reply length cap (default: the run's model.generation)")
+    p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("tune", help="hyper-parameter search over the recipe's tune.space (Optuna)")
     p.add_argument("recipe")

@@ -121,6 +121,11 @@ def write_report(run_dir: Path, *, recipe_name: str, task: str, model_name: str,
         parts += ["## Learning curves", "", f"![learning curves]({curves.name})", ""]
     if extras:
         parts += ["## Error analysis (test split)", "", *[b + "\n" for b in extras]]
+    if isinstance(metrics.get("groups"), dict):
+        from .groups import groups_md
+
+        chart = "group_rates.png" if (Path(run_dir) / "group_rates.png").is_file() else None
+        parts += ["## Metrics by group", "", groups_md(metrics["groups"], chart), ""]
     if isinstance(metrics.get("retention"), dict):
         from .retention import retention_md
 

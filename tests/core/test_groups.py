@@ -1,0 +1,128 @@
+"""Per-group evaluation (eval.groups): metrics per group value match values worked out by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from omnitune.core.api import evaluate, train
+from omnitune.core.errors import DataError, RecipeError
+from omnitune.core.groups import evaluate_groups, groups_md
+from omnitune.core.metrics import compute
+from omnitune.core.recipe import validate_recipe
+from omnitune.core.task import DataReport
+
+from ..conftest import make_reviews, text_recipe
+
+# sex, race, label, prediction: the "model" of the table task below reads its prediction column.
+ROWS = [("F", "A", "yes", "yes"), ("F", "A", "no", "yes"), ("F", "B", "yes", "no"), ("F", "B", "no", "no"),
+        ("M", "A", "yes", "yes"), ("M", "A", "yes", "yes"), ("M", "A", "no", "no"), ("M", "B", "no", "yes"),
+        ("M", "B", "yes", "yes"), ("M", "B", "no", "no")]
+LABELS = ["no", "yes"]
+
+
+class TableTask:
+    """A task whose predictions are a column of its evaluation table: the group machinery is tested
+    on known predictions. Loss per sample: 0 when right, 1 when wrong (the error rate)."""
+
+    name = "table"
+
+    def load_eval_dataset(self, source, label_names):
+        frame = pd.read_csv(source)
+        report = DataReport(source=source)
+        return [(label_names.index(p), label_names.index(y)) for p, y in zip(frame["pred"], frame["label"])], report
+
+    def compute_metrics(self, predictions, references):
+        return {"accuracy": compute("accuracy", predictions, references)}
+
+
+def _evaluate(dataset):
+    preds, refs = [p for p, _ in dataset], [r for _, r in dataset]
+    metrics = TableTask().compute_metrics(preds, refs)
+    metrics["loss"] = sum(p != r for p, r in dataset) / len(dataset)
+    return metrics, preds, refs
+
+
+@pytest.fixture
+def table(tmp_path):
+    path = tmp_path / "people.csv"
+    pd.DataFrame(ROWS, columns=["sex", "race", "label", "pred"]).to_csv(path, index=False)
+    return path
+
+
+def test_group_metrics_and_fairness_by_hand(table):
+    out = evaluate_groups(TableTask(), LABELS, str(table), ["sex", "race"], _evaluate, min_count=5)
+    sex, race = out["columns"]["sex"], out["columns"]["race"]
+    # F: rows 1-4, right on 1 and 4. M: rows 5-10, wrong only on row 8.
+    assert sex["F"]["count"] == 4 and sex["F"]["accuracy"] == pytest.approx(0.5)
+    assert sex["M"]["count"] == 6 and sex["M"]["accuracy"] == pytest.approx(5 / 6)
+    assert sex["F"]["loss"] == pytest.approx(0.5) and sex["M"]["loss"] == pytest.approx(1 / 6)
+    assert sex["F"]["flagged"] and not sex["M"]["flagged"]  # 4 < min_count 5: flagged, still reported
+    assert race["A"]["accuracy"] == pytest.approx(0.8) and race["B"]["accuracy"] == pytest.approx(0.6)
+    assert out["overall"]["accuracy"] == pytest.approx(0.7) and out["overall"]["count"] == 10
+    assert out["intersection"]["M & B"]["accuracy"] == pytest.approx(2 / 3)
+    assert out["intersection"]["F & A"]["count"] == 2
+    assert out["gaps"]["race"]["accuracy"] == pytest.approx(0.2)
+    assert out["gaps"]["sex"] == {}  # only one unflagged sex group: no gap to trust
+    fair = out["fairness"]["columns"]["sex"]
+    assert out["fairness"]["positive_label"] == "yes"
+    # Selection rate F 2/4, M 4/6; TPR F 1/2, M 3/3; FPR F 1/2, M 1/3.
+    assert fair["by_group"]["F"]["selection_rate"] == pytest.approx(0.5)
+    assert fair["by_group"]["M"]["selection_rate"] == pytest.approx(4 / 6)
+    assert fair["by_group"]["F"]["tpr"] == pytest.approx(0.5) and fair["by_group"]["M"]["tpr"] == pytest.approx(1.0)
+    assert fair["by_group"]["M"]["fpr"] == pytest.approx(1 / 3)
+    assert fair["demographic_parity_difference"] == pytest.approx(4 / 6 - 0.5)
+    assert fair["demographic_parity_ratio"] == pytest.approx(0.75)
+    assert fair["equalized_odds_difference"] == pytest.approx(0.5)  # max(|TPR gap| 0.5, |FPR gap| 1/6)
+    md = groups_md(out)
+    assert "| F ⚠ | 4 |" in md and "| M | 6 |" in md
+
+
+def test_positive_label_switches_the_selected_outcome(table):
+    out = evaluate_groups(TableTask(), LABELS, str(table), ["sex"], _evaluate, positive_label="no")
+    # Selected = predicted "no": F rows 3, 4 -> 2/4; M rows 7, 10 -> 2/6.
+    assert out["fairness"]["columns"]["sex"]["by_group"]["M"]["selection_rate"] == pytest.approx(2 / 6)
+    with pytest.raises(RecipeError, match="positive_label"):
+        evaluate_groups(TableTask(), LABELS, str(table), ["sex"], _evaluate, positive_label="maybe")
+
+
+def test_missing_values_are_a_group_and_unknown_columns_fail(tmp_path, table):
+    frame = pd.read_csv(table)
+    frame.loc[0, "sex"] = None
+    path = tmp_path / "holes.csv"
+    frame.to_csv(path, index=False)
+    out = evaluate_groups(TableTask(), LABELS, str(path), ["sex"], _evaluate)
+    assert out["columns"]["sex"]["(missing)"]["count"] == 1
+    with pytest.raises(DataError, match="age"):
+        evaluate_groups(TableTask(), LABELS, str(table), ["age"], _evaluate)
+
+
+def test_training_run_and_eval_cli_report_groups(tmp_path, tiny_bert, reviews_csv):
+    rows = make_reviews(80, seed=3)
+    for i, r in enumerate(rows):
+        r["sex"] = "F" if i % 4 == 0 else "M"  # F: 20 rows, M: 60
+    test = tmp_path / "test.csv"
+    pd.DataFrame(rows).to_csv(test, index=False)
+    raw = text_recipe(tiny_bert, reviews_csv, tmp_path, data={"test_source": str(test)}, train={"epochs": 1},
+                      eval={"groups": ["sex"], "group_min_count": 25})
+    result = train(validate_recipe(raw))
+    groups = json.loads((result.run_dir / "metrics.json").read_text())["groups"]
+    assert groups["columns"]["sex"]["F"]["count"] == 20 and groups["columns"]["sex"]["F"]["flagged"]
+    # Independently: the run's model evaluated on the F rows alone.
+    only_f = tmp_path / "f.csv"
+    pd.DataFrame([r for r in rows if r["sex"] == "F"]).to_csv(only_f, index=False)
+    direct = evaluate(result.run_dir, data=str(only_f))["metrics"]
+    assert groups["columns"]["sex"]["F"]["accuracy"] == pytest.approx(direct["accuracy"])
+    assert groups["columns"]["sex"]["F"]["loss"] == pytest.approx(direct["loss"], rel=1e-5)
+    report = (result.run_dir / "report.md").read_text()
+    assert "## Metrics by group" in report and (result.run_dir / "group_rates.png").is_file()
+    assert "demographic parity" in report
+
+    from omnitune.core.cli import main
+
+    assert main(["eval", str(result.run_dir), "--data", str(test), "--groups", "sex", "--out",
+                 str(tmp_path / "g")]) == 0
+    again = json.loads((tmp_path / "g" / "groups.json").read_text())
+    assert again["columns"]["sex"]["M"]["accuracy"] == pytest.approx(groups["columns"]["sex"]["M"]["accuracy"])
