@@ -520,6 +520,23 @@ def predict(run_dir: str | Path, inputs: list[str], adapter: str | None = None) 
     return task.predict(peft_lib.task_model(model), list(inputs))
 
 
+def export(run_dir: str | Path, out_dir: str | Path | None = None, *, format: str = "onnx",
+           quantize: str | None = None, adapter: str | None = None, **options: Any):
+    """Export a finished run's model (an adapter merged into its base first) to ONNX, check parity
+    against PyTorch on the run's validation samples, optionally quantise to int8, and write the
+    export report (see core/export.py); returns the export folder and its manifest."""
+    from .export import export_run
+
+    return export_run(run_dir, out_dir, fmt=format, quantize=quantize, adapter=adapter, **options)
+
+
+def predict_onnx(export_dir: str | Path, inputs: list[str], variant: str = "fp32") -> list[dict[str, Any]]:
+    """Predictions of an exported model (``omnitune export``) with ONNX Runtime, torch-free in the model."""
+    from .onnx_predict import predict_onnx as run
+
+    return run(export_dir, inputs, variant)
+
+
 def tune(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str] | None = None, *,
          n_trials: int | None = None, timeout_s: float | None = None, storage: str | None = None,
          study_dir: str | Path | None = None, callbacks: list[Callable] = (), enqueue: list[dict] = ()):
@@ -545,3 +562,20 @@ def cross_validate(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | 
     task = build_task(rec)
     out = Path(out_dir) if out_dir else Path(rec.output.dir) / f"{rec.name}-cv{folds}-{datetime.now():%Y%m%d-%H%M%S}"
     return run_cv(rec, folds, out, train_fn=train, main_metric=selection(rec, task)[0], task=task)
+
+
+def curve(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str] | None = None, *,
+          sizes: str | list[int], repeats: int = 1, compare: str | list[str] = "scratch",
+          out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Test metric against training-set size (core/curve.py): pretrained vs scratch and the listed
+    strategies, on nested stratified subsets; writes curve.md/.csv/.json/.png."""
+    from .curve import parse_sizes, parse_variants, run_curve
+
+    rec = as_recipe(recipe, overrides)
+    task = build_task(rec)
+    metric, mode = selection(rec, task)
+    sizes = parse_sizes(sizes) if isinstance(sizes, str) else sorted(set(sizes))
+    out = Path(out_dir) if out_dir else Path(rec.output.dir) / f"{rec.name}-curve-{datetime.now():%Y%m%d-%H%M%S}"
+    return run_curve(rec, task, sizes, repeats, parse_variants(compare), out, train_fn=train, metric=metric,
+                     mode=mode)
+

