@@ -142,17 +142,118 @@ def write_report(run_dir: Path, *, recipe_name: str, task: str, model_name: str,
     return path
 
 
+# Hub pipeline tags of omnitune's tasks (https://huggingface.co/docs/hub/model-cards#specifying-a-task--pipelinetag-).
+PIPELINE_TAGS = {"text-classification": "text-classification", "token-classification": "token-classification",
+                 "question-answering": "question-answering", "seq2seq": "text2text-generation",
+                 "causal-lm": "text-generation", "chat": "text-generation", "preference": "text-generation",
+                 "reward-model": "text-classification", "image-classification": "image-classification",
+                 "speech-recognition": "automatic-speech-recognition", "text-to-speech": "text-to-speech"}
+# Licence names as the assets spell them -> Hub licence identifiers.
+HUB_LICENCES = {"apache-2.0": "apache-2.0", "mit": "mit", "cc by 4.0": "cc-by-4.0", "cc-by-4.0": "cc-by-4.0",
+                "cc-by-sa-3.0": "cc-by-sa-3.0", "cc by-sa 4.0": "cc-by-sa-4.0", "cc-by-sa-4.0": "cc-by-sa-4.0"}
+
+
+def hub_metadata(*, recipe_name: str, task: str, base_model: str, data_source: str,
+                 metrics: dict[str, Any]) -> dict[str, Any]:
+    """The card's YAML front matter: base_model, datasets, license, pipeline_tag and model-index with
+    the test metrics. Hub ids only: a bundled asset gives its Hub id when its description starts with
+    one ("sentence-transformers/all-MiniLM-L6-v2: ..."), a ``hub:`` dataset its id; local paths none."""
+    import re
+
+    from . import assets
+    from .data import is_hub, parse_hub
+
+    library = {"image-classification": "timm", "text-to-speech": "omnitune"}.get(task, "transformers")
+    meta: dict[str, Any] = {"library_name": library if task in PIPELINE_TAGS else "omnitune",
+                            "tags": ["omnitune", "fine-tuned", task]}
+    licence = None
+    if base_model.startswith(assets.ASSET_PREFIX):
+        asset = assets.ASSETS.get(base_model[len(assets.ASSET_PREFIX):].split("/")[0])
+        hub_id = re.match(r"^([\w.-]+/[\w.-]+):", asset.description)
+        if hub_id:
+            meta["base_model"] = hub_id.group(1)
+        licence = asset.licence.split(";")[0].split("(")[0].strip().lower()
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", base_model) and not Path(base_model).exists():
+        meta["base_model"] = base_model
+    if is_hub(data_source):
+        meta["datasets"] = [parse_hub(data_source).spec]
+    meta["license"] = HUB_LICENCES.get(licence, "other") if licence else "other"
+    if task in PIPELINE_TAGS:
+        meta["pipeline_tag"] = PIPELINE_TAGS[task]
+    test = {k: v for k, v in (metrics.get("test") or {}).items() if isinstance(v, (int, float)) and k != "loss"}
+    if test:
+        meta["model-index"] = [{"name": recipe_name, "results": [{
+            "task": {"type": PIPELINE_TAGS.get(task, task)},
+            "dataset": {"name": data_source, "type": meta["datasets"][0] if "datasets" in meta else data_source,
+                        "split": "test"},
+            "metrics": [{"type": k, "value": round(float(v), 6), "name": f"test {k}"} for k, v in sorted(test.items())],
+        }]}]
+    return meta
+
+
+def export_md(run_dir: Path) -> str | None:
+    """The table of an export report in the run folder (``export*/export_report.json``, written by
+    ``omnitune export``), or None."""
+    found = sorted(Path(run_dir).glob("export*/export_report.json"))
+    if not found:
+        return None
+    rep = json.loads(found[0].read_text())
+    metric, split = rep.get("main_metric", "metric"), rep.get("split", "test")
+    lines = [f"From `{found[0].relative_to(run_dir)}` ({rep.get('samples', '?')} {split} samples):", "",
+             f"| model | {split} {metric} | latency batch 1 (ms) | latency batch 32 (ms) | size (MB) |",
+             "|---|---|---|---|---|"]
+    for r in rep.get("rows", []):
+        value = r.get("metrics", {}).get(metric)
+        lines.append(f"| {r.get('model')} | {_fmt(value) if value is not None else ''} | "
+                     f"{_fmt(r.get('latency_ms_batch1', ''))} | {_fmt(r.get('latency_ms_batch32', ''))} | "
+                     f"{_fmt(r['size_bytes'] / 1e6) if 'size_bytes' in r else ''} |")
+    return "\n".join(lines)
+
+
 def write_model_card(model_dir: Path, *, recipe_name: str, task: str, base_model: str, base_origin: str,
                      data_source: str, data_origin: str, metrics: dict[str, Any], recipe_yaml: str) -> None:
+    """The model folder's README.md: Hub metadata front matter, sources and licences, test metrics,
+    and where the run folder has them: metrics by group, retention, the ONNX export table."""
+    import yaml
+
+    meta = hub_metadata(recipe_name=recipe_name, task=task, base_model=base_model, data_source=data_source,
+                        metrics=metrics)
     test = metrics.get("test") or {}
-    lines = ["---", "library_name: transformers" if task.startswith("text") else "library_name: omnitune",
-             "tags: [omnitune, fine-tuned]", "---", "", f"# {recipe_name}", "",
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "", f"# {recipe_name}", "",
              f"Fine-tuned with [omnitune] from `{base_model}` for `{task}`.", "",
              "## Sources and licences", "", f"- Base model: {base_origin}", f"- Training data: {data_origin}", "",
              "## Test metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(test.items())]
+    if isinstance(metrics.get("groups"), dict):
+        from .groups import groups_md
+
+        lines += ["", "## Metrics by group", "", groups_md(metrics["groups"])]
+    if isinstance(metrics.get("retention"), dict):
+        from .retention import retention_md
+
+        lines += ["", "## Retention", "", retention_md(metrics["retention"])]
+    exported = export_md(Path(model_dir).parent)
+    if exported:
+        lines += ["", "## ONNX export", "", exported]
     lines += ["", "## Recipe", "", "```yaml", recipe_yaml.rstrip(), "```", ""]
     (Path(model_dir) / "README.md").write_text("\n".join(lines))
+
+
+def update_model_card(run_dir: Path) -> Path:
+    """Rewrite a finished run's model card from its folder (recipe.yaml, metrics.json, export report):
+    ``omnitune export`` calls it after writing its report, so the card gains the export table."""
+    import yaml
+
+    from .api import MODEL_DIR, RECIPE_FILE, _asset_origin
+
+    run_dir = Path(run_dir)
+    raw = yaml.safe_load((run_dir / RECIPE_FILE).read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    write_model_card(run_dir / MODEL_DIR, recipe_name=raw["name"], task=raw["task"], base_model=raw["model"]["name"],
+                     base_origin=_asset_origin(raw["model"]["name"]), data_source=raw["data"]["source"],
+                     data_origin=_asset_origin(raw["data"]["source"]), metrics=metrics,
+                     recipe_yaml=(run_dir / RECIPE_FILE).read_text())
+    return run_dir / MODEL_DIR / "README.md"
 
 
 def write_json(path: Path, obj: Any) -> None:
