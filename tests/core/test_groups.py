@@ -162,3 +162,38 @@ def test_model_card_metadata_groups_and_export_table(tmp_path, tiny_bert, review
     assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2" and meta["license"] == "apache-2.0"
     assert meta["datasets"] == ["glue/sst2"]
     assert [m["type"] for m in meta["model-index"][0]["results"][0]["metrics"]] == ["accuracy"]
+
+
+def test_adult_rows_become_texts_and_crows_flips_by_hand(tmp_path):
+    from omnitune.text.adult import adult_texts, crows_pairs, flip_summary, read_adult
+
+    (tmp_path / "adult.data").write_text(
+        "39, State-gov, 77516, Bachelors, 13, Never-married, Adm-clerical, Not-in-family, White, Male, 2174, 0, 40, "
+        "United-States, <=50K\n"
+        "52, ?, 209642, HS-grad, 9, Married-civ-spouse, ?, Husband, Black, Female, 0, 0, 45, ?, >50K\n\n")
+    (tmp_path / "adult.test").write_text(
+        "|1x3 Cross validator\n"
+        "25, Private, 226802, 11th, 7, Never-married, Machine-op-inspct, Own-child, Black, Male, 0, 0, 40, "
+        "United-States, <=50K.\n")
+    frame = read_adult(tmp_path / "adult.test")
+    assert len(frame) == 1 and frame["income"].tolist() == ["<=50K"] and frame["age"].tolist() == [25]
+    out = adult_texts(tmp_path, tmp_path / "text")
+    train = pd.read_csv(out / "train.csv")
+    assert train["label"].tolist() == ["<=50K", ">50K"] and train["sex"].tolist() == ["Male", "Female"]
+    assert train["text"][0].startswith("A 39-year-old White Male, never married,")
+    assert "capital gain 2174" in train["text"][0] and "77516" not in train["text"][0]  # fnlwgt left out
+    assert "?" not in train["text"][1] and "born in" not in train["text"][1]  # missing fields left out
+    assert pd.read_csv(out / "test.csv")["age_band"].tolist() == ["25-44"]
+
+    crows = tmp_path / "crows.csv"
+    pd.DataFrame({"bias_type": ["race-color", "gender", "gender"],
+                  "sentence": ["[MASK] people are poor.", "The [MASK] cried.", "no mask here"],
+                  "mask1": ["Black", "woman", "x"], "mask2": ["White", "man", "y"]}).to_csv(crows)
+    pairs = crows_pairs(str(crows))
+    assert pairs["more"].tolist() == ["Black people are poor.", "The woman cried."]
+    assert pairs["less"].tolist() == ["White people are poor.", "The man cried."]
+    first = [{"label": "a", "scores": {"a": 0.9, "b": 0.1}}, {"label": "a", "scores": {"a": 0.6, "b": 0.4}}]
+    second = [{"label": "b", "scores": {"a": 0.3, "b": 0.7}}, {"label": "a", "scores": {"a": 0.7, "b": 0.3}}]
+    s = flip_summary(pairs, first, second)
+    assert s["flip_share"] == pytest.approx(0.5) and s["mean_score_shift"] == pytest.approx((0.6 + 0.1) / 2)
+    assert s["by_bias_type"]["race-color"]["flip_share"] == 1.0 and s["by_bias_type"]["gender"]["flip_share"] == 0.0
