@@ -172,6 +172,14 @@ class Task(Protocol):
     # def tiny_inputs(cls, folder: Path) -> list[str]:
     #     """Raw inputs (texts, file paths) for predict() on the tiny recipe's model."""
 
+    # Optional, for tasks that train with several optimisers (a GAN's discriminator and generator):
+    # def optimizer_parts(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    #     """Every trained parameter in exactly one part, in step order (e.g. discriminator, then
+    #     generator). The trainer gives each part its own copy of the recipe's optimiser and schedule,
+    #     runs ``forward(model, batch, train=True, part=name)`` for each part in turn within one
+    #     optimiser step (the parts see the same batch dict: a part may leave tensors in it for the
+    #     next), and checkpoints every part's state. Evaluation calls forward without ``part``."""
+
     # Optional, for user metrics (eval.extra_metrics); without it they get what predict_batch returned:
     # def metric_inputs(self, predictions: list, references: list) -> tuple[list, list]:
     #     """Predictions and references as plain values (e.g. label indices)."""

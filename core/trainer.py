@@ -18,6 +18,12 @@ the main process writes files; evaluation is sharded and gathered once per sampl
 Resume. Batch order is a function of (seed, epoch); checkpoints hold the position in the epoch,
 every process's RNG state taken right after the last optimiser update, the optimiser, schedule,
 EMA, unfreezing and early-stopping state. Evaluation never consumes the global RNG.
+
+Several optimisers. A task with ``optimizer_parts(model)`` (e.g. a GAN's discriminator and
+generator) gets one optimiser per part, each a copy of the recipe's optimiser over the part's share
+of the parameter groups, with its own schedule. One optimiser step then runs the parts in order over
+the step's micro-batches (``task.forward(..., part=name)``), each followed by its own normalise,
+clip and update; checkpoints hold every part's optimiser and schedule.
 """
 
 from __future__ import annotations
@@ -241,8 +247,15 @@ class Trainer:
         self.train_log = TrainLog(self.log, loop.log_every)
         self.checkpoints = Checkpointer(self.run_dir / "checkpoints", loop.save_checkpoints, self.is_main,
                                         adapter_names)
-        self.trainable_params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        parts = task.optimizer_parts(model) if hasattr(task, "optimizer_parts") else None
+        if parts and self.world > 1:
+            raise RecipeError(f"task {task.name}: several optimisers ({', '.join(parts)}) run in one process only")
+        optimizers = split_optimizer(optimizer, parts) if parts else {None: optimizer}
+        self.model, *prepared = self.accelerator.prepare(model, *optimizers.values())
+        # Part name (None for a task without parts) -> optimiser; the last one is the main one (its
+        # LR is logged, its loss is the step's loss).
+        self.optimizers = dict(zip(optimizers, prepared))
+        self.optimizer = prepared[-1]
         self.ema = EMA(self._unwrapped, ema_decay) if ema_decay else None
 
         # --- data order and step counts. Length groups span the global effective batch, so N
@@ -258,7 +271,8 @@ class Trainer:
         self.total_steps = loop.epochs * self.updates_per_epoch
         if loop.max_steps:
             self.total_steps = min(self.total_steps, loop.max_steps)
-        self.schedule = make_schedule(self.optimizer, self.total_steps)
+        self.schedules = {name: make_schedule(opt, self.total_steps) for name, opt in self.optimizers.items()}
+        self.schedule = list(self.schedules.values())[-1]
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -296,8 +310,9 @@ class Trainer:
         return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=self.task.collate,
                           num_workers=self.cfg.num_workers, generator=generator, persistent_workers=False)
 
-    def _forward(self, batch: dict[str, Any], train: bool) -> dict[str, Any]:
-        out = self.task.forward(self.model if train else self._unwrapped, batch, train=train)
+    def _forward(self, batch: dict[str, Any], train: bool, part: str | None = None) -> dict[str, Any]:
+        kw = {} if part is None else {"part": part}
+        out = self.task.forward(self.model if train else self._unwrapped, batch, train=train, **kw)
         if self.loss_fn is not None and train:
             out["loss_sum"], out["num_items"] = user_loss(self.loss_fn, out, batch)
         return out
@@ -335,7 +350,8 @@ class Trainer:
         if better(value, s.best_metric, self.select_mode):
             s.best_metric, s.best_step = value, s.step
             self._save("best")
-        self.schedule.step_metric(value)
+        for schedule in self.schedules.values():
+            schedule.step_metric(value)
         return self.early_stopping is not None and self.early_stopping.update(metrics, self.task.name)
 
     # ------------------------------------------------------------------ checkpoints
@@ -349,8 +365,7 @@ class Trainer:
         if full:
             # Every process's RNG state (dropout masks differ per process), gathered to the main one.
             rngs = gather_objects([rng or ckpt.rng_state()], self.world)
-            extra = {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                     "rng": rngs, "ema": self.ema.state_dict() if self.ema else None}
+            extra = {**self._optimizer_states(), "rng": rngs, "ema": self.ema.state_dict() if self.ema else None}
         model = self._unwrapped
         with self.ema.swapped_in(model) if (self.ema and not full) else nullcontext():
             saved = self.checkpoints.save(name, model, asdict(s), extra)
@@ -360,8 +375,9 @@ class Trainer:
     def _resume(self) -> None:
         state, extra = self.checkpoints.load("last", self._unwrapped)
         self.state = TrainerState(**state)
-        self.optimizer.load_state_dict(extra["optimizer"])
-        self.schedule.load_state_dict(extra["schedule"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(extra["optimizer"] if name is None else extra["optimizer"][name])
+            self.schedules[name].load_state_dict(extra["schedule"] if name is None else extra["schedule"][name])
         if self.ema and extra.get("ema"):
             self.ema.load_state_dict(extra["ema"])
         if self.unfreezer and self.state.unfreezer:
@@ -371,27 +387,52 @@ class Trainer:
         rngs = extra["rng"]
         rank = self.accelerator.process_index
         ckpt.set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
-        self.schedule.step_update(self.state.step)
+        for schedule in self.schedules.values():
+            schedule.step_update(self.state.step)
         self.log.event("resume", step=self.state.step, epoch=self.state.epoch)
+
+    def _optimizer_states(self) -> dict:
+        """Optimiser and schedule state; by part name for a task with several optimisers."""
+        if None in self.optimizers:
+            return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+        return {"optimizer": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "schedule": {n: s.state_dict() for n, s in self.schedules.items()}}
 
     # ------------------------------------------------------------------ one optimiser step
     def _train_step(self, micro_batches: list[list[int]], loader) -> tuple[float, float]:
-        """Forward/backward over this process's micro-batches of one step, then normalise the
-        gradients by the item count of the whole step (all micro-batches, all processes) and
-        update. Returns the step's summed loss and item count over all processes."""
+        """One optimiser step: each optimiser part in turn (just one for most tasks) over this
+        process's micro-batches of the step. Returns the last part's summed loss and item count
+        over all processes."""
         from accelerate.utils import send_to_device
 
+        # Batches load as the first part reaches them; the later parts reuse them, and a part may
+        # leave tensors in a batch for the next one (a GAN's generated audio, made once).
+        batches: list[dict[str, Any]] = []
+
+        def batch_at(micro: int) -> dict[str, Any]:
+            if micro == len(batches):
+                batches.append(send_to_device(next(loader), self.accelerator.device))
+            return batches[micro]
+
+        for part, optimizer in self.optimizers.items():
+            totals = self._part_step(batch_at, len(micro_batches), part, optimizer)
+        return totals
+
+    def _part_step(self, batch_at: Callable, n_micro: int, part: str | None, optimizer) -> tuple[float, float]:
+        """Forward/backward over the micro-batches, then normalise the gradients by the item count
+        of the whole step (all micro-batches, all processes) and update ``optimizer``."""
         loss_sum = torch.zeros((), dtype=torch.float64)
         items = torch.zeros((), dtype=torch.float64)
-        for micro in range(len(micro_batches)):
-            batch = send_to_device(next(loader), self.accelerator.device)
-            last = micro == len(micro_batches) - 1
+        for micro in range(n_micro):
+            batch = batch_at(micro)
+            last = micro == n_micro - 1
             with nullcontext() if last else self.accelerator.no_sync(self.model), self.accelerator.autocast():
-                out = self._forward(batch, train=True)
+                out = self._forward(batch, train=True, part=part)
                 loss = out["loss_sum"].float()
                 if not torch.isfinite(loss):
                     raise self._diverged(loss)
-                self.accelerator.backward(loss)
+                if loss.requires_grad:  # a part may have nothing to learn yet (all its inputs frozen)
+                    self.accelerator.backward(loss)
             loss_sum += float(loss.detach())
             items += float(out["num_items"])
         totals = torch.stack([loss_sum, items]).to(self.accelerator.device)
@@ -400,16 +441,18 @@ class Trainer:
         total_loss, total_items = float(totals[0]), float(totals[1])
         # DDP averaged the gradients over processes: undo that, then divide by the step's items.
         scale = self.world / max(total_items, 1.0)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
         with torch.no_grad():
-            for p in self.trainable_params:
+            for p in params:
                 if p.grad is not None:
                     p.grad.mul_(scale)
                     if self.l1 and p.ndim > 1:  # L1 on weights (not biases/norms), once per step
                         p.grad.add_(torch.sign(p), alpha=self.l1)
         if self.cfg.max_grad_norm:
-            self.accelerator.clip_grad_norm_(self.trainable_params, self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+            self.accelerator.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        optimizer.step()
+        for opt in self.optimizers.values():  # a later part's loss may reach an earlier part's weights
+            opt.zero_grad(set_to_none=True)
         return total_loss, total_items
 
     # ------------------------------------------------------------------ the loop
@@ -445,7 +488,8 @@ class Trainer:
                     s.micro_in_epoch += len(group)
                     s.samples_seen += n_samples
                     s.train_seconds += time.perf_counter() - t0
-                    self.schedule.step_update(s.step)
+                    for schedule in self.schedules.values():
+                        schedule.step_update(s.step)
                     rng_after_update = ckpt.rng_state()
                     bar.update(1)
 
@@ -512,6 +556,29 @@ class Trainer:
             self.checkpoints.load("best", self._unwrapped)
             if self.ema:  # the best weights are the averaged ones: evaluate them as they are
                 self.ema = None
+
+
+def split_optimizer(optimizer: torch.optim.Optimizer, parts: dict[str, list[nn.Parameter]]
+                    ) -> dict[str, torch.optim.Optimizer]:
+    """One optimiser per part, of ``optimizer``'s kind and settings, each over the part's share of
+    every parameter group (LR scales, weight decay kept). A part with nothing to train is left out."""
+    owner: dict[int, str] = {}
+    for name, params in parts.items():
+        for p in params:
+            if owner.setdefault(id(p), name) != name:
+                raise OmnituneError(f"optimizer_parts: a parameter is in parts {owner[id(p)]!r} and {name!r}")
+    stray = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in owner)
+    if stray:
+        raise OmnituneError(f"optimizer_parts: {stray} trained parameters are in no part")
+    out = {}
+    for name in parts:
+        groups = [{**{k: v for k, v in g.items() if k != "params"},
+                   "params": [p for p in g["params"] if owner[id(p)] == name]} for g in optimizer.param_groups]
+        groups = [g for g in groups if g["params"]]
+        if groups:  # each group already carries every hyper-parameter of the recipe's optimiser
+            out[name] = type(optimizer)(groups)
+            out[name].defaults = dict(optimizer.defaults)
+    return out
 
 
 # ---------------------------------------------------------------------------------------- losses
