@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -133,9 +134,14 @@ def word_windows(word_ids: list[int], size: int, stride: int) -> list[tuple[int,
     if n <= size:
         return [(0, n)]
 
-    def word_start(i: int) -> int:
+    def word_start(i: int) -> int:  # the start of the word at i
         while i > 0 and word_ids[i - 1] == word_ids[i]:
             i -= 1
+        return i
+
+    def next_word_start(i: int) -> int:  # the first word start at or after i
+        while 0 < i < n and word_ids[i - 1] == word_ids[i]:
+            i += 1
         return i
 
     spans, start = [], 0
@@ -147,8 +153,11 @@ def word_windows(word_ids: list[int], size: int, stride: int) -> list[tuple[int,
         spans.append((start, end))
         if end == n:
             return spans
-        nxt = word_start(max(end - stride, start + 1))
-        start = nxt if nxt > start else end
+        back = max(end - stride, start + 1)
+        nxt = word_start(back)
+        if nxt <= start:  # the word there began before this window: overlap from the next word on
+            nxt = next_word_start(back)
+        start = min(nxt, end)
 
 
 def owner_windows(first: list[int], spans: list[tuple[int, int]]) -> list[int]:
@@ -519,8 +528,10 @@ class TokenClassificationTask:
         kw = self._seqeval_kwargs()
         if kw:
             kw["scheme"] = getattr(seqeval.scheme, kw["scheme"])
-        table = classification_report(self._names(references), self._names(predictions), output_dict=True,
-                                      zero_division=0, **kw)
+        with warnings.catch_warnings():  # numpy's "mean of empty slice" when a split has no entity at all
+            warnings.simplefilter("ignore", RuntimeWarning)
+            table = classification_report(self._names(references), self._names(predictions), output_dict=True,
+                                          zero_division=0, **kw)
         return {k: v for k, v in table.items() if not k.endswith(" avg")}
 
     def compute_metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
