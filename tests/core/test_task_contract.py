@@ -121,7 +121,8 @@ def test_forward_and_backward(tiny):
         model.eval()
         out = tiny.task.forward(model, tiny.eval_batch, train=False)
         preds, refs = tiny.task.predict_batch(model, tiny.eval_batch, out)
-    assert len(preds) == len(refs) == len(tiny.eval_batch["labels"])
+    # One prediction per dataset item in the batch (a QA item is a question with all its windows).
+    assert len(preds) == len(refs) == min(2, len(tiny.bundle.validation))
     assert tiny.task.main_metric in tiny.task.compute_metrics(preds, refs)
 
 
