@@ -253,11 +253,13 @@ class ChatTask(CausalLMTask):
     # ------------------------------------------------------------------ step
     def forward(self, model: nn.Module, batch: dict[str, Any], train: bool) -> dict[str, Any]:
         if "position_ids" in batch:
-            # No attention mask: transformers then reads the restarts of the position ids as packed
-            # sequences and keeps attention block-diagonal (every attention implementation).
-            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits.float()
+            # No attention mask and no cache: transformers then reads the restarts of the position ids
+            # as packed sequences and keeps attention block-diagonal (every attention implementation).
+            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                           use_cache=False).logits.float()
         else:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False).logits.float()
         logits, target = logits[:, :-1], batch["labels"][:, 1:]  # token t predicts token t + 1
         nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE,
                               reduction="none", label_smoothing=self.label_smoothing if train else 0.0)
