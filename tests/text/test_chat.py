@@ -219,3 +219,37 @@ def test_bad_answer_pattern_is_a_recipe_error(fixture):
 def test_write_jsonl_roundtrip(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [{"a": 1}])
     assert json.loads(path.read_text()) == {"a": 1}
+
+
+def test_option_loglikelihood_scores_match_one_sequence_at_a_time(fixture, tmp_path):
+    from omnitune.text.mc_eval import MCItem, mc_accuracy, option_scores, read_mc_items
+
+    task = task_for(fixture)
+    tok = task.tokenizer
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    items = [MCItem("review: good film . positive ?", ["yes", "no"], 0),
+             MCItem("review: bad plot . positive ?", ["yes", "no", "or"], 1)]
+    scores = option_scores(model, tok, items, prompt_template="{question} {options}", batch_size=3)
+    for item, per_option in zip(items, scores):
+        prompt = tok.apply_chat_template([{"role": "user", "content": f"{item.question} " + "\n".join(item.lettered())}],
+                                         tokenize=False, add_generation_prompt=True)
+        for option, (total, count) in zip(item.lettered(), per_option):
+            p = tok(prompt, add_special_tokens=False)["input_ids"]
+            full = tok(prompt + option, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([full])).logits[0].float(), -1)
+            expected = sum(float(logp[t - 1, full[t]]) for t in range(len(p), len(full)))
+            assert count == len(full) - len(p) == 2  # "A." (unknown to the tiny vocabulary) and the word
+            assert total == pytest.approx(expected, abs=1e-4)
+    acc = mc_accuracy(model, tok, items, prompt_template="{question} {options}")
+    best = [max(range(len(s)), key=lambda j: s[j][0]) for s in scores]
+    assert acc == {"accuracy": sum(b == it.answer for b, it in zip(best, items)) / 2,
+                   "accuracy_norm": acc["accuracy_norm"], "n": 2}
+    path = write_jsonl(tmp_path / "mc.jsonl", [
+        {"question": "Q1?", "options": "\nA. bank\nB. library", "answer": "B. library"},
+        {"passage": "Tracy stayed.", "question": "Why?", "options": "A. x\nB. y\nC. z", "answer": "A. x"},
+        {"question": "no gold", "options": "A. a\nB. b"}])
+    read = read_mc_items(str(path))
+    assert [(i.question, i.options, i.answer) for i in read] == [("Q1?", ["bank", "library"], 1),
+                                                                ("Tracy stayed.\nWhy?", ["x", "y", "z"], 0)]
