@@ -65,6 +65,8 @@ class Seq2SeqModelConfig(ModelConfig):
 
 
 class Seq2SeqDataConfig(DataConfig):
+    # Columns of the table; "translation.en" reads key "en" of a column of dicts (the Hub's
+    # translation datasets, e.g. hub:wmt16/de-en, keep each pair as {"de": ..., "en": ...}).
     source_column: str = "source"
     target_column: str = "target"
     # Picks the main metric: rougeL for summarization, bleu for translation (eval.metric overrides).
@@ -301,6 +303,7 @@ class Seq2SeqTask:
 
     def _clean(self, df, split: str, where: str, report: DataReport):
         d = self.data_cfg
+        df = nested_columns(df, [d.source_column, d.target_column])
         # An empty source or target is counted ("empty text (<column>)") and dropped.
         return tdata.clean_frame(df, split, where, [d.source_column, d.target_column], None, None,
                                  d.unknown_labels, d.drop_duplicates, None, report)
@@ -497,6 +500,16 @@ class Seq2SeqTask:
         out = self.generate(model, ids.to(device), mask.to(device))
         return [{"input": text, "generated": self.tokenizer.decode(gen, skip_special_tokens=True).strip()}
                 for text, gen in zip(inputs, out)]
+
+
+def nested_columns(df, columns: list[str]):
+    """Add each ``"outer.key"`` column a table lacks from the dicts in its column ``outer``."""
+    for name in columns:
+        outer, dot, key = name.partition(".")
+        if dot and name not in df.columns and outer in df.columns:
+            df = df.copy()
+            df[name] = [v.get(key) if isinstance(v, dict) else None for v in df[outer]]
+    return df
 
 
 def freeze_fixed(model: nn.Module) -> nn.Module:

@@ -153,3 +153,51 @@ def test_tiny_marian_translation_run_with_zero_shot_baseline(tmp_path):
     assert "Worst generations" in report and "Zero-shot (eval.baseline" in report
     out = __import__("omnitune").core.api.predict(result.run_dir, ["Dutch dictionary for Aspell"])
     assert isinstance(out[0]["generated"], str)
+
+
+def test_hub_style_translation_column_of_dicts(tmp_path):
+    from omnitune.text.testing_seq2seq import ddtp_pairs
+
+    rows = [{"translation": {"en": p["en"], "de": p["de"]}} for p in ddtp_pairs()[:30]]
+    rows.append({"translation": {"en": "no German here"}})
+    raw = tiny_seq2seq_recipe(tmp_path)
+    raw["data"].update(source=str(write_jsonl(tmp_path / "nested.jsonl", rows)),
+                       source_column="translation.en", target_column="translation.de")
+    task = build_task(validate_recipe(raw))
+    bundle = task.build_datasets()
+    dropped = bundle.report.to_dict()["dropped"]
+    assert sum(d.get("missing text (translation.de)", 0) for d in dropped.values()) == 1
+    assert len(bundle.train) + len(bundle.validation) + len(bundle.test) == 30
+    assert bundle.train.sources[0] in {p["en"] for p in ddtp_pairs()[:30]}
+
+
+@pytest.mark.parametrize("arch", ["t5", "bart", "marian"])
+def test_encoder_decoder_groups_of_t5_bart_marian(arch):
+    from transformers import (BartConfig, BartForConditionalGeneration, MarianConfig, MarianMTModel, T5Config,
+                              T5ForConditionalGeneration)
+
+    from omnitune.core.strategies import check_groups_cover
+    from omnitune.text.seq2seq import encoder_decoder_groups, freeze_fixed, shift_right
+
+    torch.manual_seed(0)
+    small = dict(vocab_size=50, d_model=16, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    if arch == "t5":
+        model = T5ForConditionalGeneration(T5Config(**small, d_kv=8, d_ff=32, num_layers=2, num_decoder_layers=3,
+                                                    num_heads=2))
+    else:
+        cls, cfg = (BartForConditionalGeneration, BartConfig) if arch == "bart" else (MarianMTModel, MarianConfig)
+        model = freeze_fixed(cls(cfg(**small, encoder_layers=2, decoder_layers=3, encoder_attention_heads=2,
+                                     decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                                     max_position_embeddings=32)))
+    groups = encoder_decoder_groups(model)
+    check_groups_cover(model, groups)
+    assert [g.name for g in groups] == ["embeddings", "encoder_0", "encoder_1", "decoder_0", "decoder_1",
+                                        "decoder_2", "head"]
+    assert any(True for _ in groups[-1].parameters())
+    # The encoder groups hold all of the encoder but its token embeddings (T5's final norm included).
+    encoder_groups = {id(p) for g in groups[1:3] for p in g.parameters()}
+    encoder = {id(p) for p in model.get_encoder().parameters()} - {id(p) for p in groups[0].parameters()} \
+        - {id(p) for p in model.get_input_embeddings().parameters()}
+    assert encoder == encoder_groups
+    labels = torch.tensor([[5, 6, 1, IGNORE]])
+    assert shift_right(model, labels).tolist() == [[0, 5, 6, 1]]
