@@ -55,7 +55,7 @@ def make_speech_folder(root: Path, n: int = 12) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     lines = []
-    t = np.arange(int(0.18 * SR)) / SR
+    t = np.arange(int(0.12 * SR)) / SR
     for i in range(n):
         a, b = i % 10, (i + 3) % 10
         wave = np.concatenate([0.3 * np.sin(2 * np.pi * (200 + 30 * a) * t), np.zeros(SR // 40),
