@@ -404,11 +404,17 @@ def retention_check(rec: BaseRecipe, task):
         return None
     from .retention import RetentionCheck
 
-    def probe_task():
-        return build_task(as_recipe(rec, {"data.source": rec.eval.retention, "data.labels": None,
-                                          "data.validation_source": None, "data.test_source": None}))
+    columns = {f"data.{k}": v for k, v in rec.eval.retention_data.items()}
 
-    return RetentionCheck(rec.eval.retention, rec.eval.retention_mode, task, probe_task, rec.seed)
+    def set_task(own_labels: bool):
+        return build_task(as_recipe(rec, {"data.source": rec.eval.retention, "data.validation_source": None,
+                                          "data.test_source": None, **columns,
+                                          **({} if own_labels else {"data.labels": None})}))
+
+    # metrics: the run's task (its label set), or one reading the set's own columns (retention_data).
+    own = task if not columns else set_task(own_labels=True)
+    return RetentionCheck(rec.eval.retention, rec.eval.retention_mode, own, lambda: set_task(own_labels=False),
+                          rec.seed)
 
 
 def retention_before(retention, trainer, run_dir: Path, *, resumed: bool, is_main: bool):

@@ -242,6 +242,9 @@ class EvalConfig(Section):
     # metrics: the task's own metrics on it (LM perplexity, WER). linear_probe: accuracy of a
     # logistic regression on the features the head reads. auto: linear_probe for tasks with a label set.
     retention_mode: Literal["auto", "metrics", "linear_probe"] = "auto"
+    # data-section fields for reading the retention set when its columns differ from the training
+    # data's, e.g. a plain corpus for an LM: {prompt_template: "", response_template: "{text}"}.
+    retention_data: dict[str, Any] = {}
 
 
 class SearchParam(Section):

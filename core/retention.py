@@ -23,6 +23,11 @@ Two probes (``eval.retention_mode``):
   labelled task (e.g. topic for a sentiment model); because the task still computes its loss on the
   set, it may have at most as many classes as the model's head.
 
+When the set's columns differ from the training data's (a plain corpus for an instruction-tuned LM),
+``eval.retention_data`` gives the data-section fields to read it with, e.g.
+``{prompt_template: "", response_template: "{text}"}``: the set is then read by a task built with
+them (the run's label set kept in metrics mode).
+
 ``auto`` picks ``linear_probe`` for tasks with a label set whose references are class indices, and
 ``metrics`` otherwise.
 
@@ -177,11 +182,14 @@ class RetentionCheck:
     """The retention set of a run, loaded once (before the run folder exists, so a bad source fails
     first), and scored with whatever model the trainer holds when :meth:`run` is called."""
 
-    def __init__(self, source: str, mode: str, task: Any, make_probe_task: Callable[[], Any], seed: int) -> None:
+    def __init__(self, source: str, mode: str, task: Any, make_probe_task: Callable[[], Any], seed: int,
+                 metrics_task: Any = None) -> None:
+        """``task`` is the run's task; ``metrics_task`` (default: ``task``) reads the set in metrics
+        mode, with the run's label set; ``make_probe_task()`` builds the task reading it with its own labels."""
         self.source, self.seed = source, seed
         self.mode = pick_mode(mode, task)
         # The probe reads the set with its own labels; the metrics mode with the model's label set.
-        self.task = make_probe_task() if self.mode == "linear_probe" else task
+        self.task = make_probe_task() if self.mode == "linear_probe" else (metrics_task or task)
         labels = None if self.mode == "linear_probe" else task.label_names
         self.dataset, self.report = self.task.load_eval_dataset(source, labels)
 

@@ -109,3 +109,23 @@ def test_linear_probe_reads_its_own_labels(tmp_path, tiny_bert, reviews_csv):
     expected = float((clf.predict(scaler.transform(feats[held])) == labels[held]).mean())
     assert ret["after"]["probe_accuracy"] == pytest.approx(expected)
     assert 0.0 <= ret["before"]["probe_accuracy"] <= 1.0
+
+
+def test_lm_perplexity_on_a_plain_corpus(tmp_path):
+    """An LM's retention: perplexity on a general corpus with its own column (eval.retention_data)."""
+    import math
+
+    from omnitune.text.testing import tiny_causal_lm_recipe
+
+    raw = tiny_causal_lm_recipe(tmp_path)
+    corpus = tmp_path / "corpus.csv"
+    pd.DataFrame({"text": [" ".join(random.Random(i).sample(FILLER, 6)) for i in range(24)]}).to_csv(corpus,
+                                                                                                   index=False)
+    raw["eval"] = {"retention": str(corpus), "retention_data": {"prompt_template": "", "response_template": "{text}"}}
+    raw["train"].update({"max_steps": 4, "save_checkpoints": False})
+    result = train(validate_recipe(raw))
+    ret = result.metrics["retention"]
+    assert ret["mode"] == "metrics" and ret["samples"] == 24  # auto: no label set -> the task's metrics
+    for when in ("before", "after"):
+        assert ret[when]["perplexity"] == pytest.approx(math.exp(ret[when]["token_nll"]), rel=1e-4)
+    assert ret["change"]["perplexity"] == pytest.approx(ret["after"]["perplexity"] - ret["before"]["perplexity"])
