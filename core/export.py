@@ -1,0 +1,541 @@
+"""ONNX export of a finished run: ``omnitune export RUN_DIR --format onnx [--quantize int8]``.
+
+The run's best model (an adapter run merged into its base first) is traced with
+``torch.onnx.export(..., dynamo=False)``: the TorchScript exporter takes the ``dynamic_axes`` of
+:data:`EXPORTS` directly and needs no package beyond the ``onnx`` extra (the torch.export-based
+exporter, torch's default since 2.9, needs onnxscript, which the extra does not pin). Optimum's
+exporter (optimum-onnx 0.1.0, the only release) requires transformers < 4.58 and would downgrade
+ours, so it is not used.
+
+After every export a parity check runs ONNX Runtime against PyTorch on the run's own validation
+samples (the datasets rebuilt from the recipe, as ``omnitune eval`` does); a difference above the
+tolerance fails the export. ``quantize="int8"`` adds ORT dynamic quantisation (int8 weights,
+activations quantised at run time). The export report compares the PyTorch, ONNX fp32 and ONNX int8
+models on the run's test split through the task's own metrics, with batch-1 and batch-32 latency
+and file sizes. The folder is self-contained: graphs, tokenizer/processor, labels, the recipe and
+a manifest (``omnitune_export.json``) with the opset, inputs, outputs and dynamic axes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import OmnituneError
+from .onnx_predict import MANIFEST, RECIPE, greedy_decode, run_session, session
+
+OPSET = 17  # ORT 1.32 runs it fully; the TorchScript exporter's best-tested opset
+FORMATS = ("onnx",)
+QUANTIZATIONS = ("int8",)
+# fp32 graphs must reproduce PyTorch to this absolute difference on every output value, and
+# agree on at least this share of predicted labels/tokens; an int8 graph only on the share.
+DEFAULT_ATOL = 1e-3
+DEFAULT_MIN_AGREEMENT = 0.99
+DEFAULT_INT8_MIN_AGREEMENT = 0.90
+
+BATCH_SEQ = {0: "batch", 1: "sequence"}
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One ONNX graph: its role (file stem), inputs in call order (those the batch lacks are left
+    out, e.g. token_type_ids for tokenizers without them), outputs and dynamic axes by name."""
+
+    role: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    axes: dict[str, dict[int, str]]
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """How a task's model is exported and run: ``named`` (keyword inputs, named outputs: Hugging
+    Face heads), ``tensor`` (one tensor in, logits out: timm/torchvision), ``seq2seq`` (encoder and
+    decoder graphs with greedy decoding: Whisper)."""
+
+    runtime: str
+    graphs: tuple[Graph, ...]
+    note: str
+    # "static" (calibrated on validation samples) where it pays off: convolutions; else "dynamic".
+    int8: str = "dynamic"
+
+
+def _text(outputs: tuple[str, ...], out_axes: dict[int, str], inputs: tuple[str, ...] = TEXT_INPUTS) -> Graph:
+    return Graph("model", inputs, outputs, {**{n: BATCH_SEQ for n in inputs}, **{o: out_axes for o in outputs}})
+
+
+# The one per-task table of export knowledge. A task missing here gets a one-line error naming
+# the tasks that export.
+EXPORTS: dict[str, ExportSpec] = {
+    "text-classification": ExportSpec("named", (_text(("logits",), {0: "batch"}),),
+                                      "sequence classifier: logits [batch, labels]"),
+    "token-classification": ExportSpec("named", (_text(("logits",), BATCH_SEQ),),
+                                       "token classifier: logits [batch, sequence, labels]"),
+    "question-answering": ExportSpec("named", (_text(("start_logits", "end_logits"), BATCH_SEQ),),
+                                     "extractive QA: start and end logits [batch, sequence]"),
+    "causal-lm": ExportSpec("named", (_text(("logits",), BATCH_SEQ, ("input_ids", "attention_mask")),),
+                            "decoder LM without key/value cache: full-sequence logits (scoring)"),
+    "image-classification": ExportSpec(
+        "tensor", (Graph("model", ("pixel_values",), ("logits",),
+                         {"pixel_values": {0: "batch"}, "logits": {0: "batch"}}),),
+        "image classifier: pixel_values [batch, 3, H, W] at the trained size -> logits", int8="static"),
+    "speech-recognition": ExportSpec(
+        "seq2seq",
+        (Graph("encoder", ("input_features",), ("last_hidden_state",),
+               {"input_features": {0: "batch"}, "last_hidden_state": {0: "batch"}}),
+         Graph("decoder", ("decoder_input_ids", "encoder_hidden_states"), ("logits",),
+               {"decoder_input_ids": {0: "batch", 1: "decoder_sequence"},
+                "encoder_hidden_states": {0: "batch", 1: "encoder_sequence"},
+                "logits": {0: "batch", 1: "decoder_sequence"}})),
+        "Whisper: encoder + decoder without key/value cache (each greedy step re-runs the decoder)"),
+}
+
+
+def export_spec(task_name: str) -> ExportSpec:
+    if task_name not in EXPORTS:
+        raise OmnituneError(f"omnitune export: task {task_name!r} has no ONNX export "
+                            f"(tasks that export: {', '.join(sorted(EXPORTS))})")
+    return EXPORTS[task_name]
+
+
+# ----------------------------------------------------------------------------- torch side
+class _Named(nn.Module):
+    """Positional tensors in (tracing needs them), the named outputs of a Hugging Face head out."""
+
+    def __init__(self, model: nn.Module, inputs: list[str], outputs: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.inputs, self.outputs = model, inputs, outputs
+
+    def forward(self, *tensors: torch.Tensor):
+        out = self.model(**dict(zip(self.inputs, tensors)))
+        return tuple(out[n] for n in self.outputs)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        return self.model.get_encoder()(input_features).last_hidden_state
+
+
+class _Decoder(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, decoder_input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        # An explicit all-ones mask: without one, transformers looks for packed sequences with
+        # torch.diff, which has no ONNX symbolic.
+        return self.model(encoder_outputs=(encoder_hidden_states,), decoder_input_ids=decoder_input_ids,
+                          decoder_attention_mask=torch.ones_like(decoder_input_ids), use_cache=False).logits
+
+
+def _decoding(task, model: nn.Module) -> dict[str, Any]:
+    """Whisper's greedy decoding settings: the tokenizer's prefix (start of transcript, language and
+    task tokens when multilingual, no-timestamps), EOS, and the checkpoint's suppressed tokens."""
+    gen = getattr(model, "generation_config", None)
+    tokenizer = task.processor.tokenizer
+    eos = (gen.eos_token_id if gen is not None and gen.eos_token_id is not None else model.config.eos_token_id)
+    return {"prefix": [int(t) for t in tokenizer.prefix_tokens], "eos_token_id": int(eos),
+            "suppress_tokens": [int(t) for t in (getattr(gen, "suppress_tokens", None) or [])],
+            "begin_suppress_tokens": [int(t) for t in (getattr(gen, "begin_suppress_tokens", None) or [])],
+            "max_new_tokens": int(task.model_cfg.max_new_tokens)}
+
+
+def _modules_and_examples(spec: ExportSpec, model: nn.Module, batch: dict[str, Any],
+                          decoding: dict[str, Any] | None) -> list[tuple[Graph, nn.Module, tuple[str, ...], tuple]]:
+    """(graph, torch module to trace, input names used, example inputs) per graph."""
+    if spec.runtime == "seq2seq":
+        enc, dec = _Encoder(model).eval(), _Decoder(model).eval()
+        feats = batch["input_features"]
+        with torch.no_grad():
+            hidden = enc(feats)
+        ids = torch.tensor([decoding["prefix"] + [decoding["prefix"][-1]]] * feats.shape[0], dtype=torch.long)
+        g_enc, g_dec = spec.graphs
+        return [(g_enc, enc, g_enc.inputs, (feats,)), (g_dec, dec, g_dec.inputs, (ids, hidden))]
+    (graph,) = spec.graphs
+    names = tuple(n for n in graph.inputs if n in batch)
+    if not names:
+        raise OmnituneError(f"the task's batches hold none of the inputs {graph.inputs} the export needs")
+    module = _Named(model, list(names), graph.outputs).eval() if spec.runtime == "named" else model
+    return [(graph, module, names, tuple(batch[n] for n in names))]
+
+
+def _export_graph(graph: Graph, module: nn.Module, names: tuple[str, ...], example: tuple, path: Path,
+                  opset: int) -> dict[str, Any]:
+    import warnings
+
+    axes = {k: v for k, v in graph.axes.items() if k in names or k in graph.outputs}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter's deprecation notice and transformers' tracer warnings about
+        # Python booleans: the parity check below is what tells whether the trace generalises.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, str(path), input_names=list(names), output_names=list(graph.outputs),
+                          dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+    module.eval()  # the exporter restores the training flag it found; keep evaluating in eval mode
+    import onnx
+
+    onnx.checker.check_model(str(path))
+    return {"inputs": list(names), "outputs": list(graph.outputs), "dynamic_axes": {k: {str(a): n for a, n in v.items()}
+                                                                                     for k, v in axes.items()}}
+
+
+# ----------------------------------------------------------------------------- parity
+def _first_batches(task, dataset, n: int, batch_size: int) -> list[dict[str, Any]]:
+    idx = list(range(min(n, len(dataset))))
+    return [task.collate([dataset[i] for i in idx[s:s + batch_size]]) for s in range(0, len(idx), batch_size)]
+
+
+def _predicted(name: str, value: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """Predicted labels/positions of one output, only where they count: argmax over the last
+    axis; token-level outputs [batch, sequence, labels] at the attention mask's positions."""
+    pred = value.float().argmax(-1)
+    if value.ndim == 3 and "attention_mask" in batch:
+        return pred[batch["attention_mask"].bool()]
+    return pred.reshape(-1)
+
+
+def _agreement(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, int]:
+    x, y = torch.cat(a), torch.cat(b)
+    return (float((x == y).float().mean()) if len(x) else 1.0), int(len(x))
+
+
+def _generated(ids_a: torch.Tensor, ids_b: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generated tokens (after the prefix) of two decodings, padded to one length with -1."""
+    width = max(ids_a.shape[1], ids_b.shape[1])
+
+    def pad(t):
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=-1)[:, start:].reshape(-1)
+
+    return pad(ids_a), pad(ids_b)
+
+
+@torch.no_grad()
+def parity(spec: ExportSpec, torch_parts: list[tuple[Graph, nn.Module, tuple[str, ...], tuple]], sessions: dict,
+           batches: list[dict[str, Any]], decoding: dict[str, Any] | None) -> dict[str, Any]:
+    """Max absolute difference per output and the agreement of predicted labels (tokens for
+    Whisper's greedy decoding, run by the same loop on both sides) between PyTorch and ORT."""
+    diffs: dict[str, float] = {}
+    preds_t: list[torch.Tensor] = []
+    preds_o: list[torch.Tensor] = []
+    samples = 0
+
+    def note(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+        diffs[name] = max(diffs.get(name, 0.0), float((a.float() - b.float()).abs().max()))
+
+    for batch in batches:
+        if spec.runtime == "seq2seq":
+            (_, enc, _, _), (_, dec, _, _) = torch_parts
+            feats = batch["input_features"]
+            samples += feats.shape[0]
+            h_t = enc(feats)
+            h_o = run_session(sessions["encoder"], {"input_features": feats})["last_hidden_state"]
+            note("last_hidden_state", h_t, h_o)
+            ids_t = greedy_decode(lambda ids: dec(ids, h_t), feats.shape[0], decoding)
+            ids_o = greedy_decode(lambda ids: run_session(sessions["decoder"], {
+                "decoder_input_ids": ids, "encoder_hidden_states": h_o})["logits"], feats.shape[0], decoding)
+            # Decoder logits on the same (PyTorch's) tokens, so a token flip cannot inflate the diff.
+            note("logits", dec(ids_t, h_t), run_session(sessions["decoder"], {
+                "decoder_input_ids": ids_t, "encoder_hidden_states": h_t})["logits"])
+            a, b = _generated(ids_t, ids_o, len(decoding["prefix"]))
+            keep = (a != -1) | (b != -1)
+            preds_t.append(a[keep])
+            preds_o.append(b[keep])
+            continue
+        (graph, module, names, _) = torch_parts[0]
+        inputs = tuple(batch[n] for n in names)
+        samples += inputs[0].shape[0]
+        out_t = module(*inputs)
+        out_t = out_t if isinstance(out_t, tuple) else (out_t,)
+        out_o = run_session(sessions["model"], dict(zip(names, inputs)))
+        for name, t in zip(graph.outputs, out_t):
+            note(name, t, out_o[name])
+            preds_t.append(_predicted(name, t, batch))
+            preds_o.append(_predicted(name, out_o[name], batch))
+    agree, counted = _agreement(preds_t, preds_o)
+    return {"samples": samples, "max_abs_diff": diffs, "max_abs_diff_all": max(diffs.values(), default=0.0),
+            "agreement": agree, "compared": counted,
+            "compared_what": "generated tokens" if spec.runtime == "seq2seq" else "predicted labels"}
+
+
+def parity_problems(result: dict[str, Any], variant: str, atol: float, min_agreement: float,
+                    int8_min_agreement: float) -> list[str]:
+    """What exceeds the tolerance: an fp32 graph must match every output value within ``atol`` and
+    the predictions on ``min_agreement`` of them; an int8 graph (values change by design) only the
+    predictions, on ``int8_min_agreement``."""
+    bad = []
+    if variant == "fp32" and result["max_abs_diff_all"] > atol:
+        bad.append(f"outputs differ by up to {result['max_abs_diff_all']:.3g} (tolerance {atol:g})")
+    limit = min_agreement if variant == "fp32" else int8_min_agreement
+    if result["agreement"] < limit:
+        bad.append(f"{result['compared_what']} agree on {result['agreement']:.1%} (needs {limit:.0%})")
+    return bad
+
+
+# ----------------------------------------------------------------------------- quantisation, metrics, timing
+def quantize_int8(src: Path, dst: Path, calibration: list[dict[str, Any]] | None = None) -> str:
+    """int8 with ONNX Runtime's quantiser, after its recommended pre-processing (shape inference and
+    graph optimisation). Without ``calibration``: dynamic quantisation (int8 weights, activations
+    quantised at run time), which suits transformers' MatMuls. With it (CNNs): static QDQ
+    quantisation, per-channel int8 weights and uint8 activations whose ranges come from the
+    calibration batches (min/max); dynamic ConvInteger kernels are slower than fp32 on CPU.
+    Returns how it quantised."""
+    import logging
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = dst.with_name(dst.stem + ".pre.onnx")
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # the quantiser logs advice on the root logger
+    try:
+        try:
+            quant_pre_process(str(src), str(pre))
+        except Exception:  # ORT's symbolic shape inference gives up on some graphs (BERT-style
+            # masks built from the input's shape); ONNX's own shape inference still helps.
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        if calibration is None:
+            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
+            return "dynamic: int8 weights (MatMul/Gemm/Conv), activations quantised at run time"
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.items = iter(calibration)
+
+            def get_next(self):
+                return next(self.items, None)
+
+        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return (f"static QDQ: per-channel int8 weights, uint8 activations calibrated (min/max) on "
+                f"{sum(len(next(iter(c.values()))) for c in calibration)} validation samples")
+    finally:
+        logging.getLogger().setLevel(quiet)
+        pre.unlink(missing_ok=True)
+
+
+def _model_bytes(model: nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+@torch.no_grad()
+def _latency_ms(task, model, batch: dict[str, Any], repeats: int) -> float:
+    """Median wall time of the task's evaluation forward on one batch (Whisper: with its greedy
+    decoding), after one warm-up call."""
+    task.forward(model, batch, train=False)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        task.forward(model, batch, train=False)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def _latency_batch(task, dataset, size: int) -> dict[str, Any]:
+    n = len(dataset)
+    return task.collate([dataset[i % n] for i in range(size)])
+
+
+# ----------------------------------------------------------------------------- the export
+@dataclass
+class ExportResult:
+    out_dir: Path
+    manifest: dict[str, Any]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _copy_support_files(model_dir: Path, out_dir: Path) -> list[str]:
+    """Tokenizer/processor, labels and configs from the run's model folder: everything but weights."""
+    copied = []
+    for p in sorted(model_dir.iterdir()):
+        if p.is_file() and p.suffix not in (".safetensors", ".bin", ".pt", ".pth") and not p.name.startswith("adapter_"):
+            shutil.copy2(p, out_dir / p.name)
+            copied.append(p.name)
+    return copied
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, fmt: str = "onnx",
+               quantize: str | None = None, adapter: str | None = None, opset: int = OPSET,
+               atol: float = DEFAULT_ATOL, min_agreement: float = DEFAULT_MIN_AGREEMENT,
+               int8_min_agreement: float = DEFAULT_INT8_MIN_AGREEMENT, parity_samples: int = 32,
+               calibration_samples: int = 64, evaluate: bool = True, latency_repeats: int = 10) -> ExportResult:
+    """Export a finished run's model to ONNX, check parity, optionally quantise, and write the
+    export report. Returns the folder and its manifest; raises OmnituneError on a parity failure."""
+    from . import peft as peft_lib
+    from .api import MODEL_DIR, RECIPE_FILE, _load_run, user_extra_metrics
+    from .report import write_json
+    from .trainer import default_eval_batch_size, evaluate_model
+
+    if fmt not in FORMATS:
+        raise OmnituneError(f"omnitune export: --format {fmt!r} is not supported (formats: {', '.join(FORMATS)})")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise OmnituneError(f"omnitune export: --quantize {quantize!r} is not supported (choose: {', '.join(QUANTIZATIONS)})")
+    run_dir = Path(run_dir)
+    if not (run_dir / RECIPE_FILE).is_file():
+        raise OmnituneError(f"{run_dir}: not a run folder (no {RECIPE_FILE})")
+    from .recipe import read_yaml
+
+    spec = export_spec(read_yaml(run_dir / RECIPE_FILE).get("task", ""))  # fails before any model loads
+    rec, task, model = _load_run(run_dir, adapter)
+    merged = peft_lib.is_adapter_wrapper(model)
+    if merged:  # adapters folded into the base weights: one plain graph, no peft at run time
+        model = peft_lib.merge_adapter(model, adapter)
+    model = peft_lib.task_model(model).eval()
+    out = Path(out_dir) if out_dir else run_dir / f"export-{fmt}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    bundle = task.build_datasets()  # seeded as in training: the run's own validation and test samples
+    decoding = _decoding(task, model) if spec.runtime == "seq2seq" else None
+    example = task.collate([bundle.validation[i] for i in range(min(2, len(bundle.validation)))])
+    parts = _modules_and_examples(spec, model, example, decoding)
+    graphs, files = {}, {"fp32": {}}
+    t0 = time.perf_counter()
+    for graph, module, names, args in parts:
+        name = f"{graph.role}.onnx"
+        graphs[graph.role] = _export_graph(graph, module, names, args, out / name, opset)
+        files["fp32"][graph.role] = name
+    export_seconds = time.perf_counter() - t0
+    copied = _copy_support_files(run_dir / MODEL_DIR, out)
+    shutil.copy2(run_dir / RECIPE_FILE, out / RECIPE)
+    hf_config = getattr(model, "config", None)
+    if merged and hf_config is not None and hasattr(hf_config, "save_pretrained"):
+        hf_config.save_pretrained(out)  # the merged model's own config beside its graphs
+    if getattr(model, "generation_config", None) is not None and not (out / "generation_config.json").exists():
+        model.generation_config.save_pretrained(out)
+    int8_method = None
+    if quantize == "int8":
+        files["int8"] = {}
+        calibration = None
+        if spec.int8 == "static":
+            (graph, _, names, _), = parts
+            calibration = [{n: b[n].numpy() for n in names}
+                           for b in _first_batches(task, bundle.validation, calibration_samples, 8)]
+        for role, name in files["fp32"].items():
+            files["int8"][role] = f"{role}.int8.onnx"
+            int8_method = quantize_int8(out / name, out / files["int8"][role], calibration)
+
+    import onnxruntime
+
+    manifest: dict[str, Any] = {
+        "format": "onnx", "task": rec.task, "runtime": spec.runtime, "note": spec.note, "opset": opset,
+        "exporter": "torch.onnx.export (TorchScript, dynamo=False)", "source_run": str(run_dir.resolve()),
+        "recipe": rec.name, "base_model": rec.model.name, "adapter_merged": merged, "adapter": adapter,
+        "graphs": graphs, "files": files, "decoding": decoding, "support_files": copied,
+        "quantization": {"int8": f"onnxruntime.quantization, {int8_method}"} if quantize else None,
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                     "onnx": __import__("onnx").__version__},
+        "export_seconds": round(export_seconds, 2),
+        "tolerance": {"atol": atol, "min_agreement": min_agreement, "int8_min_agreement": int8_min_agreement},
+    }
+
+    # --- parity on the run's validation samples: always, for every variant written
+    batches = _first_batches(task, bundle.validation, parity_samples, 8)
+    manifest["parity"] = {}
+    failures = []
+    for variant, names in files.items():
+        sessions = {role: session(out / n) for role, n in names.items()}
+        result = parity(spec, parts, sessions, batches, decoding)
+        bad = parity_problems(result, variant, atol, min_agreement, int8_min_agreement)
+        result["passed"] = not bad
+        manifest["parity"][variant] = result
+        if bad:
+            failures.append(f"ONNX {variant}: " + " and ".join(bad))
+    write_json(out / MANIFEST, manifest)
+    if failures:
+        raise OmnituneError(f"omnitune export: parity check failed against PyTorch on "
+                            f"{manifest['parity']['fp32']['samples']} validation samples of {run_dir}: "
+                            f"{'; '.join(failures)} (graphs kept in {out} for inspection)")
+
+    result = ExportResult(out, manifest)
+    if evaluate:
+        dataset = bundle.test if bundle.test is not None else bundle.validation
+        split = "test" if bundle.test is not None else "validation"
+        batch_size = default_eval_batch_size(rec.train.batch_size, rec.train.eval_batch_size)
+        extra = user_extra_metrics(rec)
+        from .onnx_predict import load_ort_model
+
+        candidates: list[tuple[str, Any, int]] = [("pytorch", model, _model_bytes(model))]
+        for variant, names in files.items():
+            size = sum((out / n).stat().st_size for n in names.values())
+            candidates.append((f"onnx-{variant}", load_ort_model(out, manifest, variant), size))
+        rows = []
+        b1, b32 = _latency_batch(task, dataset, 1), _latency_batch(task, dataset, 32)
+        for label, m, size in candidates:
+            with torch.no_grad():
+                metrics, _, _ = evaluate_model(task, m, dataset, batch_size, torch.device("cpu"), extra_metrics=extra)
+            rows.append({"model": label, "metrics": metrics, "size_bytes": size,
+                         "latency_ms_batch1": round(_latency_ms(task, m, b1, latency_repeats), 3),
+                         "latency_ms_batch32": round(_latency_ms(task, m, b32, max(3, latency_repeats // 3)), 3)})
+        result.report = {"split": split, "samples": len(dataset), "main_metric": task.main_metric,
+                         "main_metric_mode": task.main_metric_mode, "threads": torch.get_num_threads(),
+                         "rows": rows, "parity": manifest["parity"]}
+        write_export_report(out, result.report, manifest)
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+def write_export_report(out: Path, report: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """export_report.json, export_report.md (a table) and export_report.png (three bar charts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import write_json
+
+    write_json(out / "export_report.json", {**report, "manifest": manifest})
+    metric, split = report["main_metric"], report["split"]
+    lines = [f"# ONNX export of `{manifest['recipe']}` ({manifest['task']})", "",
+             f"Exporter: {manifest['exporter']}, opset {manifest['opset']}; ONNX Runtime "
+             f"{manifest['versions']['onnxruntime']}, torch {manifest['versions']['torch']}. {manifest['note']}.",
+             f"Adapter merged into the base: {'yes' if manifest['adapter_merged'] else 'no (full model)'}.", "",
+             f"| model | {split} {metric} | latency batch 1 (ms) | latency batch 32 (ms) | size (MB) |",
+             "|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['model']} | {r['metrics'][metric]:.4f} | {r['latency_ms_batch1']:.2f} | "
+                     f"{r['latency_ms_batch32']:.2f} | {r['size_bytes'] / 1e6:.2f} |")
+    lines += ["", f"{report['samples']} {split} samples, evaluated through the task's own metrics; latency is the "
+              f"median of the task's evaluation forward on one batch, {report['threads']} thread(s) for torch "
+              "and ORT alike. PyTorch size: parameters and buffers in memory; ONNX: file sizes.", "",
+              "Parity against PyTorch on the run's validation samples:", "",
+              "| graph | samples | max abs diff | agreement | passed |", "|---|---|---|---|---|"]
+    for variant, p in report["parity"].items():
+        lines.append(f"| onnx-{variant} | {p['samples']} | {p['max_abs_diff_all']:.3g} | "
+                     f"{p['agreement']:.2%} of {p['compared']} {p['compared_what']} | {'yes' if p['passed'] else 'no'} |")
+    (out / "export_report.md").write_text("\n".join(lines) + "\n")
+
+    names = [r["model"] for r in report["rows"]]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    panels = [([r["metrics"][metric] for r in report["rows"]], f"{split} {metric}"),
+              (None, "latency (ms)"), ([r["size_bytes"] / 1e6 for r in report["rows"]], "size (MB)")]
+    for ax, (values, title) in zip(axes, panels):
+        if values is None:
+            x = range(len(names))
+            ax.bar([i - 0.2 for i in x], [r["latency_ms_batch1"] for r in report["rows"]], 0.4, label="batch 1")
+            ax.bar([i + 0.2 for i in x], [r["latency_ms_batch32"] for r in report["rows"]], 0.4, label="batch 32")
+            ax.set_xticks(list(x), names)
+            ax.set_yscale("log")
+            ax.legend(fontsize=8)
+        else:
+            ax.bar(names, values, color=["#777", "#1f77b4", "#ff7f0e"][: len(names)])
+        ax.set_title(title)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"{manifest['recipe']}: PyTorch vs ONNX Runtime")
+    fig.tight_layout()
+    fig.savefig(out / "export_report.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,217 @@
+"""Run an exported model with ONNX Runtime through the task's own code.
+
+An :class:`OrtModel` answers the calls a task makes on its PyTorch model (``model(**inputs).logits``,
+``model(pixels)``, Whisper's ``model.model.encoder(...)`` and ``model.generate(...)``), so the
+task's ``forward``, ``predict_batch``, ``compute_metrics`` and ``predict`` run unchanged on the
+exported graphs: the export report's metrics and ``omnitune predict --onnx`` go through exactly
+the code that evaluates and serves the PyTorch model.
+
+>>> from omnitune.core.onnx_predict import predict_onnx  # doctest: +SKIP
+>>> predict_onnx("runs/my-run/export-onnx", ["a fine film"])  # doctest: +SKIP
+[{'input': 'a fine film', 'label': 'pos', 'score': 0.93, 'scores': {...}}]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import OmnituneError
+
+MANIFEST = "omnitune_export.json"
+RECIPE = "recipe.yaml"
+# Graph inputs a caller may omit, and the input whose shape their zeros take: transformers treats
+# missing token_type_ids as all zeros (one segment).
+OPTIONAL_ZEROS = {"token_type_ids": "input_ids"}
+
+
+class Outputs(dict):
+    """Named outputs reachable as attributes (``out.logits``) and items, like transformers' ModelOutput."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def session(path: Path, threads: int | None = None):
+    """An ORT CPU session using as many intra-op threads as torch does (a fair latency comparison)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # ORT's warnings about unused initialisers are noise here
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+def run_session(sess, feeds: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Feed the session the inputs it declares (a missing one is an error naming it); torch out."""
+    wanted = [i.name for i in sess.get_inputs()]
+    for name, like in OPTIONAL_ZEROS.items():  # an input the caller may leave out, as in transformers
+        if name in wanted and name not in feeds and like in feeds:
+            feeds = {**feeds, name: torch.zeros_like(torch.as_tensor(feeds[like]))}
+    missing = [n for n in wanted if n not in feeds]
+    if missing:
+        raise OmnituneError(f"ONNX model needs inputs {missing}; got {sorted(feeds)}")
+    arrays = {}
+    for i in sess.get_inputs():
+        a = _to_numpy(feeds[i.name])
+        arrays[i.name] = a.astype(np.int64) if i.type == "tensor(int64)" else a.astype(np.float32)
+    names = [o.name for o in sess.get_outputs()]
+    return {n: torch.from_numpy(np.asarray(v)) for n, v in zip(names, sess.run(names, arrays))}
+
+
+class OrtModel:
+    """One ONNX graph behind the call a task makes on its model: keyword inputs returning named
+    outputs (Hugging Face style, ``style="named"``) or one positional input returning the first
+    output tensor (timm/torchvision style, ``style="tensor"``)."""
+
+    def __init__(self, sess, style: str) -> None:
+        self.session, self.style = sess, style
+        self.input_names = [i.name for i in sess.get_inputs()]
+
+    def eval(self) -> "OrtModel":
+        return self
+
+    def parameters(self):  # tasks read the device from the first parameter
+        yield torch.zeros(0)
+
+    def generate(self, *args: Any, **kwargs: Any):
+        raise OmnituneError("this ONNX export holds the forward pass only (logits, for scoring); generation "
+                            "is not exported for this task")
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        feeds = dict(zip(self.input_names, args))
+        feeds.update({k: v for k, v in kwargs.items() if k in self.input_names})
+        out = run_session(self.session, feeds)
+        return next(iter(out.values())) if self.style == "tensor" else Outputs(out)
+
+
+class _OrtEncoder:
+    def __init__(self, sess) -> None:
+        self.session = sess
+
+    def __call__(self, input_features: torch.Tensor, **_: Any) -> Outputs:
+        return Outputs(last_hidden_state=run_session(self.session, {"input_features": input_features})["last_hidden_state"])
+
+
+class OrtSeq2Seq:
+    """Whisper as an encoder graph and a decoder graph (no key/value cache: each decoding step
+    re-runs the decoder over the tokens so far), with the attributes speech-recognition's forward
+    and generate use: ``config``, ``model.encoder``, ``__call__(encoder_outputs=, decoder_input_ids=)``
+    and greedy ``generate``. Decoding starts from the prefix tokens recorded at export time and
+    applies the checkpoint's suppressed tokens, as transformers' Whisper generate does."""
+
+    def __init__(self, encoder, decoder, config, decoding: dict[str, Any]) -> None:
+        self.config, self.decoder, self.decoding = config, decoder, decoding
+        self.model = Outputs(encoder=_OrtEncoder(encoder))
+
+    def eval(self) -> "OrtSeq2Seq":
+        return self
+
+    def parameters(self):
+        yield torch.zeros(0)
+
+    def _encode(self, input_features=None, encoder_outputs=None) -> torch.Tensor:
+        if encoder_outputs is None:
+            encoder_outputs = self.model.encoder(input_features)
+        return encoder_outputs["last_hidden_state"] if isinstance(encoder_outputs, dict) else encoder_outputs[0]
+
+    def decode_step(self, decoder_input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return run_session(self.decoder, {"decoder_input_ids": decoder_input_ids, "encoder_hidden_states": hidden})["logits"]
+
+    def __call__(self, input_features=None, encoder_outputs=None, decoder_input_ids=None, **_: Any) -> Outputs:
+        return Outputs(logits=self.decode_step(decoder_input_ids, self._encode(input_features, encoder_outputs)))
+
+    def generate(self, input_features=None, encoder_outputs=None, max_new_tokens: int | None = None,
+                 **_: Any) -> torch.Tensor:
+        hidden = self._encode(input_features, encoder_outputs)
+        return greedy_decode(lambda ids: self.decode_step(ids, hidden), hidden.shape[0], self.decoding,
+                             max_new_tokens)
+
+
+def greedy_decode(step, batch: int, decoding: dict[str, Any], max_new_tokens: int | None = None) -> torch.Tensor:
+    """Greedy decoding shared by the ONNX and the PyTorch side of the parity check: ``step(ids)``
+    returns logits [batch, len, vocab]; rows that produced EOS are padded with EOS afterwards."""
+    prefix = list(decoding["prefix"])
+    eos, limit = decoding["eos_token_id"], max_new_tokens or decoding["max_new_tokens"]
+    suppress = list(decoding.get("suppress_tokens") or [])
+    begin_suppress = list(decoding.get("begin_suppress_tokens") or [])
+    ids = torch.tensor([prefix] * batch, dtype=torch.long)
+    done = torch.zeros(batch, dtype=torch.bool)
+    for t in range(limit):
+        logits = step(ids)[:, -1, :].float().clone()
+        if t == 0:  # ids beyond the vocabulary are ignored, as transformers' suppress processors do
+            suppress = [i for i in suppress if i < logits.shape[-1]]
+            begin_suppress = [i for i in begin_suppress if i < logits.shape[-1]]
+        if suppress:
+            logits[:, suppress] = float("-inf")
+        if t == 0 and begin_suppress:
+            logits[:, begin_suppress] = float("-inf")
+        nxt = logits.argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        done |= nxt == eos
+        if bool(done.all()):
+            break
+    return ids
+
+
+def read_manifest(export_dir: str | Path) -> dict[str, Any]:
+    path = Path(export_dir) / MANIFEST
+    if not path.is_file():
+        raise OmnituneError(f"{export_dir}: not an omnitune ONNX export (no {MANIFEST}); "
+                            "make one with `omnitune export RUN_DIR --format onnx`")
+    return json.loads(path.read_text())
+
+
+def load_ort_model(export_dir: str | Path, manifest: dict[str, Any], variant: str = "fp32"):
+    """The exported graphs of ``variant`` (fp32 or int8) behind the task-facing wrapper."""
+    export_dir = Path(export_dir)
+    files = manifest["files"].get(variant)
+    if not files:
+        raise OmnituneError(f"{export_dir}: no {variant} model in this export"
+                            + (" (export again with --quantize int8)" if variant == "int8" else ""))
+    sessions = {role: session(export_dir / name) for role, name in files.items()}
+    if manifest["runtime"] == "seq2seq":
+        from transformers import AutoConfig
+
+        return OrtSeq2Seq(sessions["encoder"], sessions["decoder"], AutoConfig.from_pretrained(export_dir),
+                          manifest["decoding"])
+    return OrtModel(sessions["model"], manifest["runtime"])
+
+
+def load_export(export_dir: str | Path, variant: str = "fp32"):
+    """(recipe, task, ORT model) of an export folder alone: the task is rebuilt from the copied
+    recipe and restored from the copied tokenizer/processor and labels."""
+    from .api import build_task
+    from .recipe import read_yaml, validate_recipe
+
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    rec = validate_recipe(read_yaml(export_dir / RECIPE), where=str(export_dir / RECIPE))
+    task = build_task(rec)
+    task.restore(export_dir)
+    return rec, task, load_ort_model(export_dir, manifest, variant)
+
+
+def predict_onnx(export_dir: str | Path, inputs: list[str], variant: str = "fp32") -> list[dict[str, Any]]:
+    """Predictions of an exported model for raw inputs, in the format of ``omnitune predict``."""
+    _, task, model = load_export(export_dir, variant)
+    with torch.no_grad():
+        return task.predict(model, list(inputs))
