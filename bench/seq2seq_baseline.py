@@ -32,13 +32,14 @@ def cpu_name() -> str:
 
 
 def run(recipe: str, train_samples: int, eval_samples: int, gen_samples: int, epochs: int, max_source: int,
-        out_dir: Path) -> dict:
+        threads: int | None, out_dir: Path) -> dict:
     import omnitune
 
     overrides = {"data.max_samples": train_samples, "data.max_eval_samples": eval_samples,
                  "model.max_source_length": max_source,
                  "model.generation.eval_samples": gen_samples, "train.epochs": epochs,
-                 "train.save_checkpoints": False, "output.dir": str(out_dir), "output.run_name": recipe}
+                 "train.save_checkpoints": False, "train.threads": threads,
+                 "output.dir": str(out_dir), "output.run_name": recipe}
     t0 = time.perf_counter()
     result = omnitune.train(f"text/{recipe}", overrides)
     m = result.metrics
@@ -69,11 +70,12 @@ def main() -> None:
     parser.add_argument("--gen-samples", type=int, default=32, help="rows generated for ROUGE per evaluation")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-source-length", type=int, default=192, help="article tokens kept (CPU budget)")
+    parser.add_argument("--threads", type=int, help="torch threads (1 avoids spin-waiting on a shared CPU)")
     parser.add_argument("--runs", type=Path, default=Path("/tmp/omnitune-seq2seq-bench"))
     parser.add_argument("--out", type=Path, default=Path("/tmp/seq2seq-bench.json"))
     args = parser.parse_args()
     rows = [run(name, args.train_samples, args.eval_samples, args.gen_samples, args.epochs, args.max_source_length,
-                args.runs / f"{time.time():.0f}") for name in (args.only or RECIPES)]
+                args.threads, args.runs / f"{time.time():.0f}") for name in (args.only or RECIPES)]
     import torch
 
     machine = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "note": "shared with other jobs"}
