@@ -6,7 +6,7 @@ Two curves, each through ``omnitune curve`` (core/curve.py), limited so each fin
 - ``text``: MiniLM-L6 on Rotten Tomatoes (recipe text/minilm-rotten-tomatoes), sizes 100,300,1000,
   3 epochs at batch 16, validation and test capped at 300 rows, max_length 64.
 - ``vision``: EfficientNet-Lite0 on Fashion-MNIST (recipe vision/effnet-lite0-fmnist-full) at 32 px,
-  sizes 100,300,1000, 2 epochs, validation and test capped at 300 images. The asset is IDX arrays,
+  sizes 100,300,1000, 4 epochs at batch 32, validation and test capped at 300 images. The asset is IDX arrays,
   which have no image files for per-size manifests, so a stratified 3,000-image subset of its
   training set is first written as an ImageFolder under the output folder.
 
@@ -31,8 +31,8 @@ TEXT = {"recipe": "text/minilm-rotten-tomatoes",
         "overrides": {"train.epochs": 3, "train.batch_size": 16, "model.max_length": 64, "data.max_eval_samples": 300,
                       "early_stopping.enabled": False, "train.save_checkpoints": False}}
 VISION = {"recipe": "vision/effnet-lite0-fmnist-full",
-          "overrides": {"model.image_size": 32, "train.epochs": 2, "data.max_eval_samples": 300,
-                        "train.save_checkpoints": False}}
+          "overrides": {"model.image_size": 32, "train.epochs": 4, "train.batch_size": 32,
+                        "data.max_eval_samples": 300, "train.save_checkpoints": False}}
 FMNIST_CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle_boot"]
 

@@ -104,6 +104,11 @@ def _rows(recipe: BaseRecipe, task):
     if stratify is not None and stratify not in frame.columns:
         raise OmnituneError(f"task {recipe.task}: rows have no stratify column {stratify!r}")
     frame = frame.drop_duplicates().reset_index(drop=True)
+    declared = recipe.data.labels
+    if declared and stratify == recipe.data.label_column:
+        # Rows the task would drop as unknown labels (data.unknown_labels: drop) must not take places
+        # in a subset: a subset of n rows trains on n rows.
+        frame = frame[frame[stratify].astype(str).isin([str(x) for x in declared])].reset_index(drop=True)
     if frame.empty:
         raise DataError(f"data.source {recipe.data.source}: no rows")
     return frame, stratify
@@ -249,7 +254,10 @@ def run_curve(recipe: BaseRecipe, task, sizes: Sequence[int], repeats: int, vari
                 test = result.metrics.get("test") or {}
                 if metric not in test:
                     raise OmnituneError(f"{result.run_dir}: no test {metric} to plot")
+                kept = json.loads((Path(result.run_dir) / "data_report.json").read_text())["rows_kept"]
                 rows.append({"variant": variant, "size": size, "repeat": r, metric: float(test[metric]),
+                             # rows the run trained on: the subset less any row the task's cleaning dropped
+                             "train_rows": kept.get("train"),
                              "train_seconds": result.metrics["timing"]["train_seconds"],
                              "steps": result.metrics.get("steps"), "run_dir": str(result.run_dir)})
                 _write_rows(rows, metric, out_dir / "curve.csv")  # partial results survive an interruption
@@ -267,6 +275,6 @@ def run_curve(recipe: BaseRecipe, task, sizes: Sequence[int], repeats: int, vari
 
 
 def _write_rows(rows: list[dict], metric: str, path: Path) -> None:
-    keys = ["variant", "size", "repeat", metric, "train_seconds", "steps", "run_dir"]
+    keys = ["variant", "size", "repeat", metric, "train_rows", "train_seconds", "steps", "run_dir"]
     lines = [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in rows]
     path.write_text("\n".join(lines) + "\n")

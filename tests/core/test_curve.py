@@ -74,7 +74,7 @@ def test_tiny_curve_runs_end_to_end(tmp_path, tiny_bert, reviews_csv):
     for r in out["rows"]:
         report = json.loads((tmp_path / "curve" / "runs" / f"{r['variant']}-n{r['size']}-r{r['repeat']}"
                              / "data_report.json").read_text())
-        assert report["rows_kept"]["train"] == r["size"]  # the run trained on exactly the subset
+        assert report["rows_kept"]["train"] == r["size"] == r["train_rows"]  # trained on exactly the subset
         assert report["rows_kept"]["test"] == len(test)  # and every point is scored on the same test rows
     summary = json.loads((tmp_path / "curve" / "curve.json").read_text())["summary"]
     acc = rows[(rows.variant == "scratch") & (rows["size"] == 80)]["accuracy"]
