@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from omnitune.core import assets
@@ -21,12 +21,14 @@ from omnitune.core.report import confusion_matrix_png, per_class_table
 from omnitune.core.task import DataBundle, DataReport, LayerGroup
 
 from . import data as tdata
+from . import long_text
 
 LABELS_FILE = "omnitune_labels.json"
 
 
 class TextModelConfig(ModelConfig):
-    # Longer texts are truncated; batches are padded only to their longest text (dynamic padding).
+    # Longer texts are handled as data.long_text says (and counted in the data report); batches are
+    # padded only to their longest text (dynamic padding).
     max_length: int = Field(default=128, gt=0)
 
 
@@ -37,11 +39,30 @@ class TextDataConfig(DataConfig):
     problem_type: Literal["single_label", "multi_label", "regression"] = "single_label"
     # Multi-label rows hold labels joined by this separator ("drama|comedy"), or a list in JSON.
     label_separator: str = "|"
+    # Texts longer than model.max_length tokens. truncate: keep the start. head_tail: keep the start
+    # and the end (Sun et al. 2019 found head 128 + tail 382 of 510 tokens best on long reviews).
+    # chunks: classify overlapping windows of the whole text and pool their logits, in training and
+    # prediction (each window costs a forward pass). head_tail and chunks take single texts.
+    long_text: Literal["truncate", "head_tail", "chunks"] = "truncate"
+    # head_tail: the share of the token budget kept from the start (the rest comes from the end).
+    head_share: float = Field(default=0.25, ge=0, le=1)
+    # chunks: tokens two consecutive windows share, and how window logits pool into the text's.
+    chunk_stride: int = Field(default=32, ge=0)
+    chunk_pooling: Literal["mean", "max"] = "mean"
+
+    @model_validator(mode="after")
+    def _long_pairs(self) -> "TextDataConfig":
+        if self.long_text != "truncate" and self.text_pair_column:
+            raise ValueError(f"long_text {self.long_text!r} takes single texts: with text_pair_column, use truncate")
+        return self
 
 
 class _TextDataset(torch.utils.data.Dataset):
-    def __init__(self, encodings: dict[str, list[list[int]]], labels: list[Any], texts: list[str]) -> None:
-        self.encodings, self.labels, self.texts = encodings, labels, texts
+    """One encoded text per sample; with ``chunked``, each sample's ``input_ids`` (and
+    ``token_type_ids``) are a list of windows."""
+
+    def __init__(self, encodings: dict[str, list], labels: list[Any], texts: list[str], chunked: bool = False) -> None:
+        self.encodings, self.labels, self.texts, self.chunked = encodings, labels, texts, chunked
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -53,6 +74,8 @@ class _TextDataset(torch.utils.data.Dataset):
         return item
 
     def lengths(self) -> list[int]:
+        if self.chunked:
+            return [sum(len(w) for w in x) for x in self.encodings["input_ids"]]
         return [len(x) for x in self.encodings["input_ids"]]
 
 
@@ -203,13 +226,51 @@ class TextClassificationTask:
             return out
         return [index[str(v)] for v in values]
 
-    def _prepare(self, df, split: str) -> _TextDataset:
+    def _encode_texts(self, texts: list[str], pairs: list[str] | None, report: DataReport | None,
+                      split: str, cache: bool = True) -> dict[str, list]:
+        """Token ids per text, cut as ``data.long_text`` says (windows per text for chunks); the
+        report gets the share of texts over max_length and their length distribution."""
+        d, tok, limit = self.data_cfg, self.tokenizer, self.model_cfg.max_length
+        key = f"{self.model_cfg.name}@{self.model_cfg.revision}|{type(tok).__name__}|{len(tok)}"
+
+        def encode(max_length, specials):
+            return tdata.tokenize_cached(tok, texts, pairs, max_length, key, add_special_tokens=specials, cache=cache)
+
+        handling = {"truncate": "truncated to the first max_length tokens",
+                    "head_tail": f"cut to their first {d.head_share:.0%} and last {1 - d.head_share:.0%} tokens (head_tail)",
+                    "chunks": f"read in windows sharing {d.chunk_stride} tokens, logits pooled by {d.chunk_pooling}"}
+        if pairs is not None:  # pairs: the tokenizer's own longest-first truncation
+            enc = encode(limit, True)
+            lengths = [len(x) for x in encode(None, True)["input_ids"]]
+        else:
+            prefix, suffix = long_text.special_layout(tok)
+            budget = long_text.window_budget(tok, limit, d.chunk_stride if d.long_text == "chunks" else None,
+                                             field="data.chunk_stride")
+            bare = encode(None, False)["input_ids"]
+            lengths = [len(b) + len(prefix) + len(suffix) for b in bare]
+            if d.long_text == "chunks":
+                ids = [[prefix + b[s:e] + suffix for s, e in long_text.windows(len(b), budget, d.chunk_stride)]
+                       for b in bare]
+            elif d.long_text == "head_tail":
+                ids = [prefix + long_text.head_tail(b, budget, round(d.head_share * budget)) + suffix for b in bare]
+            else:
+                ids = [prefix + b[:budget] + suffix for b in bare]
+            enc = {"input_ids": ids}
+            if "token_type_ids" in tok.model_input_names:
+                zeros = (lambda x: [[0] * len(w) for w in x]) if d.long_text == "chunks" else (lambda x: [0] * len(x))
+                enc["token_type_ids"] = [zeros(x) for x in ids]
+        if report is not None:
+            long_text.note_lengths(report, split, lengths, limit, what="texts", handling=handling[d.long_text],
+                                   cut=d.long_text != "chunks")
+        return enc
+
+    def _prepare(self, df, split: str, report: DataReport | None = None) -> _TextDataset:
         texts = df[self.data_cfg.text_column].astype(str).tolist()
         pairs = df[self.data_cfg.text_pair_column].astype(str).tolist() if self.data_cfg.text_pair_column else None
-        key = f"{self.model_cfg.name}@{self.model_cfg.revision}|{type(self.tokenizer).__name__}|{len(self.tokenizer)}"
-        enc = tdata.tokenize_cached(self.tokenizer, texts, pairs, self.model_cfg.max_length, key)
+        enc = self._encode_texts(texts, pairs, report, split)
         labels = self._encode_labels(df[self.data_cfg.label_column].tolist())
-        return _TextDataset(enc, labels, texts if pairs is None else [f"{a} ||| {b}" for a, b in zip(texts, pairs)])
+        return _TextDataset(enc, labels, texts if pairs is None else [f"{a} ||| {b}" for a, b in zip(texts, pairs)],
+                            chunked=self.data_cfg.long_text == "chunks")
 
     def _clean(self, df, split: str, where: str, report: DataReport):
         d = self.data_cfg
@@ -250,9 +311,9 @@ class TextClassificationTask:
         if stratify:
             for s, df in splits.items():
                 report.label_counts[s] = tdata.label_counts(df[d.label_column])
-        train = self._prepare(splits["train"], "train")
-        return DataBundle(train=train, validation=self._prepare(splits["validation"], "validation"),
-                          test=self._prepare(splits["test"], "test") if "test" in splits else None,
+        train = self._prepare(splits["train"], "train", report)
+        return DataBundle(train=train, validation=self._prepare(splits["validation"], "validation", report),
+                          test=self._prepare(splits["test"], "test", report) if "test" in splits else None,
                           report=report, label_names=self.label_names, train_lengths=train.lengths())
 
     def load_eval_dataset(self, source: str, label_names: list[str] | None) -> tuple[Any, DataReport]:
@@ -266,9 +327,17 @@ class TextClassificationTask:
         df = self._clean(frame, "eval", source, report)
         if len(df) == 0:
             raise DataError(f"{source}: no usable rows after cleaning (dropped: {report.dropped.get('eval', {})})")
-        return self._prepare(df, "eval"), report
+        return self._prepare(df, "eval", report), report
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Padded ids; under ``long_text: chunks`` one row per window and ``chunk_of`` (the sample of
+        each window), with ``labels`` still one per sample."""
+        chunk_of = None
+        if self.data_cfg.long_text == "chunks":
+            chunk_of = torch.tensor([i for i, s in enumerate(samples) for _ in s["input_ids"]])
+            samples = [{**s, "input_ids": w, **({"token_type_ids": t} if "token_type_ids" in s else {})}
+                       for s in samples
+                       for w, t in zip(s["input_ids"], s.get("token_type_ids", s["input_ids"]))]
         pad = self.tokenizer.pad_token_id or 0
         width = max(len(s["input_ids"]) for s in samples)
         ids = torch.full((len(samples), width), pad, dtype=torch.long)
@@ -286,12 +355,30 @@ class TextClassificationTask:
                  "index": torch.tensor([s["index"] for s in samples])}
         if types is not None:
             batch["token_type_ids"] = types
+        if chunk_of is not None:  # labels and indices: one per sample, not per window
+            first = torch.ones(len(chunk_of), dtype=torch.bool)
+            first[1:] = chunk_of[1:] != chunk_of[:-1]
+            batch["labels"], batch["index"] = batch["labels"][first], batch["index"][first]
+            batch["chunk_of"] = chunk_of
+            batch = {"labels": batch.pop("labels"), **batch}  # first: the core counts samples by it
         return batch
+
+    def _logits(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """One row of logits per sample: under chunks, the windows' logits pooled (mean or max)."""
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        logits = model(**inputs).logits.float()
+        chunk_of = batch.get("chunk_of")
+        if chunk_of is None:
+            return logits
+        n = int(chunk_of.max()) + 1
+        index = chunk_of.to(logits.device).unsqueeze(-1).expand_as(logits)
+        reduce = {"mean": "mean", "max": "amax"}[self.data_cfg.chunk_pooling]
+        return logits.new_zeros((n, logits.shape[-1])).scatter_reduce(0, index, logits, reduce=reduce,
+                                                                      include_self=False)
 
     # ------------------------------------------------------------------ step
     def forward(self, model: nn.Module, batch: dict[str, Any], train: bool) -> dict[str, Any]:
-        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        logits = model(**inputs).logits.float()
+        logits = self._logits(model, batch)
         labels = batch["labels"]
         # Summed over the batch's samples; the trainer divides by the samples of the whole step.
         if self.problem_type == "single_label":
@@ -393,9 +480,19 @@ class TextClassificationTask:
             if any(len(s) != 2 for s in split):
                 raise OmnituneError("this model takes text pairs: give each input as 'first ||| second'")
             texts, pairs = [s[0] for s in split], [s[1] for s in split]
-        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.model_cfg.max_length,
-                             padding=True, return_tensors="pt")
-        logits = model(**enc).logits.float()
+        if pairs is not None:
+            enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.model_cfg.max_length,
+                                 padding=True, return_tensors="pt")
+            logits = model(**enc).logits.float()
+        else:  # the long-text handling of training (truncate, head_tail or chunks)
+            enc = self._encode_texts(list(texts), None, None, "predict", cache=False)
+            dummy = 0.0 if self.problem_type == "regression" else (
+                [0.0] * len(self.label_names) if self.problem_type == "multi_label" else 0)
+            dataset = _TextDataset(enc, [dummy] * len(texts), list(texts), chunked=self.data_cfg.long_text == "chunks")
+            batch = self.collate([dataset[i] for i in range(len(dataset))])
+            device = next(model.parameters()).device
+            logits = self._logits(model, {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                                          for k, v in batch.items()})
         if self.problem_type == "regression":
             return [{"input": t, "value": float(v)} for t, v in zip(inputs, logits.squeeze(-1))]
         if self.problem_type == "multi_label":

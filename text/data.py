@@ -122,12 +122,14 @@ def load_tokenizer(name: str, path: str, revision: str | None):
         raise OmnituneError(f"model.name: cannot load tokenizer for {name!r} ({exc})") from None
 
 
-def tokenize_cached(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int,
-                    cache_key: str) -> dict[str, list[list[int]]]:
-    """Tokenise once; later runs with the same tokenizer, texts and max_length load the result."""
+def tokenize_cached(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int | None,
+                    cache_key: str, add_special_tokens: bool = True, cache: bool = True) -> dict[str, list[list[int]]]:
+    """Tokenise once; later runs with the same tokenizer, texts and max_length load the result.
+    ``max_length`` None keeps whole texts (to measure them, or to cut them another way); ``cache``
+    False neither reads nor writes the cache (raw inputs at prediction)."""
     h = hashlib.sha256()
     h.update(cache_key.encode())
-    h.update(str(max_length).encode())
+    h.update(f"{max_length}|{add_special_tokens}".encode())
     for t in texts:
         h.update(t.encode())
         h.update(b"\0")
@@ -136,10 +138,22 @@ def tokenize_cached(tokenizer, texts: list[str], pairs: list[str] | None, max_le
         h.update(b"\1")
     cache_dir = Path(os.environ.get("OMNITUNE_CACHE", Path.home() / ".cache" / "omnitune")) / "tokenized"
     path = cache_dir / f"{h.hexdigest()[:32]}.json"
-    if path.exists():
+    if cache and path.exists():
         return json.loads(path.read_text())
-    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    if max_length is None:
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "longer than the model's maximum": measured, then cut by the caller
+        try:
+            enc = tokenizer(texts, pairs, truncation=False, add_special_tokens=add_special_tokens)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    else:
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, add_special_tokens=add_special_tokens)
     keep = {k: [list(map(int, x)) for x in v] for k, v in enc.items() if k in ("input_ids", "token_type_ids")}
+    if not cache:
+        return keep
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(keep))
