@@ -96,6 +96,10 @@ class PreferenceFinetuneConfig(FinetuneConfig):
     reward: str | None = None
     # RLOO: the reward is lowered by kl_coef * (log pi - log ref) of the sampled response.
     kl_coef: float = Field(default=0.05, ge=0)
+    # auto: under LoRA/IA3 the reference is the model with its adapter switched off (no copy),
+    # without an adapter a frozen copy of the starting model. copy: always a frozen copy (the
+    # memory benchmark's comparison; same values as auto, one more model in memory).
+    reference: Literal["auto", "copy"] = "auto"
 
     @model_validator(mode="after")
     def _adapters(self) -> "PreferenceFinetuneConfig":
@@ -289,8 +293,10 @@ class PairTask:
 
     # --- batching
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Chosen sequences (rows 0..B-1) then rejected ones (B..2B-1), right-padded, with a mask of
-        their response tokens; and the prompts alone, left-padded, for generation."""
+        """Chosen sequences (rows 0..B-1) then rejected ones (B..2B-1), left-padded so that every
+        response ends at the last position (the LM head then runs on the response window only),
+        with a mask of their response tokens; and the prompts alone, left-padded, for generation.
+        Position ids come from the attention mask, so padding never shifts a sequence."""
         pad = self.tokenizer.pad_token_id
         seqs = [(s["prompt_ids"], s["chosen_ids"]) for s in samples] + [(s["prompt_ids"], s["rejected_ids"]) for s in samples]
         width = max(len(p) + len(r) for p, r in seqs)
@@ -298,9 +304,10 @@ class PairTask:
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         resp = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, (p, r) in enumerate(seqs):
-            ids[i, : len(p) + len(r)] = torch.tensor(p + r)
-            mask[i, : len(p) + len(r)] = 1
-            resp[i, len(p): len(p) + len(r)] = 1
+            start = width - len(p) - len(r)
+            ids[i, start:] = torch.tensor(p + r)
+            mask[i, start:] = 1
+            resp[i, width - len(r):] = 1
         pw = max(len(s["prompt_ids"]) for s in samples)
         prompt = torch.full((len(samples), pw), pad, dtype=torch.long)
         prompt_mask = torch.zeros((len(samples), pw), dtype=torch.long)
@@ -320,6 +327,11 @@ class PairTask:
 
     def report_extras(self, out_dir: Path, split: str, predictions, references, dataset) -> list[str]:
         return []
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over the attended tokens only (left padding takes none)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def _share_positive(values) -> float:
@@ -376,7 +388,8 @@ class RewardModelTask(PairTask):
         return TextClassificationTask.layer_groups(self, model)
 
     def forward(self, model: nn.Module, batch: dict[str, Any], train: bool) -> dict[str, Any]:
-        scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().squeeze(-1)
+        scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=position_ids(batch["attention_mask"])).logits.float().squeeze(-1)
         n = scores.shape[0] // 2
         chosen, rejected = scores[:n], scores[n:]
         loss = L.bradley_terry_loss(chosen, rejected)
@@ -418,8 +431,9 @@ class RewardModelTask(PairTask):
             data = self.encode(rows)
             batch = self.collate([data[j] for j in range(len(data))])
             n = len(rows)
-            logits = model(input_ids=batch["input_ids"][:n].to(device),
-                           attention_mask=batch["attention_mask"][:n].to(device)).logits.float().squeeze(-1)
+            mask = batch["attention_mask"][:n].to(device)
+            logits = model(input_ids=batch["input_ids"][:n].to(device), attention_mask=mask,
+                           position_ids=position_ids(mask)).logits.float().squeeze(-1)
             out.append(logits.cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
@@ -480,7 +494,8 @@ class PreferenceTask(PairTask):
         model = self._load_lm(self.model_path, self.model_cfg.pretrained)
         # Without an adapter the reference is a frozen copy of the starting model (an adapter run
         # switches its adapter off instead, and copies nothing).
-        self._reference = None if self.finetune.peft is not None else _frozen(copy.deepcopy(model))
+        copied = self.finetune.peft is None or self.finetune.reference == "copy"
+        self._reference = _frozen(copy.deepcopy(model)) if copied else None
         return model
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
@@ -490,15 +505,23 @@ class PreferenceTask(PairTask):
 
     # --- log-probabilities
     def _logps(self, model: nn.Module, ids, mask, resp, positions=None) -> torch.Tensor:
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-        return L.sequence_logps(logits, ids, resp)
+        """Summed log-probabilities of the response tokens. The LM head runs only from the
+        position before the earliest response token: the full (batch, length, vocabulary) logits
+        of a 49k-token vocabulary would dominate the memory of a step."""
+        if positions is None:
+            positions = position_ids(mask)
+        width = ids.shape[1]
+        first = int(resp.float().argmax(-1).min()) if bool(resp.any()) else width - 1
+        keep = width - max(first - 1, 0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        return L.sequence_logps(logits, ids[:, width - keep:], resp[:, width - keep:])
 
     @torch.no_grad()
     def reference_logps(self, model: nn.Module, ids, mask, resp, positions=None) -> torch.Tensor:
         """Summed response log-probabilities under the reference: ``model`` with its adapters
         switched off, or the frozen copy of the starting model when it has none."""
         policy = getattr(model, "module", model)  # DDP's wrapper: its forward hooks are for training
-        if adapter_layers(policy):
+        if adapter_layers(policy) and (self.finetune.reference == "auto" or self._reference is None):
             with adapters_disabled(policy):
                 return self._logps(policy, ids, mask, resp, positions)
         if self._reference is None:
@@ -554,7 +577,7 @@ class PreferenceTask(PairTask):
         resp_new = (~after).long()
         mask = torch.cat([pmask, resp_new], 1)
         resp = torch.cat([torch.zeros_like(pmask), resp_new], 1)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = position_ids(mask)
         texts = self.tokenizer.batch_decode(new * resp_new + self.tokenizer.pad_token_id * (1 - resp_new),
                                             skip_special_tokens=True)
         return seqs, mask, positions, resp, texts

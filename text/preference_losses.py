@@ -69,7 +69,8 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
     """Summed log-probabilities of the tokens where ``mask`` is 1: ``logits`` (batch, T, vocab) of a
     causal LM over the whole sequence, ``labels`` (batch, T) the sequence itself; token t is
     predicted by position t - 1."""
-    logits, labels, mask = logits[:, :-1].float(), labels[:, 1:], mask[:, 1:].to(logits.dtype)
-    # log_softmax over the vocabulary at every position, then the label's entry.
-    per_token = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (per_token * mask.float()).sum(-1)
+    logits, labels, mask = logits[:, :-1].float(), labels[:, 1:], mask[:, 1:].float()
+    # log p(label) = logit of the label - logsumexp over the vocabulary (no full log-softmax kept).
+    picked = torch.gather(logits, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    per_token = picked - logits.logsumexp(-1)
+    return (per_token * mask).sum(-1)

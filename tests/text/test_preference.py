@@ -160,6 +160,14 @@ def test_lora_reference_equals_the_base_model(tmp_path):
     ref = torch.cat([out["reference"]["chosen_logps"], out["reference"]["rejected_logps"]])
     torch.testing.assert_close(ref, base, atol=1e-5, rtol=1e-5)
     assert (policy - base).abs().max() > 1e-2
+    # A copied reference (finetune.reference: copy) gives the same values, from a second model.
+    copied = build_task(validate_recipe({**raw, "finetune": {**raw["finetune"], "reference": "copy"}}))
+    seed_everything(0)
+    other = copied.build_model()
+    build_peft_model(rec, copied, other)
+    assert copied._reference is not None
+    ref_copy = copied.reference_logps(other, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    torch.testing.assert_close(ref_copy, base, atol=1e-5, rtol=1e-5)
     # The adapters are on again and still trainable after the reference pass.
     with adapters_disabled(model):
         pass
@@ -184,7 +192,8 @@ def test_tiny_dpo_run_raises_reward_accuracy_on_its_training_pairs(tmp_path):
     result = train(rec)
     m = result.metrics
     before, after = m["baseline_test"], m["test"]
-    assert before["reward_accuracy"] == 0.0  # policy == reference: every margin is 0
+    # policy == reference: every margin is 0 up to float rounding (the copy's matmuls may round differently)
+    assert abs(before["reward_margin"]) < 1e-4 and before["reward_accuracy"] < 0.5
     # On its own training pairs (the whole file, evaluated from the run folder):
     own = _train_pairs_metrics(rec, result, tmp_path)
     assert own["reward_accuracy"] > 0.85, own
