@@ -194,6 +194,9 @@ def curve_png(summary: dict, metric: str, path: Path, title: str) -> Path:
         if any(points[s]["n"] > 1 for s in sizes):
             ax.fill_between(sizes, mean - std, mean + std, alpha=0.2)
     ax.set_xscale("log")
+    measured = sorted({s for points in summary.values() for s in points})
+    ax.set_xticks(measured, [str(s) for s in measured])  # the measured sizes, not powers of ten
+    ax.minorticks_off()
     ax.set_xlabel("training samples (log scale)")
     ax.set_ylabel(f"test {metric}")
     ax.set_title(title)
