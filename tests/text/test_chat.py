@@ -253,3 +253,36 @@ def test_option_loglikelihood_scores_match_one_sequence_at_a_time(fixture, tmp_p
     read = read_mc_items(str(path))
     assert [(i.question, i.options, i.answer) for i in read] == [("Q1?", ["bank", "library"], 1),
                                                                 ("Tracy stayed.\nWhy?", ["x", "y", "z"], 0)]
+
+
+BENCH = {"data.max_samples": 240, "data.max_eval_samples": 48, "model.generation.eval_samples": 48,
+         "train.threads": 1, "train.eval_batch_size": 16}
+
+
+@pytest.mark.slow
+def test_smollm2_commonsenseqa_chat_sft_benchmark(tmp_path):
+    """Real SmolLM2-135M-Instruct + LoRA, CommonsenseQA as instructions: the fine-tuned model's
+    generated answers beat the zero-shot ones on held-out questions (exact match of the whole answer,
+    and the option letter), and its option log-likelihood accuracy is reported beside the base's."""
+    from omnitune.core.api import _load_run
+    from omnitune.core import peft as peft_lib
+    from omnitune.text.mc_eval import mc_accuracy, read_mc_items
+
+    result = train("text/smollm2-commonsenseqa-chat-sft", {**BENCH, "output.dir": str(tmp_path)})
+    m = result.metrics
+    assert m["test"]["exact_match"] > m["baseline_test"]["exact_match"]
+    assert m["test"]["answer_accuracy"] >= m["baseline_test"]["answer_accuracy"]
+    report = (result.run_dir / "report.md").read_text()
+    assert "| prompt | reference | zero-shot | fine-tuned |" in report
+    # Option log-likelihood on the run's own held-out test questions, base against fine-tuned.
+    rec, task, tuned = _load_run(result.run_dir)
+    held = {c[-2]["content"] for c in task.build_datasets().test.conversations}
+    items = [it for it in read_mc_items(rec.data.source) if any(it.question in u for u in held)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        after = mc_accuracy(peft_lib.task_model(tuned), task.tokenizer, items)
+        with tuned.disable_adapter():
+            before = mc_accuracy(peft_lib.task_model(tuned), task.tokenizer, items)
+    print(json.dumps({"generation": {"zero_shot": m["baseline_test"], "fine_tuned": m["test"]},
+                      "option_loglik": {"zero_shot": before, "fine_tuned": after},
+                      "seconds_per_step": m["timing"]["train_seconds"] / m["steps"]}))
+    assert after["n"] == before["n"] > 30
