@@ -119,6 +119,7 @@ def test_training_run_and_eval_cli_report_groups(tmp_path, tiny_bert, reviews_cs
     report = (result.run_dir / "report.md").read_text()
     assert "## Metrics by group" in report and (result.run_dir / "group_rates.png").is_file()
     assert "demographic parity" in report
+    assert "## Metrics by group" in (result.run_dir / "model" / "README.md").read_text()
 
     from omnitune.core.cli import main
 
@@ -128,40 +129,40 @@ def test_training_run_and_eval_cli_report_groups(tmp_path, tiny_bert, reviews_cs
     assert again["columns"]["sex"]["M"]["accuracy"] == pytest.approx(groups["columns"]["sex"]["M"]["accuracy"])
 
 
-def test_model_card_metadata_groups_and_export_table(tmp_path, tiny_bert, reviews_csv):
+def test_model_card_metadata_groups_retention_and_export_table(tmp_path, table):
     import yaml
 
     from omnitune.core.report import hub_metadata, update_model_card
 
-    rows = make_reviews(40, seed=4)
-    for i, r in enumerate(rows):
-        r["sex"] = "F" if i % 2 else "M"
-    test = tmp_path / "test.csv"
-    pd.DataFrame(rows).to_csv(test, index=False)
-    raw = text_recipe(tiny_bert, reviews_csv, tmp_path, data={"test_source": str(test)},
-                      train={"epochs": 1, "save_checkpoints": False}, eval={"groups": ["sex"]})
-    result = train(validate_recipe(raw))
-    card = (result.run_dir / "model" / "README.md").read_text()
+    groups = evaluate_groups(TableTask(), LABELS, str(table), ["sex"], _evaluate)
+    retention = {"source": "gen.csv", "mode": "metrics", "samples": 10, "before": {"loss": 2.0},
+                 "after": {"loss": 2.5}, "change": {"loss": 0.5}}
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"name": "r", "task": "text-classification",
+                                                     "model": {"name": str(tmp_path)}, "data": {"source": "x.csv"}}))
+    (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.7, "loss": 0.6}, "groups": groups,
+                                                  "retention": retention}))
+    card = update_model_card(run).read_text()
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["pipeline_tag"] == "text-classification" and meta["license"] == "other"
     assert "base_model" not in meta  # a local folder is no Hub id
-    scores = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
-    assert scores["accuracy"] == pytest.approx(result.metrics["test"]["accuracy"])
-    assert "## Metrics by group" in card and "## ONNX export" not in card
+    assert meta["model-index"][0]["results"][0]["metrics"] == [{"type": "accuracy", "value": 0.7,
+                                                                "name": "test accuracy"}]
+    assert "## Metrics by group" in card and "| M | 6 |" in card
+    assert "| loss | 2.0000 | 2.5000 | +0.5000 |" in card and "## ONNX export" not in card
     # An export report in the run folder (written by `omnitune export`) joins the card on update.
-    (result.run_dir / "export").mkdir()
-    (result.run_dir / "export" / "export_report.json").write_text(json.dumps({
+    (run / "export").mkdir()
+    (run / "export" / "export_report.json").write_text(json.dumps({
         "split": "test", "samples": 40, "main_metric": "accuracy", "rows": [
             {"model": "onnx-int8", "metrics": {"accuracy": 0.75}, "size_bytes": 2_500_000,
              "latency_ms_batch1": 1.5, "latency_ms_batch32": 9.25}]}))
-    card = update_model_card(result.run_dir).read_text()
-    assert "| onnx-int8 | 0.7500 | 1.5000 | 9.2500 | 2.5000 |" in card
+    assert "| onnx-int8 | 0.7500 | 1.5000 | 9.2500 | 2.5000 |" in update_model_card(run).read_text()
     # A bundled asset gives its Hub id and licence; a hub: dataset its id.
     meta = hub_metadata(recipe_name="r", task="text-classification", base_model="asset:minilm-l6",
                         data_source="hub:glue/sst2", metrics={"test": {"accuracy": 0.9, "loss": 0.3}})
     assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2" and meta["license"] == "apache-2.0"
     assert meta["datasets"] == ["glue/sst2"]
-    assert [m["type"] for m in meta["model-index"][0]["results"][0]["metrics"]] == ["accuracy"]
 
 
 def test_adult_rows_become_texts_and_crows_flips_by_hand(tmp_path):
