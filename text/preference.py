@@ -604,6 +604,7 @@ class PreferenceTask(PairTask):
         rep = lambda xs: [x for x in xs for _ in range(k)]  # noqa: E731
         rewards = self._rewards(rep(batch["prompts"]), texts, rep(batch["chosen"]), rep(batch["rejected"]))
         rewards = rewards.to(seqs.device)
+        self._last_completions = texts  # the latest samples, for logs and tests
         ref = self.reference_logps(model, seqs, mask, resp, positions)
         logps = self._logps(model, seqs, mask, resp, positions)
         kl = logps.detach() - ref  # per-sequence estimate of KL(pi || ref) on the sampled response

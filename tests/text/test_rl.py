@@ -94,3 +94,25 @@ def test_gold_option_rule():
     # free-text gold answers (NQ-open): the answer must occur in the completion, word for word
     assert gold_option_reward(prompts=["q"] * 2, completions=["It is Albuquerque, NM.", "Santa Fe"],
                               chosen=["albuquerque"] * 2) == [1.0, 0.0]
+
+
+def test_rloo_scores_samples_with_a_reward_model_run(tmp_path):
+    from omnitune.core.api import _load_run
+    from omnitune.core.peft import task_model
+    from omnitune.text.testing_preference import tiny_reward_recipe
+
+    rm = train(as_recipe(validate_recipe(tiny_reward_recipe(tmp_path / "fx")),
+                         {"train.max_steps": 2, "output.dir": str(tmp_path / "runs"), "output.run_name": "rm"}))
+    raw = _rloo_raw(tmp_path / "fx", k=2, reward=str(rm.run_dir))
+    task = build_task(validate_recipe(raw))
+    bundle = task.build_datasets()
+    batch = task.collate([bundle.train[i] for i in range(3)])
+    seed_everything(0)
+    out = task.forward(task.build_model(), batch, train=True)
+    rewards = out["outputs"]["reward"]
+    # The same scores as the reward model gives the sampled answers when asked directly.
+    _, rm_task, rm_model = _load_run(rm.run_dir)
+    completions = task._last_completions
+    expected = rm_task.score(task_model(rm_model), [p for p in batch["prompts"] for _ in range(2)], completions)
+    torch.testing.assert_close(rewards, expected, atol=1e-5, rtol=1e-5)
+    assert len(set(rewards.tolist())) > 1  # real scores, not a 0/1 rule
