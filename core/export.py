@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .errors import OmnituneError
-from .onnx_predict import MANIFEST, RECIPE, greedy_decode, run_session, session
+from .onnx_predict import MANIFEST, RECIPE, CachedDecoder, greedy_decode, run_session, session
 
 OPSET = 17  # ORT 1.32 runs it fully; the TorchScript exporter's best-tested opset
 FORMATS = ("onnx",)
@@ -66,10 +66,42 @@ class ExportSpec:
     note: str
     # "static" (calibrated on validation samples) where it pays off: convolutions; else "dynamic".
     int8: str = "dynamic"
+    # Graphs whose cache inputs/outputs depend on the decoder's layer count: layers -> graphs.
+    layered: Any = None
+
+    def graphs_for(self, model: nn.Module) -> tuple[Graph, ...]:
+        return self.layered(model.config.decoder_layers) if self.layered else self.graphs
 
 
 def _text(outputs: tuple[str, ...], out_axes: dict[int, str], inputs: tuple[str, ...] = TEXT_INPUTS) -> Graph:
     return Graph("model", inputs, outputs, {**{n: BATCH_SEQ for n in inputs}, **{o: out_axes for o in outputs}})
+
+
+def kv_names(prefix: str, layers: int) -> tuple[str, ...]:
+    """Cache tensor names, layer by layer: ``past.0.key``, ``past.0.value``, ``past.1.key``, ..."""
+    return tuple(f"{prefix}.{i}.{kv}" for i in range(layers) for kv in ("key", "value"))
+
+
+def seq2seq_graphs(layers: int) -> tuple[Graph, ...]:
+    """Encoder; decoder over the prefix returning logits, the self-attention cache (``present.*``)
+    and the cross-attention cache (``cross.*``, fixed for the utterance); decoder with past: one new
+    token, the caches in, logits and the grown self-attention cache out. Caches are [batch, heads,
+    length, head_dim]."""
+    b, dec, enc = {0: "batch"}, {0: "batch", 1: "decoder_sequence"}, {0: "batch", 1: "encoder_sequence"}
+    present, cross, past = kv_names("present", layers), kv_names("cross", layers), kv_names("past", layers)
+    cache = {**{n: {0: "batch", 2: "decoder_sequence"} for n in present},
+             **{n: {0: "batch", 2: "encoder_sequence"} for n in cross}}
+    return (
+        Graph("encoder", ("input_features",), ("last_hidden_state",),
+              {"input_features": b, "last_hidden_state": enc}),
+        Graph("decoder", ("decoder_input_ids", "encoder_hidden_states"), ("logits", *present, *cross),
+              {"decoder_input_ids": dec, "encoder_hidden_states": enc, "logits": dec, **cache}),
+        Graph("decoder_with_past", ("decoder_input_ids", *past, *cross), ("logits", *present),
+              {"decoder_input_ids": {0: "batch", 1: "new_tokens"}, "logits": {0: "batch", 1: "new_tokens"},
+               **{n: {0: "batch", 2: "past_sequence"} for n in past},
+               **{n: {0: "batch", 2: "encoder_sequence"} for n in cross},
+               **{n: {0: "batch", 2: "total_sequence"} for n in present}}),
+    )
 
 
 # The one per-task table of export knowledge. A task missing here gets a one-line error naming
@@ -88,14 +120,8 @@ EXPORTS: dict[str, ExportSpec] = {
                          {"pixel_values": {0: "batch"}, "logits": {0: "batch"}}),),
         "image classifier: pixel_values [batch, 3, H, W] at the trained size -> logits", int8="static"),
     "speech-recognition": ExportSpec(
-        "seq2seq",
-        (Graph("encoder", ("input_features",), ("last_hidden_state",),
-               {"input_features": {0: "batch"}, "last_hidden_state": {0: "batch"}}),
-         Graph("decoder", ("decoder_input_ids", "encoder_hidden_states"), ("logits",),
-               {"decoder_input_ids": {0: "batch", 1: "decoder_sequence"},
-                "encoder_hidden_states": {0: "batch", 1: "encoder_sequence"},
-                "logits": {0: "batch", 1: "decoder_sequence"}})),
-        "Whisper: encoder + decoder without key/value cache (each greedy step re-runs the decoder)"),
+        "seq2seq", (), "Whisper: encoder, decoder (first step: logits and the key/value cache) and decoder "
+        "with past key values (one token per step)", layered=lambda n: seq2seq_graphs(n)),
 }
 
 
@@ -128,16 +154,50 @@ class _Encoder(nn.Module):
         return self.model.get_encoder()(input_features).last_hidden_state
 
 
+def _flat_caches(cache, layers: int, cross: bool = True) -> list[torch.Tensor]:
+    out = []
+    for part in ([cache.self_attention_cache, cache.cross_attention_cache] if cross else [cache.self_attention_cache]):
+        for i in range(layers):
+            out += [part.layers[i].keys, part.layers[i].values]
+    return out
+
+
 class _Decoder(nn.Module):
+    """The decoder over whole token sequences: logits, then its self- and cross-attention caches."""
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.layers = model, model.config.decoder_layers
 
-    def forward(self, decoder_input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, decoder_input_ids: torch.Tensor, encoder_hidden_states: torch.Tensor):
         # An explicit all-ones mask: without one, transformers looks for packed sequences with
         # torch.diff, which has no ONNX symbolic.
-        return self.model(encoder_outputs=(encoder_hidden_states,), decoder_input_ids=decoder_input_ids,
-                          decoder_attention_mask=torch.ones_like(decoder_input_ids), use_cache=False).logits
+        out = self.model(encoder_outputs=(encoder_hidden_states,), decoder_input_ids=decoder_input_ids,
+                         decoder_attention_mask=torch.ones_like(decoder_input_ids), use_cache=True)
+        return (out.logits, *_flat_caches(out.past_key_values, self.layers))
+
+
+class _DecoderWithPast(nn.Module):
+    """New tokens with the caches as flat tensors in: logits and the grown self-attention cache out."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.layers = model, model.config.decoder_layers
+
+    def forward(self, decoder_input_ids: torch.Tensor, *caches: torch.Tensor):
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        own, cross = DynamicCache(), DynamicCache()
+        n = self.layers
+        for i in range(n):
+            own.update(caches[2 * i], caches[2 * i + 1], i)
+            cross.update(caches[2 * n + 2 * i], caches[2 * n + 2 * i + 1], i)
+        mask = torch.ones((decoder_input_ids.shape[0], caches[0].shape[2] + decoder_input_ids.shape[1]),
+                          dtype=torch.long)
+        # encoder_outputs is only a placeholder: every cross-attention reads its cached keys/values.
+        out = self.model(encoder_outputs=(caches[2 * n],), decoder_input_ids=decoder_input_ids,
+                         past_key_values=EncoderDecoderCache(own, cross), decoder_attention_mask=mask, use_cache=True)
+        return (out.logits, *_flat_caches(out.past_key_values, n, cross=False))
 
 
 def _decoding(task, model: nn.Module) -> dict[str, Any]:
@@ -156,13 +216,16 @@ def _modules_and_examples(spec: ExportSpec, model: nn.Module, batch: dict[str, A
                           decoding: dict[str, Any] | None) -> list[tuple[Graph, nn.Module, tuple[str, ...], tuple]]:
     """(graph, torch module to trace, input names used, example inputs) per graph."""
     if spec.runtime == "seq2seq":
-        enc, dec = _Encoder(model).eval(), _Decoder(model).eval()
+        enc, dec, past = _Encoder(model).eval(), _Decoder(model).eval(), _DecoderWithPast(model).eval()
         feats = batch["input_features"]
+        ids = torch.tensor([decoding["prefix"] + [decoding["prefix"][-1]]] * feats.shape[0], dtype=torch.long)
         with torch.no_grad():
             hidden = enc(feats)
-        ids = torch.tensor([decoding["prefix"] + [decoding["prefix"][-1]]] * feats.shape[0], dtype=torch.long)
-        g_enc, g_dec = spec.graphs
-        return [(g_enc, enc, g_enc.inputs, (feats,)), (g_dec, dec, g_dec.inputs, (ids, hidden))]
+            caches = dec(ids, hidden)[1:]
+        step = ids[:, -1:]
+        g_enc, g_dec, g_past = spec.graphs_for(model)
+        return [(g_enc, enc, g_enc.inputs, (feats,)), (g_dec, dec, g_dec.inputs, (ids, hidden)),
+                (g_past, past, g_past.inputs, (step, *caches))]
     (graph,) = spec.graphs
     names = tuple(n for n in graph.inputs if n in batch)
     if not names:
@@ -235,18 +298,23 @@ def parity(spec: ExportSpec, torch_parts: list[tuple[Graph, nn.Module, tuple[str
 
     for batch in batches:
         if spec.runtime == "seq2seq":
-            (_, enc, _, _), (_, dec, _, _) = torch_parts
+            (_, enc, _, _), (_, dec, _, _), _ = torch_parts
             feats = batch["input_features"]
             samples += feats.shape[0]
             h_t = enc(feats)
             h_o = run_session(sessions["encoder"], {"input_features": feats})["last_hidden_state"]
             note("last_hidden_state", h_t, h_o)
-            ids_t = greedy_decode(lambda ids: dec(ids, h_t), feats.shape[0], decoding)
-            ids_o = greedy_decode(lambda ids: run_session(sessions["decoder"], {
-                "decoder_input_ids": ids, "encoder_hidden_states": h_o})["logits"], feats.shape[0], decoding)
-            # Decoder logits on the same (PyTorch's) tokens, so a token flip cannot inflate the diff.
-            note("logits", dec(ids_t, h_t), run_session(sessions["decoder"], {
+            ids_t = greedy_decode(lambda ids: dec(ids, h_t)[0], feats.shape[0], decoding)
+            ids_o = greedy_decode(CachedDecoder(sessions, h_o), feats.shape[0], decoding)
+            # Logits on the same (PyTorch's) tokens, so a token flip cannot inflate the diff: the
+            # decoder over the whole sequence, and step by step through the cache.
+            full_t = dec(ids_t, h_t)[0]
+            note("logits", full_t, run_session(sessions["decoder"], {
                 "decoder_input_ids": ids_t, "encoder_hidden_states": h_t})["logits"])
+            cached = CachedDecoder(sessions, h_t)
+            start = len(decoding["prefix"])
+            steps = [cached(ids_t[:, :start])] + [cached(ids_t[:, :t + 1])[:, -1:] for t in range(start, ids_t.shape[1])]
+            note("logits_with_past", full_t, torch.cat(steps, dim=1))
             a, b = _generated(ids_t, ids_o, len(decoding["prefix"]))
             keep = (a != -1) | (b != -1)
             preds_t.append(a[keep])

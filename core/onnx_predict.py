@@ -111,15 +111,15 @@ class _OrtEncoder:
 
 
 class OrtSeq2Seq:
-    """Whisper as an encoder graph and a decoder graph (no key/value cache: each decoding step
-    re-runs the decoder over the tokens so far), with the attributes speech-recognition's forward
-    and generate use: ``config``, ``model.encoder``, ``__call__(encoder_outputs=, decoder_input_ids=)``
+    """Whisper as encoder, decoder and decoder-with-past graphs (greedy decoding feeds one token per
+    step with the key/value cache), with the attributes speech-recognition's forward and generate use: ``config``, ``model.encoder``, ``__call__(encoder_outputs=, decoder_input_ids=)``
     and greedy ``generate``. Decoding starts from the prefix tokens recorded at export time and
     applies the checkpoint's suppressed tokens, as transformers' Whisper generate does."""
 
-    def __init__(self, encoder, decoder, config, decoding: dict[str, Any]) -> None:
-        self.config, self.decoder, self.decoding = config, decoder, decoding
-        self.model = Outputs(encoder=_OrtEncoder(encoder))
+    def __init__(self, sessions: dict, config, decoding: dict[str, Any]) -> None:
+        self.config, self.sessions, self.decoding = config, sessions, decoding
+        self.decoder = sessions["decoder"]
+        self.model = Outputs(encoder=_OrtEncoder(sessions["encoder"]))
 
     def eval(self) -> "OrtSeq2Seq":
         return self
@@ -141,8 +141,30 @@ class OrtSeq2Seq:
     def generate(self, input_features=None, encoder_outputs=None, max_new_tokens: int | None = None,
                  **_: Any) -> torch.Tensor:
         hidden = self._encode(input_features, encoder_outputs)
-        return greedy_decode(lambda ids: self.decode_step(ids, hidden), hidden.shape[0], self.decoding,
-                             max_new_tokens)
+        return greedy_decode(CachedDecoder(self.sessions, hidden), hidden.shape[0], self.decoding, max_new_tokens)
+
+
+class CachedDecoder:
+    """One utterance batch's decoding state over the exported graphs: the first call runs the
+    decoder over the prefix and keeps its caches; each later call feeds only the newest token and
+    the caches to the decoder-with-past graph. Returns logits [batch, new tokens, vocab]."""
+
+    def __init__(self, sessions: dict, hidden: torch.Tensor) -> None:
+        self.sessions, self.hidden, self.cache = sessions, hidden, None
+        outs = [o.name for o in sessions["decoder"].get_outputs()]
+        self.present = [n for n in outs if n.startswith("present.")]
+        self.cross = [n for n in outs if n.startswith("cross.")]
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.cache is None or "decoder_with_past" not in self.sessions:
+            out = run_session(self.sessions["decoder"], {"decoder_input_ids": ids, "encoder_hidden_states": self.hidden})
+            self.cache = {n: out[n] for n in self.present + self.cross}
+            return out["logits"]
+        feeds = {"decoder_input_ids": ids[:, -1:], **{n: self.cache[n] for n in self.cross},
+                 **{n.replace("present.", "past.", 1): self.cache[n] for n in self.present}}
+        out = run_session(self.sessions["decoder_with_past"], feeds)
+        self.cache.update({n: out[n] for n in self.present})
+        return out["logits"]
 
 
 def greedy_decode(step, batch: int, decoding: dict[str, Any], max_new_tokens: int | None = None) -> torch.Tensor:
@@ -191,8 +213,7 @@ def load_ort_model(export_dir: str | Path, manifest: dict[str, Any], variant: st
     if manifest["runtime"] == "seq2seq":
         from transformers import AutoConfig
 
-        return OrtSeq2Seq(sessions["encoder"], sessions["decoder"], AutoConfig.from_pretrained(export_dir),
-                          manifest["decoding"])
+        return OrtSeq2Seq(sessions, AutoConfig.from_pretrained(export_dir), manifest["decoding"])
     return OrtModel(sessions["model"], manifest["runtime"])
 
 

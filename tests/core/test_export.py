@@ -130,11 +130,16 @@ def test_image_classifier_exports_with_static_int8(tmp_path):
     assert len(predict_onnx(result.out_dir, inputs, variant="int8")) == len(inputs)
 
 
-def test_whisper_exports_encoder_and_decoder_and_transcribes_like_torch(tmp_path):
+def test_whisper_exports_with_kv_cache_and_transcribes_like_torch(tmp_path):
     run = tiny_run("speech-recognition", tmp_path)
     result = export_run(run, tmp_path / "onnx", evaluate=False)
     m = result.manifest
-    assert set(m["files"]["fp32"]) == {"encoder", "decoder"} and m["parity"]["fp32"]["passed"]
+    assert set(m["files"]["fp32"]) == {"encoder", "decoder", "decoder_with_past"} and m["parity"]["fp32"]["passed"]
+    # the cached decoder, fed one token at a time, reproduces the full-sequence PyTorch logits
+    assert m["parity"]["fp32"]["max_abs_diff"]["logits_with_past"] <= 1e-4
+    past = m["graphs"]["decoder_with_past"]
+    assert past["inputs"][:3] == ["decoder_input_ids", "past.0.key", "past.0.value"]
+    assert past["dynamic_axes"]["past.0.key"] == {"0": "batch", "2": "past_sequence"}
     assert m["parity"]["fp32"]["compared_what"] == "generated tokens" and m["parity"]["fp32"]["compared"] > 0
     # ORT greedy decoding through the task's own predict gives transformers' generate() texts.
     inputs = TASKS.get("speech-recognition").tiny_inputs(tmp_path)
