@@ -150,6 +150,21 @@ def test_jsonl_rows_and_a_mismatched_row(fixture_dir, tmp_path):
         task.build_datasets()
 
 
+def test_hub_dataset_with_class_id_tags(fixture_dir, tmp_path):
+    """A ``hub:`` source (here a local dataset folder, read by datasets.load_dataset as the Hub's are)
+    whose tags are ClassLabel ids, as conll2003's ner_tags are: they are read as their names."""
+    import datasets
+
+    features = datasets.Features({"words": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "B-LOC"]))})
+    rows = {"words": [["alice", "visited", "paris", str(i)] for i in range(20)], "ner_tags": [[1, 0, 2, 0]] * 20}
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "train.parquet"))
+    task = _task(fixture_dir, source=f"hub:{tmp_path}", tokens_column="words", label_column="ner_tags")
+    splits = task._read(f"hub:{tmp_path}", "hub")
+    assert splits["train"][0].tokens == ["alice", "visited", "paris", "0"]
+    assert splits["train"][0].tags == ["B-PER", "O", "B-LOC", "O"]
+
+
 def test_unknown_tags_error_or_drop(fixture_dir, tmp_path):
     path = tmp_path / "odd.conll"
     good = "".join(f"alice\tB-PER\nvisited\tO\nparis\tB-LOC\nnumber{i}\tO\n\n" for i in range(30))
