@@ -264,9 +264,11 @@ class TextToSpeechTask:
                 splits[name] = self._utterances(extra, report, name)
         splits = canonical_splits(splits)
         splits = split_off(splits, val_size=cfg.val_size, test_size=cfg.test_size, seed=self.seed, report=report)
+        # Capped before decoding and phonemising (a quick subset stays quick); clips dropped after
+        # that are counted in the report.
+        splits = cap_splits({k: splits[k] for k in ("train", "validation", "test")}, max_samples=cfg.max_samples,
+                            max_eval_samples=cfg.max_eval_samples, seed=self.seed, report=report)
         items = {name: self._items(splits[name], name, report) for name in ("train", "validation", "test")}
-        items = cap_splits(items, max_samples=cfg.max_samples, max_eval_samples=cfg.max_eval_samples,
-                           seed=self.seed, report=report)
         require_rows(items, cfg.source, report)
         minutes = sum(len(it["wave"]) for it in items["train"]) / self.sampling_rate / 60
         report.notes.append(f"audio resampled to {self.sampling_rate} Hz, peak-normalised; training audio "

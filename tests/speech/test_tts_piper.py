@@ -105,3 +105,32 @@ def test_mapped_voice_synthesises_what_onnxruntime_does(joe):
     ref = run_onnx(onnx_path, ids)
     assert wav.shape == ref.shape
     assert np.abs(wav - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.slow
+def test_mapped_voice_speaks_a_fixed_sentence_whisper_understands(tmp_path):
+    """Text -> espeak-ng phonemes -> mapped VitsModel -> WAV -> Whisper tiny.en -> the same words."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from omnitune.core.recipe import RegularizationConfig
+    from omnitune.speech.metrics import get_normalizer
+    from omnitune.speech.tts import TextToSpeechTask, TTSDataConfig, TTSModelConfig
+    from omnitune.speech.tts_metrics import Transcriber
+
+    if shutil.which("espeak-ng") is None:
+        subprocess.run(["bash", str(Path(__file__).resolve().parents[2] / "scripts" / "espeak.sh")], check=True)
+    task = TextToSpeechTask(model=TTSModelConfig(name="asset:joe-piper-voice"),
+                            data=TTSDataConfig(source=str(tmp_path)), regularization=RegularizationConfig(), seed=0)
+    model = task.build_model().eval()
+    sentence = "Please enter your password, followed by the pound key."
+    [out] = task.predict(model, [sentence])
+    assert out["wav"].endswith(".wav") and 2.0 < out["seconds"] < 6.0
+    import soundfile as sf
+
+    wave, sr = sf.read(out["wav"], dtype="float32")
+    assert sr == 22050
+    [heard] = Transcriber()([wave], sr)
+    norm = get_normalizer("whisper_english")
+    assert norm(heard) == norm(sentence), heard
