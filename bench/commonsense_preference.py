@@ -8,9 +8,10 @@ answered right when its correct option ("B. bookstore", rendered in the chat tem
 question and its lettered options) has the highest summed log-probability of all its options.
 
 The training runs are the shipped recipes cut to ``--steps`` optimiser steps (a CPU-sized
-subsample: the recipes as shipped train longer), each in its own process; the memory comparison
-runs the DPO recipe for a few steps with ``finetune.reference`` auto (LoRA: adapter off) and copy,
-each in a fresh process, and reads its peak RSS.
+subsample: the recipes as shipped train longer; SFT is a causal-lm LoRA run on the DPO training
+pairs' correct answers); the memory comparison runs the DPO recipe for a few steps with
+``finetune.reference`` auto (LoRA: adapter off) and copy, each in a fresh process, and reads its
+peak RSS (ru_maxrss).
 
     nice -n 5 .venv/bin/python bench/commonsense_preference.py --questions 100 --steps 30 \
         --out /tmp/commonsense_preference.json
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import resource
 import subprocess
 import sys
@@ -47,7 +49,9 @@ def held_out_questions(n: int):
     for name in pdata.expand(["commonsense"]):
         for q in pdata.load_questions(folder / pdata.BUILDER_FILES[name], name):
             by_prompt[q.prompt] = q
-    test = [by_prompt[r["prompt"]] for r in bundle.test.rows][:n]
+    test = [by_prompt[r["prompt"]] for r in bundle.test.rows]
+    # a seeded subsample across the four sets (the split keeps the sets in order)
+    test = [test[i] for i in sorted(random.Random(0).sample(range(len(test)), min(n, len(test))))]
     return task, bundle, test
 
 
@@ -126,11 +130,13 @@ print("RESULT " + json.dumps({{"peak_rss_mb": resource.getrusage(resource.RUSAGE
 """
 
 
-def memory_compare(steps: int, out_dir: str, threads: int) -> dict:
+def memory_compare(steps: int, out_dir: str, threads: int, batch_size: int | None) -> dict:
     out = {}
     for reference in ("auto", "copy"):
         overrides = {"finetune.reference": reference, "train.max_steps": steps, "data.max_eval_samples": 8,
                      "eval.baseline": False, "output.dir": out_dir, "train.save_checkpoints": False}
+        if batch_size:
+            overrides["train.batch_size"] = batch_size
         code = MEMORY_CHILD.format(threads=threads, recipe=DPO, overrides=overrides)
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -148,18 +154,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="optimiser steps of each training run")
     ap.add_argument("--memory-steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: sft dpo rloo memory")
+    ap.add_argument("--batch-size", type=int, default=None, help="train.batch_size of every run (None: the recipes')")
+    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: zero_shot sft dpo rloo memory (a part "
+                    "skipped keeps its result from an earlier --out file)")
     ap.add_argument("--out", default="/tmp/commonsense_preference.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
     from omnitune.core import assets
+    from omnitune.core.recipe import validate_recipe
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     report: dict = {"machine": {"cpu": cpu, "cores": torch.get_num_threads(), "python": platform.python_version(),
                                 "torch": torch.__version__, "note": "shared with other jobs"},
                     "settings": vars(args)}
+    if Path(args.out).is_file():  # parts skipped now keep their earlier results
+        earlier = json.loads(Path(args.out).read_text())
+        report.update({k: v for k, v in earlier.items() if k in args.skip or k == "reference_memory" and "memory" in args.skip})
     work = Path(tempfile.mkdtemp(prefix="prefbench-"))
     runs = str(work / "runs")
     task, bundle, questions = held_out_questions(args.questions)
@@ -167,32 +179,38 @@ def main() -> None:
     def save():
         Path(args.out).write_text(json.dumps(report, indent=1))
 
-    t0 = time.perf_counter()
-    base = AutoModelForCausalLM.from_pretrained(assets.resolve("asset:smollm2-135m"), dtype=torch.float32)
-    report["zero_shot"] = {**option_accuracy(task, base, questions), "eval_s": round(time.perf_counter() - t0, 1)}
-    print("zero-shot", report["zero_shot"], flush=True)
-    save()
-    del base
+    if "zero_shot" not in args.skip:
+        t0 = time.perf_counter()
+        base = AutoModelForCausalLM.from_pretrained(assets.resolve("asset:smollm2-135m"), dtype=torch.float32)
+        report["zero_shot"] = {**option_accuracy(task, base, questions), "eval_s": round(time.perf_counter() - t0, 1)}
+        print("zero-shot", report["zero_shot"], flush=True)
+        save()
+        del base
 
-    common = {"train.max_steps": args.steps, "data.max_eval_samples": 32, "eval.baseline": False,
-              "output.dir": runs, "train.threads": args.threads}
+    common = {"train.max_steps": args.steps, "data.max_eval_samples": 16, "eval.baseline": False,
+              "output.dir": runs, "train.threads": args.threads, "train.save_checkpoints": False}
+    if args.batch_size:
+        common["train.batch_size"] = args.batch_size
     parts = {
-        "sft": lambda: _train(sft_recipe(task, bundle, work, args.steps, runs), {"train.threads": args.threads}),
+        "sft": lambda: _train(validate_recipe(sft_recipe(task, bundle, work, args.steps, runs)),
+                              {k: v for k, v in common.items() if k != "eval.baseline"}),
         "dpo": lambda: _train(DPO, common),
         "rloo": lambda: _train(RLOO, common),
     }
-    for name, run in parts.items():
+    for name in ("dpo", "memory", "rloo", "sft"):  # the cheapest answers first: the machine is shared
         if name in args.skip:
             continue
-        info = run()
+        if name == "memory":
+            report["reference_memory"] = memory_compare(args.memory_steps, runs, args.threads, args.batch_size)
+            print("memory", report["reference_memory"], flush=True)
+            save()
+            continue
+        info = parts[name]()
         model = _run_model(info["run_dir"])
         info["option_accuracy"] = option_accuracy(task, model, questions)
         report[name] = info
         print(name, info, flush=True)
         save()
-    if "memory" not in args.skip:
-        report["reference_memory"] = memory_compare(args.memory_steps, runs, args.threads)
-        print("memory", report["reference_memory"], flush=True)
     report["peak_rss_mb_this_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     save()
     print(json.dumps(report, indent=1))
