@@ -115,5 +115,6 @@ def read_quac(path: str | Path, keep_unanswerable: bool):
                              "answers": {"text": texts, "answer_start": starts}})
                 stats.kept += 1
     if not rows:
-        raise DataError(f"{path}: no QuAC question kept (read {stats.questions} questions in {stats.passages} passages)")
+        raise DataError(f"{path}: no QuAC question kept (read {stats.questions} questions in "
+                        f"{stats.passages} passages)")
     return pd.DataFrame(rows), stats

@@ -181,7 +181,8 @@ def question_fits(tokenizer, question: str, max_length: int, doc_stride: int) ->
 
 
 def best_answers(start_logits: torch.Tensor, end_logits: torch.Tensor, offsets: torch.Tensor,
-                 cls_index: torch.Tensor, n_best: int, max_answer_length: int) -> tuple[list[tuple[float, int, int]], float]:
+                 cls_index: torch.Tensor, n_best: int,
+                 max_answer_length: int) -> tuple[list[tuple[float, int, int]], float]:
     """The n best spans of one question over its windows, best first, as (score, char start, char
     end), score = start logit + end logit; and the no-answer score (the lowest [CLS] score of its
     windows, as run_qa.py). ``offsets`` (windows, tokens, 2) is -1 outside the context."""
@@ -255,7 +256,7 @@ class QuestionAnsweringTask:
         self.model_cfg, self.data_cfg, self.seed = model, data, seed
         self.label_names: list[str] | None = None  # no label set: the answer space is the context
         self._tokenizer = None
-        self._quac_stats: list = []  # (source, QuacStats) of the QuAC files read, for the data report
+        self._quac_stats: list = []  # (split, source, QuacStats) of the QuAC files read, for the data report
 
     # ------------------------------------------------------------------ model
     @property
@@ -291,7 +292,8 @@ class QuestionAnsweringTask:
             finally:
                 hf_logging.set_verbosity(verbosity)
         except (OSError, ValueError) as exc:
-            raise OmnituneError(f"model.name: cannot load {self.model_cfg.name!r} for question answering ({exc})") from None
+            raise OmnituneError(f"model.name: cannot load {self.model_cfg.name!r} for question answering "
+                                f"({exc})") from None
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         """Embeddings, each encoder block, then the head (the start/end projection), found as for
@@ -301,14 +303,15 @@ class QuestionAnsweringTask:
         return TextClassificationTask.layer_groups(self, model)  # uses the model alone
 
     # ------------------------------------------------------------------ data
-    def _read(self, source: str) -> dict[str, Any]:
-        """{"train"[, "validation", "test"]: raw frame} of one source (a file, folder or hub:)."""
+    def _read(self, source: str, split: str) -> dict[str, Any]:
+        """{"train"[, "validation", "test"]: raw frame} of one source (a file, folder or hub:);
+        ``split``: what the source is read for (the data report's split for QuAC's counts)."""
         path = assets.resolve(source)
         if self.data_cfg.format == "quac":
             from .quac import read_quac
 
             frame, stats = read_quac(path, keep_unanswerable=self.data_cfg.unanswerable)
-            self._quac_stats.append((source, stats))
+            self._quac_stats.append((split, source, stats))
             return {"train": frame}
         return tdata.load_splits(path, None, None)
 
@@ -325,13 +328,15 @@ class QuestionAnsweringTask:
         for i, row in enumerate(df.to_dict("records")):
             context, question = row[d.context_column], row[d.question_column]
             rid = str(row[d.id_column]) if d.id_column in row else f"{split}-{i}"
-            if not isinstance(context, str) or not context.strip() or not isinstance(question, str) or not question.strip():
+            usable = isinstance(context, str) and isinstance(question, str)
+            if not usable or not context.strip() or not question.strip():
                 empty.append(f"row {i}")
                 continue
             cell = f"{where} row {i} ({rid})"
             if d.answer_text_column:
                 text, start = row[d.answer_text_column], row[d.answer_start_column]
-                given = ([], []) if text is None or (isinstance(text, float) and math.isnan(text)) else ([text], [start])
+                missing = text is None or (isinstance(text, float) and math.isnan(text))
+                given = ([], []) if missing else ([text], [start])
             else:
                 given = parse_answers(row[d.answers_column], cell)
             texts, starts = [], []
@@ -397,24 +402,27 @@ class QuestionAnsweringTask:
         tokens = np.asarray([sum(len(w.input_ids) for w in ws) for ws in windows])
         if len(counts):
             longer = int((counts > 1).sum())
-            outside = sum(1 for ws, span in zip(windows, spans) if span is not None and not any(w.has_answer for w in ws))
+            outside = sum(1 for ws, span in zip(windows, spans)
+                          if span is not None and not any(w.has_answer for w in ws))
             report.notes.append(
-                f"{split}: {longer} of {len(counts)} questions need more than one window of {self.model_cfg.max_length} "
+                f"{split}: {longer} of {len(counts)} questions need more than one window of "
+                f"{self.model_cfg.max_length} "
                 f"tokens (stride {self.model_cfg.doc_stride}; nothing truncated); windows per question median "
                 f"{int(np.median(counts))}, max {int(counts.max())}; tokens over all windows median "
                 f"{int(np.median(tokens))}, p95 {int(np.percentile(tokens, 95))}, max {int(tokens.max())}"
-                + (f"; {outside} answers fit in no window (longer than the stride) and train towards [CLS]" if outside else ""))
+                + (f"; {outside} answers fit in no window (longer than the stride) and train towards [CLS]"
+                   if outside else ""))
         return _QADataset(df["id"].tolist(), df["question"].tolist(), df["context"].tolist(), texts, windows)
 
     def build_datasets(self) -> DataBundle:
         d = self.data_cfg
         report = DataReport(source=d.source)
         self._quac_stats = []
-        splits = self._read(d.source)
+        splits = self._read(d.source, "train")
         where = {s: d.source for s in splits}
         for split, source in (("validation", d.validation_source), ("test", d.test_source)):
             if source:
-                splits[split] = self._read(source)["train"]
+                splits[split] = self._read(source, split)["train"]
                 where[split] = source
         self._note_quac(report)
         splits = {s: self._examples(df, s, where[s], report) for s, df in splits.items()}
@@ -432,24 +440,24 @@ class QuestionAnsweringTask:
                           report=report, label_names=None, train_lengths=train.lengths())
 
     def _note_quac(self, report: DataReport) -> None:
-        for source, st in self._quac_stats:
-            report.drop("train" if source == self.data_cfg.source else "eval",
-                        "QuAC answers not recovered as passage spans", len(st.not_recovered), st.not_recovered)
+        for split, source, st in self._quac_stats:
+            report.drop(split, "QuAC answers not recovered as passage spans", len(st.not_recovered), st.not_recovered)
             if not self.data_cfg.unanswerable:
-                report.drop("train" if source == self.data_cfg.source else "eval",
-                            "QuAC first answer CANNOTANSWER (data.unanswerable is false)", st.unanswerable)
+                report.drop(split, "QuAC first answer CANNOTANSWER (data.unanswerable is false)", st.unanswerable)
             report.notes.append(
                 f"{source}: QuAC, {st.passages} passages, {st.questions} questions; first answer found verbatim in the "
                 f"passage for {st.questions - st.unanswerable - len(st.not_recovered)} "
                 f"({(st.questions - st.unanswerable - len(st.not_recovered)) / max(1, st.questions):.1%}); "
-                f"{st.unanswerable} CANNOTANSWER ({'kept as unanswerable' if self.data_cfg.unanswerable else 'dropped'}), "
-                f"{len(st.not_recovered)} not recovered (dropped); {st.kept} questions kept; {st.ambiguous_start} first "
+                f"{st.unanswerable} CANNOTANSWER "
+                f"({'kept as unanswerable' if self.data_cfg.unanswerable else 'dropped'}), "
+                f"{len(st.not_recovered)} not recovered (dropped); {st.kept} questions kept; "
+                f"{st.ambiguous_start} first "
                 "answers occur more than once in their passage (the first occurrence is used)")
 
     def load_eval_dataset(self, source: str, label_names: list[str] | None) -> tuple[Any, DataReport]:
         report = DataReport(source=source)
         self._quac_stats = []
-        raw = self._read(source)
+        raw = self._read(source, "eval")
         frame = raw.get("test", raw["train"])
         self._note_quac(report)
         df = self._examples(frame, "eval", source, report)
@@ -613,8 +621,10 @@ class QuestionAnsweringTask:
         device = next(model.parameters()).device
         samples = [{"windows": ws, "context": c, "references": [], "index": i}
                    for i, (ws, (_, c)) in enumerate(zip(windows, pairs))]
-        batch = self.collate(samples)
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        answers = self._answers(batch, self.forward(model, batch, train=False)["outputs"])
+        answers = []
+        for first in range(0, len(samples), 8):  # a few questions at a time: long contexts bring many windows
+            batch = self.collate(samples[first:first + 8])
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            answers += self._answers(batch, self.forward(model, batch, train=False)["outputs"])
         return [{"input": t, "answer": a["answer"], "score": a["score"], "start": a["start"], "end": a["end"]}
                 for t, a in zip(inputs, answers)]

@@ -204,7 +204,8 @@ def test_quac_source_report_and_split_by_passage(qa_folder, tmp_path):
     for i in range(20):  # 20 passages x 2 questions, one of them unanswerable
         lines.append({"passage": f"the film {i} was good and the plot was dull",
                       "question": "question1: which word is positive ?\nquestion2: which word is negative ?",
-                      "answer": "possible answers for question1:\ngood good\npossible answers for question2:\nCANNOTANSWER"})
+                      "answer": ("possible answers for question1:\ngood good\n"
+                                 "possible answers for question2:\nCANNOTANSWER")})
     path = write_jsonl(tmp_path / "quac.jsonl", lines)
     raw = _recipe(qa_folder, path, format="quac")
     raw["data"].update(val_size=0.2, test_size=0.2)
