@@ -242,6 +242,12 @@ def piper_to_vits(voice: str | Path = DEFAULT_VOICE):
         if tuple(own[name].shape) != tuple(value.shape):
             raise ValueError(f"{onnx_path}: {name} has shape {tuple(value.shape)}, VitsModel wants {tuple(own[name].shape)}")
     model.load_state_dict(state, strict=False)
+    # The fresh posterior encoder starts at q(z|x) = N(0, 1) (zero output projection): with
+    # transformers' Kaiming init its log-variances start large and the KL term in the hundreds of
+    # thousands, which would swamp the pretrained prior once it unfreezes.
+    with torch.no_grad():
+        model.posterior_encoder.conv_proj.weight.zero_()
+        model.posterior_encoder.conv_proj.bias.zero_()
     fresh = sorted(n for n in own if n not in state)
     return model, meta, fresh
 
