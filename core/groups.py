@@ -241,9 +241,11 @@ def _f(v: Any) -> str:
 
 def groups_md(result: dict[str, Any], chart: str | None = None) -> str:
     """Markdown: one table per group column (every metric, count, flag), gaps, the fairness view."""
-    metrics = [k for k in result["overall"] if k not in ("count", "flagged")]
+    # Micro and weighted averages repeat accuracy or the macro view; metrics.json keeps them all.
+    metrics = [k for k in result["overall"] if k not in ("count", "flagged")
+               and not k.endswith(("_micro", "_weighted"))]
     lines = [f"Evaluation table `{result['source']}`; groups with fewer than {result['min_count']} samples are "
-             "flagged ⚠ (kept, but their metrics are noisy).", ""]
+             "flagged ⚠ (kept, but their metrics are noisy). Micro/weighted averages are in metrics.json.", ""]
 
     def table(title: str, groups: dict[str, dict]) -> list[str]:
         rows = [f"**{title}**", "", "| group | count | " + " | ".join(metrics) + " |",
