@@ -411,8 +411,8 @@ class Seq2SeqTask:
         pairs = [(p, r) for p, r in zip(predictions, references) if p["text"] is not None]
         key = hash(tuple(references))
         self._generations.setdefault(key, []).append([p["text"] for p in predictions])
-        if not pairs:
-            return {name: 0.0 for name in METRICS}
+        if not pairs:  # nothing of this split is in the generation subset
+            return {**{name: 0.0 for name in METRICS}, "gen_samples": 0.0}
         hyps, refs = [p["text"] for p, _ in pairs], [r for _, r in pairs]
         out = {name: compute_metric(name, hyps, refs) for name in METRICS if name != "gen_len"}
         out["gen_len"] = compute_metric("gen_len", [p["tokens"] for p, _ in pairs], refs)
