@@ -5,7 +5,7 @@ A short run of the shipped ``text/minilm-rotten-tomatoes`` recipe (``--steps`` o
 the bundled MiniLM-L6 and Rotten Tomatoes assets), then its export. Every figure comes from the
 one process, so the ratios hold even on a machine shared with other jobs.
 
-    python bench/export_latency.py --steps 150            # about 5-10 min on 2 shared CPU cores
+    python bench/export_latency.py --steps 60 --max-eval-samples 500   # a few minutes on 2 idle CPU cores
     python bench/export_latency.py --run runs/RUN_DIR     # export an existing run instead
 """
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--recipe", default="text/minilm-rotten-tomatoes")
     parser.add_argument("--steps", type=int, default=150, help="optimiser steps of the short training run")
     parser.add_argument("--run", help="export this finished run instead of training one")
+    parser.add_argument("--max-eval-samples", type=int, help="cap the validation and test splits (data.max_eval_samples)")
     parser.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads (same for both)")
     parser.add_argument("--out", default="runs", help="folder for the run")
     args = parser.parse_args(argv)
@@ -37,9 +38,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.run:
         run_dir, train_s = Path(args.run), 0.0
     else:
-        run_dir = omnitune.train(args.recipe, {"train.max_steps": args.steps, "output.dir": args.out,
-                                               "output.run_name": f"export-bench-{datetime.now():%Y%m%d-%H%M%S}",
-                                               "train.threads": args.threads}).run_dir
+        overrides = {"train.max_steps": args.steps, "output.dir": args.out, "train.threads": args.threads,
+                     "output.run_name": f"export-bench-{datetime.now():%Y%m%d-%H%M%S}"}
+        if args.max_eval_samples:
+            overrides["data.max_eval_samples"] = args.max_eval_samples
+        run_dir = omnitune.train(args.recipe, overrides).run_dir
         train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     result = api.export(run_dir, quantize="int8")

@@ -323,7 +323,8 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
                    steps=state.step, epochs_completed=state.epoch)
     from .diagnosis import diagnose
 
-    metrics["diagnosis"] = diagnose(state.history, metric, mode)  # read from the run's own curves
+    metrics["diagnosis"] = diagnose(state.history, metric, mode, strategy=rec.finetune.strategy,
+                                    peft=rec.finetune.peft is not None)  # read from the run's own curves
     trainable, total = peft_lib.trainable_share(model)
     metrics["parameters"] = {"trainable": trainable, "total": total, "trainable_share": round(trainable / total, 6),
                              "peft": rec.finetune.peft.method if rec.finetune.peft else None}
@@ -527,20 +528,25 @@ def predict(run_dir: str | Path, inputs: list[str], adapter: str | None = None) 
 
 
 def export(run_dir: str | Path, out_dir: str | Path | None = None, *, format: str = "onnx",
-           quantize: str | None = None, adapter: str | None = None, **options: Any):
+           quantize: str | None = None, adapter: str | None = None, all_adapters: bool = False, **options: Any):
     """Export a finished run's model (an adapter merged into its base first) to ONNX, check parity
     against PyTorch on the run's validation samples, optionally quantise to int8, and write the
-    export report (see core/export.py); returns the export folder and its manifest."""
-    from .export import export_run
+    export report (see core/export.py); returns the export folder and its manifest.
+    ``all_adapters``: an adapter library as the base graph plus one weights file per adapter."""
+    from .export import export_adapters, export_run
 
+    if all_adapters:
+        return export_adapters(run_dir, out_dir, **{k: v for k, v in options.items() if k in ("atol", "opset")})
     return export_run(run_dir, out_dir, fmt=format, quantize=quantize, adapter=adapter, **options)
 
 
-def predict_onnx(export_dir: str | Path, inputs: list[str], variant: str = "fp32") -> list[dict[str, Any]]:
-    """Predictions of an exported model (``omnitune export``) with ONNX Runtime, torch-free in the model."""
+def predict_onnx(export_dir: str | Path, inputs: list[str], variant: str = "fp32",
+                 adapter: str | None = None) -> list[dict[str, Any]]:
+    """Predictions of an exported model (``omnitune export``) with ONNX Runtime; ``adapter`` picks
+    one adapter of an ``--all-adapters`` export."""
     from .onnx_predict import predict_onnx as run
 
-    return run(export_dir, inputs, variant)
+    return run(export_dir, inputs, variant, adapter)
 
 
 def tune(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str] | None = None, *,

@@ -66,7 +66,7 @@ def _cmd_predict(args) -> int:
         inputs = ([args.run_dir] if args.run_dir else []) + inputs
         if not inputs:
             raise SystemExit("omnitune predict --onnx EXPORT_DIR: give INPUT arguments or --file")
-        for row in predict_onnx(args.onnx, inputs, variant="int8" if args.int8 else "fp32"):
+        for row in predict_onnx(args.onnx, inputs, variant="int8" if args.int8 else "fp32", adapter=args.adapter):
             print(json.dumps(row))
         return 0
     if not args.run_dir:
@@ -90,10 +90,15 @@ def _cmd_chat(args) -> int:
 def _cmd_export(args) -> int:
     from .api import export
 
-    result = export(args.run_dir, args.out, format=args.format, quantize=args.quantize, adapter=args.adapter,
-                    atol=args.atol, int8_min_agreement=args.int8_min_agreement, evaluate=not args.no_eval)
+    if args.all_adapters:
+        if args.quantize or args.adapter:
+            raise SystemExit("omnitune export --all-adapters: exports every adapter in fp32 (no --quantize/--adapter)")
+        result = export(args.run_dir, args.out, all_adapters=True, atol=args.atol)
+    else:
+        result = export(args.run_dir, args.out, format=args.format, quantize=args.quantize, adapter=args.adapter,
+                        atol=args.atol, int8_min_agreement=args.int8_min_agreement, evaluate=not args.no_eval)
     for variant, p in result.manifest["parity"].items():
-        print(f"parity onnx-{variant}: max abs diff {p['max_abs_diff_all']:.3g}, {p['compared_what']} agree "
+        print(f"parity {variant if args.all_adapters else 'onnx-' + variant}: max abs diff {p['max_abs_diff_all']:.3g}, {p['compared_what']} agree "
               f"{p['agreement']:.2%} on {p['samples']} validation samples")
     for row in result.report.get("rows", []):
         metric = result.report["main_metric"]
@@ -253,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-min-agreement", type=float, default=0.9,
                    help="parity: least share of int8 predictions equal to PyTorch's (default 0.9)")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split metrics and latency report")
+    p.add_argument("--all-adapters", action="store_true",
+                   help="an adapter library: the base graph once plus each adapter's weights, switched at load time")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("chat", help="chat in the terminal with a run's model, a model folder or asset:NAME")

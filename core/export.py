@@ -235,7 +235,7 @@ def _modules_and_examples(spec: ExportSpec, model: nn.Module, batch: dict[str, A
 
 
 def _export_graph(graph: Graph, module: nn.Module, names: tuple[str, ...], example: tuple, path: Path,
-                  opset: int) -> dict[str, Any]:
+                  opset: int, fold: bool = True) -> dict[str, Any]:
     import warnings
 
     axes = {k: v for k, v in graph.axes.items() if k in names or k in graph.outputs}
@@ -244,7 +244,7 @@ def _export_graph(graph: Graph, module: nn.Module, names: tuple[str, ...], examp
         # Python booleans: the parity check below is what tells whether the trace generalises.
         warnings.simplefilter("ignore")
         torch.onnx.export(module, example, str(path), input_names=list(names), output_names=list(graph.outputs),
-                          dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+                          dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=fold)
     module.eval()  # the exporter restores the training flag it found; keep evaluating in eval mode
     import onnx
 
@@ -607,3 +607,125 @@ def write_export_report(out: Path, report: dict[str, Any], manifest: dict[str, A
     fig.tight_layout()
     fig.savefig(out / "export_report.png", dpi=110)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- adapter libraries
+def adapter_tensors(module: nn.Module, graph_names: set[str], exported: str, name: str) -> dict[str, Any]:
+    """Adapter ``name``'s weights under the initializer names the graph gave adapter ``exported``'s
+    (peft names each adapter's parameters ``...lora_A.<adapter>.weight``, ``modules_to_save.<adapter>...``)."""
+    params = dict(module.named_parameters())
+    out = {}
+    for pname in params:
+        if f".{exported}." in pname and pname in graph_names:
+            own = pname.replace(f".{exported}.", f".{name}.")
+            if own not in params:
+                raise OmnituneError(f"adapter {name!r} has no {own} (adapters of one export must share targets)")
+            out[pname] = params[own].detach().cpu().float().contiguous().numpy()
+    return out
+
+
+def _weights_to_inputs(path: Path, names: set[str]) -> set[str]:
+    """Turn the initializers named ``names`` into float graph inputs of the same shape; returns them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.load(str(path))
+    moved = [i for i in m.graph.initializer if i.name in names]
+    for init in moved:
+        m.graph.initializer.remove(init)
+        m.graph.input.append(helper.make_tensor_value_info(init.name, TensorProto.FLOAT, list(init.dims)))
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return {i.name for i in moved}
+
+
+def export_adapters(source: str | Path, out_dir: str | Path | None = None, *, opset: int = OPSET,
+                    atol: float = DEFAULT_ATOL, min_agreement: float = DEFAULT_MIN_AGREEMENT,
+                    parity_samples: int = 32) -> ExportResult:
+    """An adapter library (or a PEFT run) as one ONNX graph of the base with the first adapter,
+    plus one weights file per adapter (``adapters/<name>.safetensors``: its LoRA matrices and head
+    under the graph's initializer names), switched at session creation in ONNX Runtime (Olive's
+    generate-adapter idea). Parity is checked per adapter against PyTorch with that adapter active.
+    The adapters must share targets, rank and alpha: the LoRA scale is a constant of the graph."""
+    import onnx
+    import onnxruntime
+    from safetensors.numpy import save_file
+
+    from . import peft as peft_lib
+    from .api import MODEL_DIR, RECIPE_FILE, _load_run
+    from .recipe import read_yaml
+    from .report import write_json
+
+    source = Path(source)
+    if not (source / RECIPE_FILE).is_file():
+        raise OmnituneError(f"{source}: not a run folder or adapter library (no {RECIPE_FILE})")
+    spec = export_spec(read_yaml(source / RECIPE_FILE).get("task", ""))
+    if spec.runtime == "seq2seq":
+        raise OmnituneError("omnitune export --all-adapters: one-graph tasks only (not the Whisper encoder/decoder)")
+    rec, task, model = _load_run(source)
+    if not peft_lib.is_adapter_wrapper(model) or not hasattr(model, "peft_config"):
+        raise OmnituneError(f"{source}: no peft adapters to export one by one (use plain `omnitune export`)")
+    names = list(model.peft_config)
+    shape = {n: (sorted(model.peft_config[n].target_modules or []), getattr(model.peft_config[n], "r", None),
+                 getattr(model.peft_config[n], "lora_alpha", None)) for n in names}
+    if len({repr(v) for v in shape.values()}) > 1:
+        raise OmnituneError(f"{source}: adapters differ in targets, rank or alpha ({shape}); export them one at a time")
+    first = names[0]
+    peft_lib.switch_adapter(model, first)
+    model.eval()
+    out = Path(out_dir) if out_dir else source / "export-onnx-adapters"
+    (out / "adapters").mkdir(parents=True, exist_ok=True)
+    bundle = task.build_datasets()
+    example = task.collate([bundle.validation[i] for i in range(min(2, len(bundle.validation)))])
+    parts = _modules_and_examples(spec, peft_lib.task_model(model), example, None)
+    (graph, module, used, args), = parts
+    # The exported adapter's weights are traced as distinct random values (the exporter merges
+    # initializers of equal value, e.g. untrained zero LoRA B matrices, which could not then be
+    # swapped one by one), without constant folding (each stays named after its parameter), and
+    # become graph inputs that each adapter's weights file feeds.
+    own = {n: p for n, p in module.named_parameters() if f".{first}." in n}
+    saved = {n: p.detach().clone() for n, p in own.items()}
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in own.values():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    try:
+        info = _export_graph(graph, module, used, args, out / "model.onnx", opset, fold=False)
+    finally:
+        with torch.no_grad():
+            for n, p in own.items():
+                p.copy_(saved[n])
+    graph_names = _weights_to_inputs(out / "model.onnx", set(own))
+    _copy_support_files(source / MODEL_DIR, out)
+    shutil.copy2(source / RECIPE_FILE, out / RECIPE)
+    adapters = {}
+    for name in names:
+        tensors = adapter_tensors(module, graph_names, first, name)
+        save_file(tensors, str(out / "adapters" / f"{name}.safetensors"))
+        adapters[name] = {"file": f"adapters/{name}.safetensors", "tensors": len(tensors),
+                          "bytes": (out / "adapters" / f"{name}.safetensors").stat().st_size}
+    manifest: dict[str, Any] = {
+        "format": "onnx", "task": rec.task, "runtime": spec.runtime, "note": spec.note, "opset": opset,
+        "exporter": "torch.onnx.export (TorchScript, dynamo=False), no constant folding", "source_run": str(source.resolve()),
+        "recipe": rec.name, "base_model": rec.model.name, "adapter_merged": False, "adapter": first,
+        "graphs": {"model": info}, "files": {"fp32": {"model": "model.onnx"}}, "decoding": None,
+        "adapters": adapters, "default_adapter": first, "quantization": None,
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__},
+        "tolerance": {"atol": atol, "min_agreement": min_agreement}, "parity": {}}
+    batches = _first_batches(task, bundle.validation, parity_samples, 8)
+    failures = []
+    from .onnx_predict import adapter_session
+
+    for name in names:
+        peft_lib.switch_adapter(model, name)
+        result = parity(spec, parts, {"model": adapter_session(out, manifest, name)}, batches, None)
+        bad = parity_problems(result, "fp32", atol, min_agreement, min_agreement)
+        result["passed"] = not bad
+        manifest["parity"][name] = result
+        if bad:
+            failures.append(f"adapter {name}: " + " and ".join(bad))
+    write_json(out / MANIFEST, manifest)
+    if failures:
+        raise OmnituneError(f"omnitune export: adapter parity failed against PyTorch: {'; '.join(failures)} "
+                            f"(kept in {out} for inspection)")
+    return ExportResult(out, manifest)

@@ -50,6 +50,35 @@ def session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+class AdapterSession:
+    """The base graph of a multi-adapter export with one adapter's weights fed as the graph inputs
+    that hold them (inputs, not initializers: ORT would fold initializers at load time). Looks like
+    an ORT session whose inputs are the task's own."""
+
+    def __init__(self, sess, weights: dict[str, np.ndarray]) -> None:
+        self.session, self.weights = sess, weights
+
+    def get_inputs(self):
+        return [i for i in self.session.get_inputs() if i.name not in self.weights]
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+    def run(self, names, feeds):
+        return self.session.run(names, {**feeds, **self.weights})
+
+
+def adapter_session(export_dir: Path, manifest: dict[str, Any], name: str) -> AdapterSession:
+    """The exported base graph with adapter ``name``'s weights."""
+    from safetensors.numpy import load_file
+
+    adapters = manifest.get("adapters") or {}
+    if name not in adapters:
+        raise OmnituneError(f"{export_dir}: no adapter {name!r} in this export (adapters: {', '.join(adapters) or 'none'})")
+    return AdapterSession(session(Path(export_dir) / manifest["files"]["fp32"]["model"]),
+                          load_file(str(Path(export_dir) / adapters[name]["file"])))
+
+
 def _to_numpy(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
@@ -202,9 +231,16 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_ort_model(export_dir: str | Path, manifest: dict[str, Any], variant: str = "fp32"):
-    """The exported graphs of ``variant`` (fp32 or int8) behind the task-facing wrapper."""
+def load_ort_model(export_dir: str | Path, manifest: dict[str, Any], variant: str = "fp32", adapter: str | None = None):
+    """The exported graphs of ``variant`` (fp32 or int8) behind the task-facing wrapper; with
+    ``adapter``, that adapter of a multi-adapter export."""
     export_dir = Path(export_dir)
+    if adapter is not None or manifest.get("adapters"):
+        name = adapter or manifest["default_adapter"]
+        if not manifest.get("adapters"):
+            raise OmnituneError(f"{export_dir}: exported with one adapter merged; --adapter needs an export "
+                                "made with --all-adapters")
+        return OrtModel(adapter_session(export_dir, manifest, name), manifest["runtime"])
     files = manifest["files"].get(variant)
     if not files:
         raise OmnituneError(f"{export_dir}: no {variant} model in this export"
@@ -217,7 +253,7 @@ def load_ort_model(export_dir: str | Path, manifest: dict[str, Any], variant: st
     return OrtModel(sessions["model"], manifest["runtime"])
 
 
-def load_export(export_dir: str | Path, variant: str = "fp32"):
+def load_export(export_dir: str | Path, variant: str = "fp32", adapter: str | None = None):
     """(recipe, task, ORT model) of an export folder alone: the task is rebuilt from the copied
     recipe and restored from the copied tokenizer/processor and labels."""
     from .api import build_task
@@ -228,11 +264,12 @@ def load_export(export_dir: str | Path, variant: str = "fp32"):
     rec = validate_recipe(read_yaml(export_dir / RECIPE), where=str(export_dir / RECIPE))
     task = build_task(rec)
     task.restore(export_dir)
-    return rec, task, load_ort_model(export_dir, manifest, variant)
+    return rec, task, load_ort_model(export_dir, manifest, variant, adapter)
 
 
-def predict_onnx(export_dir: str | Path, inputs: list[str], variant: str = "fp32") -> list[dict[str, Any]]:
+def predict_onnx(export_dir: str | Path, inputs: list[str], variant: str = "fp32",
+                 adapter: str | None = None) -> list[dict[str, Any]]:
     """Predictions of an exported model for raw inputs, in the format of ``omnitune predict``."""
-    _, task, model = load_export(export_dir, variant)
+    _, task, model = load_export(export_dir, variant, adapter)
     with torch.no_grad():
         return task.predict(model, list(inputs))

@@ -20,13 +20,14 @@ from omnitune.core.onnx_predict import MANIFEST, predict_onnx, session
 from omnitune.core.registry import TASKS
 
 
-def tiny_run(task_name: str, folder: Path, *, lora: bool = False, steps: int = 2) -> Path:
+def tiny_run(task_name: str, folder: Path, *, lora: bool = False, steps: int = 2, lr: float | None = None,
+             name: str | None = None, r: int = 4) -> Path:
     """A finished run of the task's tiny recipe (a couple of optimiser steps)."""
     raw = TASKS.get(task_name).tiny_recipe(folder)
-    raw["train"] = {**raw.get("train", {}), "max_steps": steps, "epochs": 1}
-    raw["output"] = {"dir": str(folder / "runs"), "run_name": "lora" if lora else "full"}
+    raw["train"] = {**raw.get("train", {}), "max_steps": steps, "epochs": 1, **({"lr": lr} if lr else {})}
+    raw["output"] = {"dir": str(folder / "runs"), "run_name": name or ("lora" if lora else "full")}
     if lora:
-        raw["finetune"] = {"peft": {"method": "lora", "r": 4, "alpha": 8}}
+        raw["finetune"] = {"peft": {"method": "lora", "r": r, "alpha": 2 * r}}
     return api.train(api.validate_recipe(raw, where=f"tiny {task_name}")).run_dir
 
 
@@ -175,3 +176,30 @@ def test_unsupported_task_gets_one_line_error(tmp_path, capsys):
 def test_predict_onnx_on_a_folder_without_manifest(tmp_path):
     with pytest.raises(OmnituneError, match="not an omnitune ONNX export"):
         predict_onnx(tmp_path, ["x"])
+
+
+def test_adapter_library_exports_base_once_and_switches_adapters(tmp_path):
+    from omnitune.core import peft as peft_lib
+    from omnitune.core.export import export_adapters
+
+    library = tmp_path / "library"
+    for name, lr in (("calm", 3e-3), ("bold", 2e-2)):
+        run = tiny_run("text-classification", tmp_path, lora=True, steps=3, lr=lr, name=name)
+        peft_lib.add_to_library(library, run, "recipe.yaml", "model", name)
+    result = export_adapters(library, tmp_path / "onnx")
+    m = result.manifest
+    assert sorted(m["adapters"]) == ["bold", "calm"] and m["files"]["fp32"] == {"model": "model.onnx"}
+    assert all(p["passed"] and p["max_abs_diff_all"] <= 1e-5 for p in m["parity"].values())
+    # 8 LoRA matrices (query/value of 2 layers, A and B) + classifier and pooler weights and biases
+    assert m["adapters"]["calm"]["tensors"] == 12
+    texts = ["the film was good", "a very dull plot"]
+    scores = {}
+    for name in ("calm", "bold"):
+        onnx_rows = predict_onnx(result.out_dir, texts, adapter=name)
+        torch_rows = api.predict(library, texts, adapter=name)
+        for a, b in zip(onnx_rows, torch_rows):
+            assert abs(a["score"] - b["score"]) <= 1e-4 and a["label"] == b["label"]
+        scores[name] = [r["scores"]["pos"] for r in onnx_rows]
+    assert scores["calm"] != scores["bold"]  # the switch really changes the weights
+    with pytest.raises(OmnituneError, match="no adapter 'loud'"):
+        predict_onnx(result.out_dir, texts, adapter="loud")
