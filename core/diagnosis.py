@@ -51,9 +51,21 @@ def _series(history: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
     return [(int(h["step"]), float(h[key])) for h in history if key in h and h[key] is not None]
 
 
-def diagnose(history: list[dict[str, Any]], metric: str | None = None, mode: str = "max") -> dict[str, Any]:
+def diagnose(history: list[dict[str, Any]], metric: str | None = None, mode: str = "max", *,
+             strategy: str | None = None, peft: bool | None = None) -> dict[str, Any]:
     """The run's verdict: ``{"verdict", "step", "evidence", "advice"}`` from ``history`` (entries
-    with ``train_loss`` and/or ``val_loss``/``val_<metric>`` by ``step``, as TrainerState keeps)."""
+    with ``train_loss`` and/or ``val_loss``/``val_<metric>`` by ``step``, as TrainerState keeps).
+    ``strategy`` / ``peft`` (the recipe's finetune settings, when known) drop advice that does not
+    apply: no "train more of the model" for a full fine-tune, no adapter rank without an adapter."""
+    found = _diagnose(history, metric, mode)
+    if strategy == "full" and not peft:
+        found["advice"] = [a for a in found["advice"] if not a.startswith("finetune.strategy (full")]
+    if peft is False:
+        found["advice"] = [a for a in found["advice"] if not a.startswith("finetune.peft.")]
+    return found
+
+
+def _diagnose(history: list[dict[str, Any]], metric: str | None, mode: str) -> dict[str, Any]:
     train = _series(history, "train_loss")
     val = _series(history, "val_loss")
     if any(not math.isfinite(v) for _, v in train + val):

@@ -36,6 +36,10 @@ def test_underfitting_when_training_loss_stays_flat():
     d = diagnose(_h(train, [(3, 0.70), (6, 0.69)]))
     assert d["verdict"] == "underfitting"
     assert any(a.startswith("train.lr") for a in d["advice"])
+    assert any(a.startswith("finetune.strategy") for a in d["advice"])
+    # A full fine-tune without adapters is not told to train more of the model or raise an adapter rank.
+    d = diagnose(_h(train, [(3, 0.70), (6, 0.69)]), strategy="full", peft=False)
+    assert not any(a.startswith(("finetune.strategy", "finetune.peft")) for a in d["advice"])
 
 
 def test_still_improving_at_the_end():
