@@ -136,13 +136,15 @@ class _OrtEncoder:
         self.session = sess
 
     def __call__(self, input_features: torch.Tensor, **_: Any) -> Outputs:
-        return Outputs(last_hidden_state=run_session(self.session, {"input_features": input_features})["last_hidden_state"])
+        out = run_session(self.session, {"input_features": input_features})
+        return Outputs(last_hidden_state=out["last_hidden_state"])
 
 
 class OrtSeq2Seq:
     """Whisper as encoder, decoder and decoder-with-past graphs (greedy decoding feeds one token per
-    step with the key/value cache), with the attributes speech-recognition's forward and generate use: ``config``, ``model.encoder``, ``__call__(encoder_outputs=, decoder_input_ids=)``
-    and greedy ``generate``. Decoding starts from the prefix tokens recorded at export time and
+    step with the key/value cache), with the attributes speech-recognition's forward and generate
+    use: ``config``, ``model.encoder``, ``__call__(encoder_outputs=, decoder_input_ids=)`` and
+    greedy ``generate``. Decoding starts from the prefix tokens recorded at export time and
     applies the checkpoint's suppressed tokens, as transformers' Whisper generate does."""
 
     def __init__(self, sessions: dict, config, decoding: dict[str, Any]) -> None:

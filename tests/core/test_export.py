@@ -147,6 +147,7 @@ def test_whisper_exports_with_kv_cache_and_transcribes_like_torch(tmp_path):
     assert predict_onnx(result.out_dir, inputs) == api.predict(run, inputs)
 
 
+@pytest.mark.slow  # 20 s more on 2 shared cores; the same "named" runtime as text-classification above
 @pytest.mark.parametrize("task_name", ["token-classification", "question-answering", "causal-lm"])
 def test_text_tasks_export_with_parity(tmp_path, task_name):
     run = tiny_run(task_name, tmp_path)
@@ -203,3 +204,18 @@ def test_adapter_library_exports_base_once_and_switches_adapters(tmp_path):
     assert scores["calm"] != scores["bold"]  # the switch really changes the weights
     with pytest.raises(OmnituneError, match="no adapter 'loud'"):
         predict_onnx(result.out_dir, texts, adapter="loud")
+
+
+@pytest.mark.slow
+def test_minilm_rotten_tomatoes_int8_keeps_accuracy(tmp_path):
+    """Real assets: a short run of the shipped MiniLM recipe, exported with int8 (bench/export_latency.py
+    gives the full figures). The fp32 graph scores exactly as PyTorch; int8 within 3 points."""
+    run = api.train("text/minilm-rotten-tomatoes", {"train.max_steps": 40, "data.max_eval_samples": 400,
+                                                    "output.dir": str(tmp_path), "output.run_name": "rt"}).run_dir
+    result = export_run(run, quantize="int8", latency_repeats=3)
+    rows = {r["model"]: r for r in result.report["rows"]}
+    acc = {k: r["metrics"]["accuracy"] for k, r in rows.items()}
+    assert result.manifest["parity"]["fp32"]["passed"] and result.manifest["parity"]["int8"]["passed"]
+    assert acc["onnx-fp32"] == pytest.approx(acc["pytorch"], abs=1 / 400)
+    assert abs(acc["onnx-int8"] - acc["pytorch"]) <= 0.03
+    assert rows["onnx-int8"]["size_bytes"] < 0.4 * rows["onnx-fp32"]["size_bytes"]
