@@ -45,6 +45,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ARCHITECTURE_TARGETS: dict[str, dict[str, list[str]]] = {
     "bert": {"bottleneck": ["attention.output.dense", "output.dense"]},
     "llama": {"bottleneck": ["o_proj", "down_proj"]},
+    # peft has no Marian default (it would target every Linear, the tied lm_head included).
+    "marian": {"lora": ["q_proj", "v_proj"]},
     "whisper": {"lora": ["q_proj", "v_proj"], "ia3": ["k_proj", "v_proj", "fc2"], "ia3_feedforward": ["fc2"],
                 "bottleneck": ["out_proj", "fc2"]},
 }
