@@ -201,7 +201,8 @@ class CausalLMTask:
 
     # ------------------------------------------------------------------ step
     def forward(self, model: nn.Module, batch: dict[str, Any], train: bool) -> dict[str, Any]:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits.float()
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       use_cache=False).logits.float()
         logits, target = logits[:, :-1], batch["labels"][:, 1:]  # token t predicts token t + 1
         nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE,
                               reduction="none", label_smoothing=self.label_smoothing if train else 0.0)
