@@ -92,6 +92,28 @@ def stratified_split(
     return [np.sort(np.asarray(p, dtype=int)) for p in parts]
 
 
+def group_split(groups: Sequence, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Like :func:`stratified_split`, but whole groups (speakers, patients, documents) go to one
+    part: no group value is in two parts. Groups are shuffled with the seed and given to each
+    fractional part until it holds at least ``round(fraction * n)`` items (at least one group
+    while more than one is left), the rest to the remainder (first part).
+
+    >>> [p.tolist() for p in group_split(["a", "a", "b", "c", "c", "c"], [0.3], seed=0)]
+    [[0, 1, 2], [3, 4, 5]]
+    """
+    rng = np.random.default_rng(seed)
+    keys = np.asarray([str(g) for g in groups])
+    order = list(rng.permutation(sorted(set(keys.tolist()))))
+    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
+    for i, f in enumerate(fractions):
+        want = int(round(f * len(keys)))
+        while order and len(order) > 1 and want > 0 and len(parts[i + 1]) < want:
+            parts[i + 1].extend(np.flatnonzero(keys == order.pop(0)).tolist())
+    for g in order:
+        parts[0].extend(np.flatnonzero(keys == g).tolist())
+    return [np.sort(np.asarray(p, dtype=int)) for p in parts]
+
+
 def stratified_subsample(labels: Sequence, n: int, seed: int) -> np.ndarray:
     """n indices keeping the class mix (seeded), or all when n >= len(labels)."""
     if n >= len(labels):
@@ -226,22 +248,25 @@ def _label_keys(items: Any, labels: Callable[[Any], Sequence] | None) -> list:
 
 def split_off(splits: dict[str, Any], *, val_size: float, test_size: float, seed: int, report,
               labels: Callable[[Any], Sequence] | None = None,
-              make: Sequence[str] = ("validation", "test")) -> dict[str, Any]:
+              make: Sequence[str] = ("validation", "test"),
+              groups: Callable[[Any], Sequence] | None = None) -> dict[str, Any]:
     """Make the splits of ``make`` the source lacks from its training split: a seeded split,
-    stratified by ``labels(items)`` when given (single-label classification), noted in ``report``."""
+    stratified by ``labels(items)`` when given (single-label classification), or grouped by
+    ``groups(items)`` (no group in two splits: :func:`group_split`), noted in ``report``."""
     need = [s for s in make if s not in splits]
     if not need:
         return dict(splits)
     train = splits["train"]
     fractions = [val_size if s == "validation" else test_size for s in need]
-    parts = stratified_split(_label_keys(train, labels), fractions, seed)
+    parts = (group_split(groups(train), fractions, seed) if groups is not None
+             else stratified_split(_label_keys(train, labels), fractions, seed))
     out = dict(splits)
     out["train"] = take(train, parts[0])
     for split, idx in zip(need, parts[1:]):
         out[split] = take(train, idx)
     report.notes.append(
         f"source has no {' / '.join(need)} split: made by a seeded (seed {seed}) "
-        f"{'stratified ' if labels is not None else ''}split of the training data "
+        f"{'grouped ' if groups is not None else 'stratified ' if labels is not None else ''}split of the training data "
         f"({', '.join(f'{s} {f:.0%}' for s, f in zip(need, fractions))})")
     return out
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from omnitune.core import assets
@@ -24,9 +24,9 @@ from omnitune.core.task import DataBundle, DataReport, LayerGroup
 
 from . import data as sdata
 from . import metrics as smetrics
-from .audio import SAMPLE_RATE, AudioProblem, load_clip
+from .audio import SAMPLE_RATE, AudioProblem, chunk_bounds, load_clip
 from .augment import AugmentConfig
-from .model import (configure_language, load_whisper, save_model, set_encoder_window, set_feature_window,
+from .model import (RepeatGuard, configure_language, load_whisper, save_model, set_encoder_window, set_feature_window,
                     whisper_layer_groups)
 
 
@@ -40,6 +40,33 @@ class SpeechModelConfig(ModelConfig):
     max_source_seconds: int | None = Field(default=None, ge=1, le=30)
     # Upper bound on generated tokens per utterance (greedy decoding).
     max_new_tokens: int = Field(default=128, gt=0, le=440)
+    # Repetition guard: decoding stops once the last 1-4 tokens have repeated this many times in a
+    # row ("rather rather rather ..."); 0 turns it off. Greedy decoding of a multilingual Whisper
+    # on an unexpected language can otherwise loop until max_new_tokens.
+    repeat_guard: int = Field(default=6, ge=0)
+
+
+class EvalSetConfig(BaseModel):
+    """An extra evaluation set (``data.eval_sets``), scored with the starting (pretrained) model and
+    with the fine-tuned one; results in ``eval_sets.json`` and the report."""
+    model_config = ConfigDict(extra="forbid")
+    # A folder / transcript file / asset; None: the run's own test clips.
+    source: str | None = None
+    # Keep only the clips whose names (without suffix) are test clips of the run: a codec twin of
+    # the training data (same names, e.g. asset:asterisk-prompts-gsm) then never scores a clip the
+    # model trained on.
+    match_test: bool = True
+    # Mix real noise (a folder, file or asset such as asset:moh-noise) at exactly this SNR; the
+    # segment of each clip is seeded by (run seed, clip index), so every evaluation hears the same audio.
+    noise: str | None = None
+    snr_db: float | None = None
+    max_samples: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _noise(self) -> "EvalSetConfig":
+        if (self.noise is None) != (self.snr_db is None):
+            raise ValueError("noise and snr_db go together")
+        return self
 
 
 class SpeechDataConfig(DataConfig):
@@ -60,6 +87,12 @@ class SpeechDataConfig(DataConfig):
     max_bad_share: float = Field(default=0.2, ge=0, le=1)
     # Applied identically to references and hypotheses (baseline and fine-tuned) before WER/CER.
     normalizer: smetrics.NormalizerName = "whisper_english"
+    # A column of a CSV/JSONL transcript file naming the speaker: made splits are then grouped by
+    # speaker (no speaker in two splits) and the report gives per-speaker WER.
+    speaker_column: str | None = None
+    # Extra evaluation sets {name: {source, noise, snr_db, ...}} scored before and after fine-tuning
+    # (codec twins, noisy mixes); see EvalSetConfig.
+    eval_sets: dict[str, EvalSetConfig] = {}
 
     @model_validator(mode="after")
     def _limits(self) -> "SpeechDataConfig":
@@ -117,6 +150,11 @@ class SpeechRecognitionTask:
         self._window: float | None = None
         self._max_label_tokens = 448
         self._normalize = None
+        self._multilingual = False
+        self._lang_ids: dict[int, str] = {}  # language token id -> code, multilingual checkpoints
+        self._languages: dict[str, str] = {}  # clip name -> detected language (no model.language)
+        self._model: nn.Module | None = None
+        self._test_clips: list[sdata.Clip] = []
 
     # ------------------------------------------------------------------ processor and model
     @property
@@ -152,6 +190,9 @@ class SpeechRecognitionTask:
         self._max_label_tokens = config.max_target_positions - 4  # room for the prefix tokens
         self._gen_kwargs = configure_language(generation_config, processor.tokenizer, self.model_cfg.language,
                                               self.model_cfg.task)
+        self._multilingual = bool(getattr(generation_config, "is_multilingual", False))
+        lang_to_id = getattr(generation_config, "lang_to_id", None) or {}
+        self._lang_ids = {int(i): tok.strip("<|>") for tok, i in lang_to_id.items()}
         spelling = getattr(processor.tokenizer, "english_spelling_normalizer", None)
         self._normalize = smetrics.get_normalizer(self.data_cfg.normalizer, spelling)
         self._processor = processor
@@ -176,6 +217,7 @@ class SpeechRecognitionTask:
         model, _ = load_whisper(self.model_path, self.model_cfg.pretrained, self.model_cfg.revision)
         if self.model_cfg.max_source_seconds is not None:
             set_encoder_window(model, processor.feature_extractor, self.model_cfg.max_source_seconds)
+        self._model = model  # the extra evaluation sets (data.eval_sets) score it after training
         return model
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
@@ -189,7 +231,7 @@ class SpeechRecognitionTask:
             return sdata.hub_utterances(source, None, cfg.audio_column, cfg.text_column, report)
         path = Path(assets.resolve(source))
         return {split: sdata.local_utterances(path, cfg.transcripts, cfg.audio_dir, cfg.path_column,
-                                              cfg.text_column, report, split)}
+                                              cfg.text_column, report, split, cfg.speaker_column)}
 
     def _dataset(self, clips: list[sdata.Clip], augment: list) -> sdata.SpeechDataset:
         return sdata.SpeechDataset(clips, self.processor.feature_extractor, self.processor.tokenizer, augment,
@@ -202,6 +244,10 @@ class SpeechRecognitionTask:
 
     def build_datasets(self) -> DataBundle:
         cfg = self.data_cfg
+        if self._multilingual_without_language():
+            raise OmnituneError(f"model.name {self.model_cfg.name!r} is a multilingual Whisper and model.language is "
+                                "not set: training labels need the language token. Set model.language (e.g. "
+                                "english); evaluation and predict without it detect the language per utterance")
         report = DataReport(source=cfg.source)
         found = canonical_splits(self._utterances(cfg.source, report, "all"))
         splits: dict[str, list[sdata.Utterance]] = {}
@@ -213,7 +259,19 @@ class SpeechRecognitionTask:
         pool = found.get("train") or [u for k, v in found.items() if k not in ("validation", "test") for u in v]
         # Sorted by name, so the seeded split does not depend on the order the source lists clips in.
         splits["train"] = sorted(pool, key=lambda u: u.name)
-        splits = split_off(splits, val_size=cfg.val_size, test_size=cfg.test_size, seed=self.seed, report=report)
+        speakers = None
+        if cfg.speaker_column:
+            unnamed = [u.name for u in splits["train"] if u.speaker is None]
+            if unnamed:
+                raise DataError(f"{cfg.source}: {len(unnamed)} clips have no {cfg.speaker_column!r} "
+                                f"(data.speaker_column), e.g. {unnamed[:3]}")
+            speakers = lambda utts: [u.speaker for u in utts]  # noqa: E731
+        splits = split_off(splits, val_size=cfg.val_size, test_size=cfg.test_size, seed=self.seed, report=report,
+                           groups=speakers)
+        if speakers is not None:
+            by_split = {k: sorted(set(speakers(v))) for k, v in splits.items()}
+            report.notes.append("speakers per split (data.speaker_column " + repr(cfg.speaker_column) + "): "
+                                + "; ".join(f"{k} {len(v)}" for k, v in by_split.items()))
         if cfg.drop_duplicates:  # before decoding: a clip that is also a training clip is not decoded twice
             splits = drop_overlap(splits, lambda utts: [sdata.audio_identity(u) for u in utts], report,
                                   "same audio")
@@ -228,6 +286,7 @@ class SpeechRecognitionTask:
         hours = sum(len(c.wave) for c in clips["train"]) / SAMPLE_RATE / 3600
         report.notes.append(f"training audio: {hours * 60:.1f} min; augmentation: "
                             f"{[a.name for a in cfg.augment] or 'none'}")
+        self._test_clips = clips["test"]
         train = self._dataset(clips["train"], list(cfg.augment))
         return DataBundle(train=train, validation=self._dataset(clips["validation"], []),
                           test=self._dataset(clips["test"], []), report=report, train_lengths=train.lengths())
@@ -280,10 +339,28 @@ class SpeechRecognitionTask:
         hf_logging.set_verbosity_error()
         try:
             inputs = {"input_features": input_features} if encoder_outputs is None else {"encoder_outputs": encoder_outputs}
+            extra = {}
+            if self.model_cfg.repeat_guard:
+                from transformers import LogitsProcessorList
+
+                # The prompt (start, language, task tokens) is at most 4 tokens; loops are longer.
+                extra["logits_processor"] = LogitsProcessorList(
+                    [RepeatGuard(core.generation_config.eos_token_id, self.model_cfg.repeat_guard, prompt_len=4)])
             return core.generate(**inputs, max_new_tokens=self.model_cfg.max_new_tokens, num_beams=1,
-                                 do_sample=False, **self._gen_kwargs)
+                                 do_sample=False, **self._gen_kwargs, **extra)
         finally:
             hf_logging.set_verbosity(verbosity)
+
+    def _multilingual_without_language(self) -> bool:
+        _ = self.processor
+        return self._multilingual and self.model_cfg.language is None
+
+    def languages(self, ids: torch.Tensor) -> list[str | None]:
+        """The language token each hypothesis starts with (multilingual checkpoints), else None."""
+        out = []
+        for row in ids.tolist():
+            out.append(next((self._lang_ids[t] for t in row[:4] if t in self._lang_ids), None))
+        return out
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return [t.strip() for t in self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
@@ -296,6 +373,8 @@ class SpeechRecognitionTask:
             ids = self.generate(model, batch["input_features"])
         hyps = [self.normalize(t) for t in self.decode(ids)]
         refs = [self.normalize(t) for t in batch["texts"]]
+        if self._multilingual_without_language():
+            self._languages.update(zip(batch["names"], self.languages(ids)))
         return hyps, refs
 
     def compute_metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
@@ -321,7 +400,100 @@ class SpeechRecognitionTask:
                  f"{smetrics.NORMALIZER_DESCRIPTIONS[self.data_cfg.normalizer]}. All {split} predictions: "
                  f"`predictions_{split}.csv`.\n\n{table}\n")
         (out_dir / f"worst_utterances_{split}.md").write_text(block, encoding="utf-8")
-        return [block]
+        blocks = [block]
+        clips = getattr(dataset, "clips", [])
+        if len(clips) == len(predictions) and any(c.speaker is not None for c in clips):
+            blocks.append(self._speaker_block(split, [c.speaker for c in clips], predictions, references))
+        if self._multilingual_without_language() and self._languages:
+            from collections import Counter
+
+            counts = Counter(self._languages.get(n) or "(none)" for n in names)
+            rows = "\n".join(f"| {lang} | {k} |" for lang, k in counts.most_common())
+            blocks.append(f"### Detected languages ({split})\n\nmodel.language is not set: each utterance was "
+                          f"transcribed in the language the model detected (per clip in `predictions_{split}.csv`'s "
+                          f"order: `languages_{split}.json`).\n\n| language | clips |\n|---|---|\n{rows}\n")
+            import json
+
+            (out_dir / f"languages_{split}.json").write_text(json.dumps({n: self._languages.get(n) for n in names},
+                                                                        indent=1))
+        if split == "test" and self.data_cfg.eval_sets and self._model is not None:
+            blocks.append(self._eval_sets_block(out_dir))
+        return blocks
+
+    def _speaker_block(self, split: str, speakers: list[str | None], predictions: list, references: list) -> str:
+        """Per-speaker WER/CER of the split (each speaker's clips scored together)."""
+        from omnitune.core.metrics import compute
+
+        rows = []
+        for spk in sorted({s or "(missing)" for s in speakers}):
+            idx = [i for i, s in enumerate(speakers) if (s or "(missing)") == spk]
+            p, r = [predictions[i] for i in idx], [references[i] for i in idx]
+            rows.append(f"| {spk} | {len(idx)} | {compute('wer', p, r):.2f} | {compute('cer', p, r):.2f} |")
+        return (f"### Per-speaker {split} WER\n\nSpeakers from `{self.data_cfg.speaker_column}`; made splits are "
+                "grouped by speaker (no speaker in two splits).\n\n| speaker | clips | WER % | CER % |\n"
+                "|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+    # ------------------------------------------------------------------ extra evaluation sets
+    def eval_set(self, name: str) -> tuple[Any, DataReport]:
+        """The dataset of ``data.eval_sets[name]``: its source (or the run's test clips), restricted to
+        the test clips' names, with seeded real noise mixed at the stated SNR."""
+        from .augment import mix_at_snr, noise_bank, noise_segment
+        from omnitune.core.seeding import item_rng
+
+        spec = self.data_cfg.eval_sets[name]
+        report = DataReport(source=spec.source or "test split")
+        if spec.source is None:
+            clips = list(self._test_clips)
+        else:
+            utts = [u for v in self._utterances(spec.source, report, name).values() for u in v]
+            if spec.match_test and self._test_clips:
+                stems = {Path(c.name).with_suffix("").as_posix() for c in self._test_clips}
+                utts = [u for u in utts if Path(u.name).with_suffix("").as_posix() in stems]
+            clips = self._clean(utts, name, report)
+        if spec.max_samples is not None:
+            clips = clips[: spec.max_samples]
+        if spec.noise is not None:
+            bank = noise_bank(spec.noise, SAMPLE_RATE)
+            clips = [sdata.Clip(c.name, c.text, mix_at_snr(c.wave, noise_segment(bank, len(c.wave),
+                                                                               item_rng(self.seed, 0, i)), spec.snr_db),
+                                c.speaker) for i, c in enumerate(clips)]
+        if not clips:
+            raise DataError(f"data.eval_sets.{name}: no usable clips (see {report.dropped})")
+        return self._dataset(clips, []), report
+
+    def score_eval_sets(self, model: nn.Module, batch_size: int = 8) -> dict[str, dict[str, float]]:
+        """WER/CER of ``model`` on every ``data.eval_sets`` set."""
+        from omnitune.core.trainer import evaluate_model
+
+        device = next(model.parameters()).device
+        out = {}
+        for name in self.data_cfg.eval_sets:
+            dataset, _ = self.eval_set(name)
+            metrics, _, _ = evaluate_model(self, model, dataset, batch_size, device)
+            out[name] = {"samples": len(dataset), **{k: float(v) for k, v in metrics.items()}}
+        return out
+
+    def _eval_sets_block(self, out_dir: Path) -> str:
+        """Score the extra sets with the fine-tuned model and with the starting checkpoint (loaded
+        fresh), write ``eval_sets.json`` and return the report's table."""
+        import json
+
+        after = self.score_eval_sets(self._model)
+        base = self.build_model()  # the pretrained checkpoint (what the run started from)
+        keep = self._model
+        try:
+            base.to(next(keep.parameters()).device)
+            before = self.score_eval_sets(base)
+        finally:
+            self._model = keep
+        result = {n: {"samples": after[n]["samples"], "before": before[n], "after": after[n],
+                      "wer_change": after[n]["wer"] - before[n]["wer"]} for n in after}
+        (out_dir / "eval_sets.json").write_text(json.dumps(result, indent=1))
+        rows = "\n".join(f"| {n} | {r['samples']} | {r['before']['wer']:.2f} | {r['after']['wer']:.2f} | "
+                         f"{r['wer_change']:+.2f} |" for n, r in result.items())
+        return ("### Extra evaluation sets (data.eval_sets)\n\nWER % of the starting checkpoint (before) and "
+                "of the fine-tuned model (after) on each set (`eval_sets.json`).\n\n"
+                "| set | clips | WER before | WER after | change |\n|---|---|---|---|---|\n" + rows + "\n")
 
     # ------------------------------------------------------------------ saving and inference
     def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
@@ -370,11 +542,22 @@ class SpeechRecognitionTask:
             except AudioProblem as problem:
                 out.append({"input": path, "error": str(problem)})
                 continue
-            if len(wave) > fe.n_samples:
-                out.append({"input": path, "error": f"longer than the model window ({self.window_seconds:g} s)"})
-                continue
-            feats = fe(wave, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
             device = next(model.parameters()).device
-            text = self.decode(self.generate(model, feats.to(device)))[0]
-            out.append({"input": path, "text": text})
+            # A file longer than the window is cut into consecutive pieces (at quiet frames) that
+            # cover it exactly; each piece is transcribed on its own and carries its times.
+            segments = []
+            for start, end in chunk_bounds(wave, fe.n_samples):
+                feats = fe(wave[start:end], sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+                ids = self.generate(model, feats.to(device))
+                seg = {"start": round(start / SAMPLE_RATE, 2), "end": round(end / SAMPLE_RATE, 2),
+                       "text": self.decode(ids)[0]}
+                if self._multilingual_without_language():
+                    seg["language"] = self.languages(ids)[0]
+                segments.append(seg)
+            item = {"input": path, "text": " ".join(s["text"] for s in segments if s["text"])}
+            if len(segments) > 1:
+                item["segments"] = segments
+            if "language" in segments[0]:
+                item["language"] = segments[0]["language"]
+            out.append(item)
         return out

@@ -48,3 +48,29 @@ def load_clip(source: str | Path | bytes, target_sr: int = SAMPLE_RATE) -> np.nd
     if not np.isfinite(wave).all() or np.abs(wave).max() < SILENCE_PEAK:
         raise AudioProblem("silent")
     return resample(wave, sr, target_sr)
+
+
+def chunk_bounds(wave: np.ndarray, window: int, sample_rate: int = SAMPLE_RATE, search_seconds: float = 5.0,
+                 frame_seconds: float = 0.02) -> list[tuple[int, int]]:
+    """Cut a long recording into consecutive pieces of at most ``window`` samples that cover it
+    exactly (each piece starts where the previous one ends). Each cut falls on the quietest 20 ms
+    frame of the last ``search_seconds`` of the window, so that it lands between words where it can.
+
+    >>> chunk_bounds(np.ones(10), window=4, sample_rate=1, search_seconds=0, frame_seconds=1)
+    [(0, 4), (4, 8), (8, 10)]
+    """
+    n = len(wave)
+    frame = max(1, int(frame_seconds * sample_rate))
+    search = int(search_seconds * sample_rate)
+    out, start = [], 0
+    while n - start > window:
+        lo, hi = start + max(window - search, frame), start + window
+        cut = hi
+        if hi - lo >= frame:
+            frames = wave[lo:hi - (hi - lo) % frame].reshape(-1, frame)
+            energy = np.square(frames, dtype=np.float64).mean(axis=1)
+            cut = lo + (int(np.argmin(energy)) + 1) * frame
+        out.append((start, cut))
+        start = cut
+    out.append((start, n))
+    return out

@@ -31,9 +31,13 @@ class _Aug(BaseModel):
 
 class NoiseAug(_Aug):
     name: Literal["noise"]
-    # White noise at an SNR drawn uniformly from [min_snr_db, max_snr_db] (equal values: fixed SNR).
+    # Noise at an SNR drawn uniformly from [min_snr_db, max_snr_db] (equal values: fixed SNR).
     min_snr_db: float = 10.0
     max_snr_db: float = 20.0
+    # None: white noise. Else real noise recordings: a folder of audio files (searched recursively),
+    # one file, or an asset (``asset:moh-noise``, the Asterisk music on hold); a seeded file and
+    # offset are drawn per clip (the recording loops if shorter than the clip).
+    files: str | None = None
 
 
 class SpeedAug(_Aug):
@@ -72,6 +76,59 @@ def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.n
     noise_power = float(np.mean(np.square(noise)))
     scale = np.sqrt(signal_power / (noise_power * 10 ** (snr_db / 10))) if noise_power > 0 else 0.0
     return (wave + scale * noise).astype(np.float32)
+
+
+NOISE_SUFFIXES = (".wav", ".flac", ".ogg", ".gsm")
+_NOISE_BANKS: dict[str, list[np.ndarray]] = {}
+
+
+def noise_bank(source: str, sample_rate: int) -> list[np.ndarray]:
+    """The recordings of a noise folder, file or asset, decoded once per process (16 kHz mono),
+    in sorted path order, so a seeded draw picks the same recording on every machine."""
+    key = f"{source}@{sample_rate}"
+    if key not in _NOISE_BANKS:
+        from pathlib import Path
+
+        from omnitune.core import assets
+        from omnitune.core.errors import DataError
+
+        from .audio import AudioProblem, load_clip
+
+        path = Path(assets.resolve(source))
+        files = ([path] if path.is_file() else
+                 sorted(p for p in path.rglob("*") if p.suffix.lower() in NOISE_SUFFIXES) if path.is_dir() else [])
+        if not files:
+            raise DataError(f"data.augment noise files {source!r}: no audio files ({', '.join(NOISE_SUFFIXES)}) there")
+        bank = []
+        for f in files:
+            try:
+                bank.append(load_clip(f, sample_rate))
+            except AudioProblem as problem:
+                raise DataError(f"noise file {f}: {problem}") from None
+        _NOISE_BANKS[key] = bank
+    return _NOISE_BANKS[key]
+
+
+def noise_segment(bank: list[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` samples of a seeded recording of ``bank`` from a seeded offset, looped when shorter."""
+    rec = bank[int(rng.integers(len(bank)))]
+    start = int(rng.integers(len(rec)))
+    reps = -(-(start + n) // len(rec))
+    return np.tile(rec, reps)[start:start + n]
+
+
+def mix_at_snr(wave: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """``wave`` plus ``noise`` scaled so that signal power / noise power is exactly ``snr_db``
+    (a silent noise segment leaves the clip unchanged)."""
+    signal_power = float(np.mean(np.square(wave, dtype=np.float64)))
+    noise_power = float(np.mean(np.square(noise, dtype=np.float64)))
+    scale = np.sqrt(signal_power / (noise_power * 10 ** (snr_db / 10))) if noise_power > 0 else 0.0
+    return (wave + scale * noise).astype(np.float32)
+
+
+def add_file_noise(wave: np.ndarray, snr_db: float, bank: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """Mix a seeded segment of a real noise recording at exactly ``snr_db``."""
+    return mix_at_snr(wave, noise_segment(bank, len(wave), rng), snr_db)
 
 
 def speed_perturb(wave: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
@@ -113,7 +170,9 @@ def augment_wave(wave: np.ndarray, augs: list, rng: np.random.Generator, sample_
         if isinstance(aug, SpecAugmentAug) or rng.random() >= aug.prob:
             continue
         if isinstance(aug, NoiseAug):
-            wave = add_noise(wave, float(rng.uniform(aug.min_snr_db, aug.max_snr_db)), rng)
+            snr = float(rng.uniform(aug.min_snr_db, aug.max_snr_db))
+            wave = (add_noise(wave, snr, rng) if aug.files is None
+                    else add_file_noise(wave, snr, noise_bank(aug.files, sample_rate), rng))
         elif isinstance(aug, SpeedAug):
             wave = speed_perturb(wave, float(rng.choice(aug.factors)), sample_rate)
         elif isinstance(aug, TelephoneAug):

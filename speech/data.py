@@ -35,7 +35,8 @@ from omnitune.core.task import DataReport
 
 from .audio import SAMPLE_RATE, AudioProblem, load_clip
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+# .gsm: raw GSM 06.10 (telephone codec), which libsndfile decodes by its suffix.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".gsm")
 TRANSCRIPT_NAMES = ("transcripts.csv", "transcripts.jsonl", "transcripts.txt", "metadata.csv")
 # Reasons that count towards the bad-file threshold (duration-limit filters are the user's choice).
 BAD_REASONS = ("unreadable", "empty", "silent", "longer than the model window", "missing audio file",
@@ -47,6 +48,7 @@ class Utterance:
     name: str  # what the report calls it: a relative path or a Hub row id
     text: str
     audio: str | bytes  # a file path or encoded bytes (Hub)
+    speaker: str | None = None  # data.speaker_column's value (grouped splits, per-speaker WER)
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Clip:
     name: str
     text: str
     wave: np.ndarray  # float32, 16 kHz, mono
+    speaker: str | None = None
 
 
 # ----------------------------------------------------------------------------- transcript files
@@ -61,27 +64,35 @@ def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
 
 
-def read_transcripts(path: Path, path_column: str, text_column: str) -> list[tuple[str, str]]:
-    """(audio name or path, text) pairs from a CSV, JSONL or ``name: text`` file."""
+def read_transcripts(path: Path, path_column: str, text_column: str, speaker_column: str | None = None
+                     ) -> list[tuple[str, str]] | list[tuple[str, str, str | None]]:
+    """(audio name or path, text) pairs from a CSV, JSONL or ``name: text`` file; with
+    ``speaker_column`` (CSV/JSONL only) (name, text, speaker) triples."""
     suffixes = [s for s in path.suffixes if s != ".gz"]
     kind = suffixes[-1] if suffixes else ""
     rows: list[tuple[str, str]] = []
     with _open_text(path) as f:
         if kind in (".csv", ".tsv"):
             reader = csv.DictReader(f, delimiter="\t" if kind == ".tsv" else ",")
-            missing = {path_column, text_column} - set(reader.fieldnames or [])
+            missing = {path_column, text_column, *([speaker_column] if speaker_column else [])} - set(
+                reader.fieldnames or [])
             if missing:
                 raise DataError(f"{path}: no column(s) {sorted(missing)} (columns: {reader.fieldnames}); "
-                                "set data.path_column / data.text_column")
-            rows = [(r[path_column], r[text_column] or "") for r in reader]
+                                "set data.path_column / data.text_column / data.speaker_column")
+            rows = [(r[path_column], r[text_column] or "", *([r[speaker_column] or None] if speaker_column else []))
+                    for r in reader]
         elif kind in (".jsonl", ".json"):
             for i, line in enumerate(f, 1):
                 if line.strip():
                     obj = json.loads(line)
-                    if path_column not in obj or text_column not in obj:
-                        raise DataError(f"{path}:{i}: needs keys {path_column!r} and {text_column!r}")
-                    rows.append((str(obj[path_column]), str(obj[text_column] or "")))
+                    need = [path_column, text_column, *([speaker_column] if speaker_column else [])]
+                    if any(k not in obj for k in need):
+                        raise DataError(f"{path}:{i}: needs keys {', '.join(map(repr, need))}")
+                    speaker = [None if obj[speaker_column] is None else str(obj[speaker_column])] if speaker_column else []
+                    rows.append((str(obj[path_column]), str(obj[text_column] or ""), *speaker))
         else:
+            if speaker_column:
+                raise DataError(f"{path}: data.speaker_column needs a CSV/TSV/JSONL transcript file, not 'name: text' lines")
             for i, line in enumerate(f, 1):
                 line = line.strip()
                 if not line or line[0] in ";#":
@@ -107,7 +118,8 @@ def _resolve_audio(root: Path, name: str) -> Path | None:
 
 
 def local_utterances(source: Path, transcripts: str | None, audio_dir: str | None, path_column: str,
-                     text_column: str, report: DataReport, split: str) -> list[Utterance]:
+                     text_column: str, report: DataReport, split: str,
+                     speaker_column: str | None = None) -> list[Utterance]:
     """Utterances of a folder or transcript file; missing audio and untranscribed audio reported."""
     if source.is_dir():
         names = [transcripts] if transcripts else [n for n in TRANSCRIPT_NAMES if (source / n).is_file()][:1]
@@ -121,13 +133,13 @@ def local_utterances(source: Path, transcripts: str | None, audio_dir: str | Non
         raise DataError(f"data source {source}: no such file or folder")
     root = Path(audio_dir) if audio_dir and Path(audio_dir).is_absolute() else table.parent / (audio_dir or "")
     out, missing, seen = [], [], set()
-    for name, text in read_transcripts(table, path_column, text_column):
+    for name, text, *speaker in read_transcripts(table, path_column, text_column, speaker_column):
         path = _resolve_audio(root, name)
         if path is None:
             missing.append(name)
             continue
         seen.add(path.resolve())
-        out.append(Utterance(name=name, text=text, audio=str(path)))
+        out.append(Utterance(name=name, text=text, audio=str(path), speaker=speaker[0] if speaker else None))
     report.drop(split, "missing audio file", len(missing), missing)
     if source.is_dir():
         # A folder source is the data set: audio in it that no transcript line names is reported,
@@ -196,7 +208,7 @@ def clean_clips(utts: Iterable[Utterance], split: str, report: DataReport, norma
         elif min_seconds is not None and seconds < min_seconds:
             skipped.setdefault("shorter than data.min_seconds", []).append(u.name)
         else:
-            kept.append(Clip(u.name, u.text, wave))
+            kept.append(Clip(u.name, u.text, wave, u.speaker))
     for reason, names in skipped.items():
         report.drop(split, reason, len(names), names)
     report.rows_kept[split] = len(kept)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import LogitsProcessor
 
 from omnitune.core.errors import OmnituneError
 from omnitune.core.task import LayerGroup
@@ -115,3 +116,30 @@ def save_model(model: nn.Module, processor, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
+
+
+class RepeatGuard(LogitsProcessor):
+    """A logits processor that ends a hypothesis once its last ``n`` tokens (n = 1..4) have
+    repeated ``times`` times in a row: only the end-of-text token is left possible. Greedy decoding
+    that falls into a loop ("rather rather rather ...") then stops instead of running to
+    max_new_tokens. Tokens of the prompt (the first ``prompt_len``) are not looked at."""
+
+    def __init__(self, eos_id: int, times: int, prompt_len: int = 0, max_n: int = 4) -> None:
+        self.eos_id, self.times, self.prompt_len, self.max_n = eos_id, times, prompt_len, max_n
+
+    def looping(self, tokens: list[int]) -> bool:
+        for n in range(1, self.max_n + 1):
+            span = n * self.times
+            if len(tokens) >= span:
+                tail = tokens[-span:]
+                if all(tail[i] == tail[i % n] for i in range(span)):
+                    return True
+        return False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for row in range(input_ids.shape[0]):
+            if self.looping(input_ids[row, self.prompt_len:].tolist()):
+                keep = scores[row, self.eos_id].clone()
+                scores[row] = float("-inf")
+                scores[row, self.eos_id] = keep if torch.isfinite(keep) else 0.0
+        return scores
