@@ -294,10 +294,17 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
         checkpointing = enable_gradient_checkpointing(peft_model or model)
     trainer = build_trainer(rec, task, model, bundle, run_dir, selection=(metric, mode), early_stop=stopper,
                             loss_fn=loss_fn, extra_metrics=extra_metrics, callbacks=callbacks)
+    for message in bundle.report.warnings:  # printed when the data were read; kept in the run's events
+        trainer.log.event("data_warning", message=message)
     if is_main:
         procs = f", {trainer.world} processes" if trainer.world > 1 else ""
         print(f"run folder: {run_dir}  (precision {trainer.precision}{procs}, {len(bundle.train)} train / "
               f"{len(bundle.validation)} validation samples, {trainer.total_steps} steps)", flush=True)
+    from .feature_cache import describe, maybe_cache_features
+
+    feature_cache = maybe_cache_features(rec, task, trainer)  # swaps in cached trunk outputs when it may
+    if is_main and (feature_cache["enabled"] or rec.finetune.strategy in ("feature_extraction", "partial")):
+        print(describe(feature_cache), flush=True)
     before = retention_before(retention, trainer, run_dir, resumed=resume is not None, is_main=is_main)
     state = trainer.fit(resume=resume is not None)
 
@@ -337,6 +344,7 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
         "device": str(trainer.accelerator.device), "samples_seen": state.samples_seen,
     }
     metrics["memory"] = {**peak_memory(trainer.accelerator.device), "gradient_checkpointing": checkpointing}
+    metrics["feature_cache"] = feature_cache
     if is_main:
         extras = task.report_extras(run_dir, "test", preds, refs, bundle.test) if bundle.test is not None else []
         model_dir = run_dir / MODEL_DIR

@@ -199,6 +199,12 @@ class TrainConfig(Section):
     # Recompute activations in the backward pass: less memory, about a third more compute
     # (transformers and timm models).
     gradient_checkpointing: bool = False
+    # Frozen-trunk feature cache (core/feature_cache.py), for feature_extraction or partial with the
+    # bottom groups frozen: compute the frozen part once and train the rest from its outputs. auto:
+    # when nothing random happens before the first trained group (no dropout or batch-norm batch
+    # statistics there, no train-time input augmentation); true: also when something does, turning
+    # it off (the run log and metrics.json say what); false: never.
+    cache_features: Literal["auto"] | bool = "auto"
     # A loss of your own instead of the task's, by import path ("my_pkg.losses:ContrastiveLoss"; a
     # class is instantiated without arguments). Called as loss(outputs, batch) with the task's
     # outputs (e.g. logits) and batch; returns a scalar mean over the batch's samples, or

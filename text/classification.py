@@ -394,6 +394,27 @@ class TextClassificationTask:
             loss = F.mse_loss(logits.squeeze(-1), labels, reduction="sum")
         return {"loss_sum": loss, "num_items": labels.shape[0], "outputs": logits}
 
+    # ------------------------------------------------------------------ frozen-trunk feature cache
+    def frozen_features(self, model: nn.Module, batch: dict[str, Any], depth: int) -> dict[str, Any] | None:
+        """Outputs of the frozen encoder (core/feature_cache.py) when only the head trains: the first
+        token's hidden state, all a BERT-style pooler reads. None for other splits, heads without a
+        pooler, or long texts in chunks."""
+        base = model.base_model
+        if (depth != len(self.layer_groups(model)) - 1 or "chunk_of" in batch or getattr(base, "pooler", None) is None
+                or not hasattr(model, "classifier")):
+            return None
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        first = base(**inputs).last_hidden_state[:, 0]
+        return {"first_token": first, "labels": batch["labels"], "index": batch["index"]}
+
+    def forward_features(self, model: nn.Module, batch: dict[str, Any], depth: int, train: bool) -> dict[str, Any]:
+        """:meth:`forward` from :meth:`frozen_features`: pooler, dropout and classifier as the model runs them."""
+        from types import SimpleNamespace
+
+        pooled = model.base_model.pooler(batch["first_token"][:, None, :])
+        logits = model.classifier(model.dropout(pooled) if hasattr(model, "dropout") else pooled)
+        return self.forward(lambda **_: SimpleNamespace(logits=logits), {"labels": batch["labels"]}, train)
+
     def predict_batch(self, model, batch, outputs) -> tuple[list[Any], list[Any]]:
         logits = outputs["outputs"].detach().float().cpu()
         refs = batch["labels"].cpu().tolist()

@@ -240,6 +240,69 @@ class ImageClassificationTask:
         # Summed over the batch's images; the trainer divides by the images of the whole step.
         return {"loss_sum": loss, "num_items": y.shape[0], "outputs": logits}
 
+    # ------------------------------------------------------------------ frozen-trunk feature cache
+    def feature_cache_train_set(self, bundle: DataBundle) -> tuple[Any, list[str]]:
+        """The training set without input randomness (the evaluation transform), and what that turned off."""
+        d, reg = self.data_cfg, self.reg
+        off = []
+        if d.augment.train != "none":
+            off.append(f"train-time augmentation (data.augment.train: {d.augment.train!r})")
+        if d.random_erasing > 0:
+            off.append(f"random erasing ({d.random_erasing:g})")
+        if reg.mixup_alpha > 0 or reg.cutmix_alpha > 0:
+            off.append("mixup/cutmix")
+        if not off:
+            return bundle.train, []
+        return ImageDataset(bundle.train.records, self.augmenter(False), train=False), off
+
+    @staticmethod
+    def _trunk_split(model: nn.Module, depth: int) -> list[nn.Module] | None:
+        """For a timm EfficientNet/MobileNet-style model (conv_stem, bn1, blocks, conv_head, bn2): the
+        modules of the first ``depth`` layer groups in order, when they are exactly the stem and the
+        first ``depth - 1`` stages; None otherwise."""
+        if not all(hasattr(model, n) for n in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
+            return None
+        groups = image_layer_groups(model)
+        if depth < 1 or depth - 1 > len(model.blocks) - 1:
+            return None
+        modules = [model.conv_stem, model.bn1, *model.blocks[:depth - 1]]
+        want = {id(p) for m in modules for p in m.parameters()}
+        have = {id(p) for g in groups[:depth] for p in g.parameters()}
+        return modules if want == have else None
+
+    def frozen_features(self, model: nn.Module, batch: dict[str, Any], depth: int) -> dict[str, Any] | None:
+        """Outputs of the first ``depth`` layer groups (core/feature_cache.py): a timm model's pre-logits
+        (pooled features) when only the head trains, or an EfficientNet-style model's feature map after
+        the stem and the first stages when the stages above train; None for other splits."""
+        x = batch["pixel_values"]
+        head = len(self.layer_groups(model)) - 1
+        if depth == head and hasattr(model, "forward_head"):
+            feats = model.forward_head(model.forward_features(x), pre_logits=True)
+        else:
+            modules = self._trunk_split(model, depth)
+            if modules is None:
+                return None
+            for m in modules:
+                x = m(x)
+            feats = x
+        return {"features": feats, "labels": batch["labels"], "index": batch["index"]}
+
+    def forward_features(self, model: nn.Module, batch: dict[str, Any], depth: int, train: bool) -> dict[str, Any]:
+        """:meth:`forward` from cached :meth:`frozen_features` (same loss, same dropout draws)."""
+        x, y = batch["features"], batch["labels"]
+        if depth == len(self.layer_groups(model)) - 1:
+            rate = float(getattr(model, "drop_rate", 0.0) or 0.0)
+            if rate > 0:  # timm heads drop out the pooled features before the classifier
+                x = F.dropout(x, p=rate, training=model.training)
+            logits = model.get_classifier()(x)
+        else:
+            for m in model.blocks[depth - 1:]:
+                x = m(x)
+            logits = model.forward_head(model.bn2(model.conv_head(x)))
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.reg.label_smoothing if train else 0.0,
+                               reduction="sum")
+        return {"loss_sum": loss, "num_items": y.shape[0], "outputs": logits}
+
     def predict_batch(self, model: nn.Module, batch: dict[str, Any], outputs: dict[str, Any]) -> tuple[list, list]:
         probs = outputs["outputs"].detach().float().softmax(-1).cpu()
         k = min(5, probs.shape[-1])

@@ -1,0 +1,259 @@
+"""Frozen-trunk feature cache: compute the frozen bottom of the model once, train the rest from it.
+
+With ``finetune.strategy: feature_extraction`` (or ``partial`` with the bottom layer groups frozen)
+the frozen part computes the same outputs for a sample every epoch, as long as nothing random
+happens before the first trained group: no active dropout, drop-path or batch-norm batch statistics
+in the frozen groups, and no train-time augmentation or mixing of the input. Then its outputs are
+computed once per sample, kept (in memory, or in a memory-mapped ``.npy`` file in the OS temp folder
+for large sets), and every epoch trains the top groups from them: one pass of the trunk instead of
+one per epoch.
+
+``train.cache_features`` picks the behaviour: ``auto`` caches when the above holds (the results
+equal an uncached run's up to float rounding), ``true`` also caches when it does not, turning that
+randomness off (the trunk runs in eval mode, the training images get the evaluation transform) and
+saying so in the run log and ``metrics.json``, ``false`` never caches.
+
+The task opts in through two optional contract methods (core/task.py): ``frozen_features`` (the
+outputs of the first ``depth`` groups for a collated batch, plus what the loss needs) and
+``forward_features`` (the task's ``forward`` from those), and optionally
+``feature_cache_train_set`` (the training set without input randomness, and what was turned off).
+
+The cache is wired in after the trainer is built (:func:`maybe_cache_features`): the trainer's task
+becomes a :class:`FeatureCacheTask` that runs cached batches through ``forward_features`` and any
+other batch through the task's own ``forward`` (the final test evaluation, predictions), and its
+training and validation sets become :class:`CachedFeatures` of the same length and order, so batch
+order, schedule and checkpoints are unchanged.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import weakref
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .task import DataBundle, LayerGroup
+
+CACHED = "cached_features"  # marks a batch collated from the cache
+# Above this many bytes the features go to a memory-mapped file instead of RAM.
+DEFAULT_MAX_RAM_BYTES = 1 << 30
+
+
+# ----------------------------------------------------------------------------------- the store
+class FeatureStore:
+    """Per-sample arrays by name, each ``(n, *shape)``: in RAM, or memory-mapped ``.npy`` files in a
+    temporary folder deleted with the store."""
+
+    def __init__(self, n: int, first: dict[str, torch.Tensor], max_ram_bytes: int, folder: Path | None = None):
+        self.n = n
+        per_sample = sum(_np_dtype(t).itemsize * int(np.prod(t.shape[1:], dtype=np.int64)) for t in first.values())
+        self.nbytes = per_sample * n
+        self.on_disk = self.nbytes > max_ram_bytes
+        self.folder: Path | None = None
+        self.arrays: dict[str, np.ndarray] = {}
+        if self.on_disk:
+            self.folder = Path(tempfile.mkdtemp(prefix="omnitune-features-", dir=folder))
+            weakref.finalize(self, shutil.rmtree, str(self.folder), True)
+        for name, t in first.items():
+            shape = (n, *t.shape[1:])
+            if self.on_disk:
+                self.arrays[name] = np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+",
+                                                              dtype=_np_dtype(t), shape=shape)
+            else:
+                self.arrays[name] = np.empty(shape, dtype=_np_dtype(t))
+
+    def write(self, start: int, values: dict[str, torch.Tensor]) -> None:
+        for name, array in self.arrays.items():
+            t = values.get(name)
+            if t is None or tuple(t.shape[1:]) != array.shape[1:]:
+                got = None if t is None else tuple(t.shape[1:])
+                raise ValueError(f"frozen_features: {name!r} is {got} per sample here, {array.shape[1:]} before "
+                                 "(every sample must give the same shapes)")
+            t = t.detach().cpu()
+            array[start:start + t.shape[0]] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+    def gather(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices)
+        return {name: torch.from_numpy(np.ascontiguousarray(array[idx])) for name, array in self.arrays.items()}
+
+
+def _np_dtype(t: torch.Tensor) -> np.dtype:
+    return np.dtype(np.float32) if t.dtype == torch.bfloat16 else torch.empty(0, dtype=t.dtype).numpy().dtype
+
+
+class _Row:
+    __slots__ = ("store", "index")
+
+    def __init__(self, store: FeatureStore, index: int) -> None:
+        self.store, self.index = store, index
+
+
+class CachedFeatures(torch.utils.data.Dataset):
+    """A dataset of cached rows, same length and order as the one it was computed from."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return self.store.n
+
+    def __getitem__(self, i: int) -> _Row:
+        return _Row(self.store, i)
+
+
+# ----------------------------------------------------------------------------------- the task
+class FeatureCacheTask:
+    """The task, with cached batches going through ``forward_features``; everything else (and any
+    batch not from the cache) is the task's own."""
+
+    def __init__(self, task: Any, depth: int) -> None:
+        self.task, self.depth = task, depth
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)
+
+    def collate(self, samples: list[Any]) -> dict[str, Any]:
+        if samples and isinstance(samples[0], _Row):
+            batch: dict[str, Any] = samples[0].store.gather([s.index for s in samples])
+            batch[CACHED] = True
+            return batch
+        return self.task.collate(samples)
+
+    def forward(self, model: nn.Module, batch: dict[str, Any], train: bool, **kw: Any) -> dict[str, Any]:
+        if batch.get(CACHED):
+            return self.task.forward_features(model, batch, self.depth, train)
+        return self.task.forward(model, batch, train=train, **kw)
+
+
+# ----------------------------------------------------------------------------------- planning
+def frozen_depth(groups: list[LayerGroup]) -> int:
+    """How many groups from the input are entirely frozen (the head never counts)."""
+    depth = 0
+    for g in groups[:-1]:
+        params = list(g.parameters())
+        if params and all(not p.requires_grad for p in params):
+            depth += 1
+        else:
+            break
+    return depth
+
+
+def trunk_randomness(groups: list[LayerGroup], depth: int) -> list[str]:
+    """What makes the frozen groups' outputs vary from epoch to epoch in the model's current mode."""
+    found: dict[str, float] = {}
+    for g in groups[:depth]:
+        for module in g.modules:
+            for m in module.modules():
+                if not m.training:
+                    continue
+                if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+                    found[f"dropout (p={m.p:g})"] = 1
+                elif type(m).__name__ == "DropPath" and getattr(m, "drop_prob", 0) > 0:
+                    found[f"drop-path (p={m.drop_prob:g})"] = 1
+                elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    found["batch-norm batch statistics (finetune.freeze_norm_stats: true keeps them fixed)"] = 1
+    return [f"{what} in the frozen layers" for what in found]
+
+
+def plan(rec: Any, task: Any, trainer: Any) -> tuple[int, list[str], str | None]:
+    """(depth, randomness that caching would turn off, reason not to cache or None)."""
+    mode = rec.train.cache_features
+    ft = rec.finetune
+    if mode is False:
+        return 0, [], "train.cache_features is false"
+    if ft.strategy not in ("feature_extraction", "partial"):
+        return 0, [], f"strategy {ft.strategy!r} trains the bottom layers"
+    if ft.peft is not None:
+        return 0, [], "adapters train inside the frozen layers"
+    if not (hasattr(task, "frozen_features") and hasattr(task, "forward_features")):
+        return 0, [], f"task {task.name} does not implement frozen_features/forward_features"
+    if trainer.world > 1:
+        return 0, [], "several processes (the cache is per process; not implemented)"
+    if trainer.loss_fn is not None:
+        return 0, [], "train.loss sees the batch, which the cache replaces"
+    depth = frozen_depth(trainer.groups)
+    if depth == 0:
+        return 0, [], "the bottom layer group trains"
+    trainer._train_mode()
+    turned_off = trunk_randomness(trainer.groups, depth)
+    if hasattr(task, "feature_cache_train_set"):
+        turned_off += task.feature_cache_train_set(trainer.bundle)[1]
+    if turned_off and mode == "auto":
+        return depth, turned_off, ("random before the first trained group: " + "; ".join(turned_off)
+                                   + " (train.cache_features: true caches with them off)")
+    return depth, turned_off, None
+
+
+# ----------------------------------------------------------------------------------- extraction
+@torch.no_grad()
+def extract(task: Any, model: nn.Module, dataset, depth: int, batch_size: int, device: torch.device,
+            autocast: Callable = nullcontext, max_ram_bytes: int = DEFAULT_MAX_RAM_BYTES) -> FeatureStore | None:
+    """The frozen part's outputs for every sample of ``dataset`` in order (model in eval mode, the
+    global RNG left as it was); None when the task cannot split the model at ``depth``."""
+    from accelerate.utils import send_to_device
+
+    model.eval()
+    store = None
+    with torch.random.fork_rng(devices=[]):
+        for start in range(0, len(dataset), batch_size):
+            samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = send_to_device(task.collate(samples), device)
+            with autocast():
+                values = task.frozen_features(model, batch, depth)
+            if values is None:
+                return None
+            if store is None:
+                store = FeatureStore(len(dataset), values, max_ram_bytes)
+            store.write(start, values)
+    return store
+
+
+def maybe_cache_features(rec: Any, task: Any, trainer: Any, max_ram_bytes: int = DEFAULT_MAX_RAM_BYTES
+                         ) -> dict[str, Any]:
+    """Cache the frozen trunk's outputs for the trainer's training and validation sets when the recipe
+    and the task allow it (see the module docstring); returns what was done, for the log and metrics."""
+    depth, turned_off, reason = plan(rec, task, trainer)
+    note: dict[str, Any] = {"enabled": False, "setting": rec.train.cache_features}
+    if reason is None:
+        t0 = time.perf_counter()
+        train_set = task.feature_cache_train_set(trainer.bundle)[0] if hasattr(task, "feature_cache_train_set") \
+            else trainer.bundle.train
+        model, device = trainer._unwrapped, trainer.accelerator.device
+        batch = trainer.cfg.eval_batch
+        train_store = extract(task, model, train_set, depth, batch, device, trainer.accelerator.autocast,
+                              max_ram_bytes)
+        val_store = None if train_store is None else extract(
+            task, model, trainer.bundle.validation, depth, batch, device, trainer.accelerator.autocast, max_ram_bytes)
+        trainer._train_mode()
+        if train_store is None or val_store is None:
+            reason = f"task {task.name} cannot split this model after layer group {depth}"
+        else:
+            b = trainer.bundle
+            trainer.bundle = DataBundle(train=CachedFeatures(train_store), validation=CachedFeatures(val_store),
+                                        test=b.test, report=b.report, label_names=b.label_names,
+                                        train_lengths=b.train_lengths)
+            trainer.task = FeatureCacheTask(task, depth)
+            note.update(enabled=True, frozen_groups=[g.name for g in trainer.groups[:depth]], turned_off=turned_off,
+                        storage="disk (memory-mapped)" if train_store.on_disk else "memory",
+                        megabytes=round((train_store.nbytes + val_store.nbytes) / 2**20, 1),
+                        extract_seconds=round(time.perf_counter() - t0, 2))
+    if reason is not None:
+        note["reason"] = reason
+    trainer.log.event("feature_cache", **note)
+    return note
+
+
+def describe(note: dict[str, Any]) -> str:
+    """One line for the console."""
+    if note.get("enabled"):
+        off = f"; turned off: {', '.join(note['turned_off'])}" if note["turned_off"] else ""
+        return (f"feature cache: {len(note['frozen_groups'])} frozen groups computed once "
+                f"({note['megabytes']} MB in {note['storage']}, {note['extract_seconds']} s){off}")
+    return f"feature cache: off ({note.get('reason')})"
