@@ -56,6 +56,19 @@ class DataReport:
             kept = self.examples.setdefault(reason, [])
             kept.extend(str(e) for e in examples[: max(0, 5 - len(kept))])
 
+    def warn(self, message: str) -> None:
+        """A problem the user should see now (e.g. over 5% of a split truncated): printed to stderr,
+        kept in the notes with a ``warning:`` prefix, and logged as a ``data_warning`` event."""
+        import sys
+
+        message = message if message.startswith("warning: ") else f"warning: {message}"
+        self.notes.append(message)
+        print(message, file=sys.stderr, flush=True)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [n for n in self.notes if n.startswith("warning: ")]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -179,6 +192,20 @@ class Task(Protocol):
     #     runs ``forward(model, batch, train=True, part=name)`` for each part in turn within one
     #     optimiser step (the parts see the same batch dict: a part may leave tensors in it for the
     #     next), and checkpoints every part's state. Evaluation calls forward without ``part``."""
+
+    # Optional, for the frozen-trunk feature cache (core/feature_cache.py, train.cache_features): with
+    # the bottom ``depth`` layer groups frozen, their outputs are computed once per sample and the
+    # rest trains from them. A task without these methods is simply never cached.
+    # def frozen_features(self, model: nn.Module, batch: dict, depth: int) -> dict[str, torch.Tensor] | None:
+    #     """For a collated batch (model in eval mode, no grad): the outputs of the first ``depth``
+    #     groups plus whatever forward_features needs (labels, sample indices), each with the batch on
+    #     dim 0 and the same shape for every sample. None when the model cannot be split there."""
+    # def forward_features(self, model: nn.Module, batch: dict, depth: int, train: bool) -> dict:
+    #     """What ``forward`` returns, from a batch of stacked frozen_features values; the same loss
+    #     and, in train mode, the same random draws (dropout) as forward above the split."""
+    # def feature_cache_train_set(self, bundle: DataBundle) -> tuple[torch.utils.data.Dataset, list[str]]:
+    #     """The training set without input randomness (augmentation, mixing), and a line for each
+    #     thing that turned off ([] when there was none: then the cache needs no cache_features: true)."""
 
     # Optional, for user metrics (eval.extra_metrics); without it they get what predict_batch returned:
     # def metric_inputs(self, predictions: list, references: list) -> tuple[list, list]:
