@@ -147,8 +147,9 @@ class OrtSeq2Seq:
     greedy ``generate``. Decoding starts from the prefix tokens recorded at export time and
     applies the checkpoint's suppressed tokens, as transformers' Whisper generate does."""
 
-    def __init__(self, sessions: dict, config, decoding: dict[str, Any]) -> None:
+    def __init__(self, sessions: dict, config, decoding: dict[str, Any], generation_config=None) -> None:
         self.config, self.sessions, self.decoding = config, sessions, decoding
+        self.generation_config = generation_config
         self.decoder = sessions["decoder"]
         self.model = Outputs(encoder=_OrtEncoder(sessions["encoder"]))
 
@@ -170,9 +171,10 @@ class OrtSeq2Seq:
         return Outputs(logits=self.decode_step(decoder_input_ids, self._encode(input_features, encoder_outputs)))
 
     def generate(self, input_features=None, encoder_outputs=None, max_new_tokens: int | None = None,
-                 **_: Any) -> torch.Tensor:
+                 logits_processor=None, **_: Any) -> torch.Tensor:
         hidden = self._encode(input_features, encoder_outputs)
-        return greedy_decode(CachedDecoder(self.sessions, hidden), hidden.shape[0], self.decoding, max_new_tokens)
+        return greedy_decode(CachedDecoder(self.sessions, hidden), hidden.shape[0], self.decoding, max_new_tokens,
+                             logits_processor)
 
 
 class CachedDecoder:
@@ -198,9 +200,12 @@ class CachedDecoder:
         return out["logits"]
 
 
-def greedy_decode(step, batch: int, decoding: dict[str, Any], max_new_tokens: int | None = None) -> torch.Tensor:
+def greedy_decode(step, batch: int, decoding: dict[str, Any], max_new_tokens: int | None = None,
+                  logits_processor=None) -> torch.Tensor:
     """Greedy decoding shared by the ONNX and the PyTorch side of the parity check: ``step(ids)``
-    returns logits [batch, len, vocab]; rows that produced EOS are padded with EOS afterwards."""
+    returns logits [batch, len, vocab]; rows that produced EOS are padded with EOS afterwards.
+    ``logits_processor`` (transformers' ``(ids, scores) -> scores``, e.g. a task's repetition
+    guard) runs after the suppressed tokens, where transformers' generate runs a caller's."""
     prefix = list(decoding["prefix"])
     eos, limit = decoding["eos_token_id"], max_new_tokens or decoding["max_new_tokens"]
     suppress = list(decoding.get("suppress_tokens") or [])
@@ -216,6 +221,8 @@ def greedy_decode(step, batch: int, decoding: dict[str, Any], max_new_tokens: in
             logits[:, suppress] = float("-inf")
         if t == 0 and begin_suppress:
             logits[:, begin_suppress] = float("-inf")
+        if logits_processor is not None:
+            logits = logits_processor(ids, logits)
         nxt = logits.argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
         ids = torch.cat([ids, nxt[:, None]], dim=1)
@@ -251,7 +258,14 @@ def load_ort_model(export_dir: str | Path, manifest: dict[str, Any], variant: st
     if manifest["runtime"] == "seq2seq":
         from transformers import AutoConfig
 
-        return OrtSeq2Seq(sessions, AutoConfig.from_pretrained(export_dir), manifest["decoding"])
+        from transformers import GenerationConfig
+
+        config = AutoConfig.from_pretrained(export_dir)
+        try:
+            generation = GenerationConfig.from_pretrained(export_dir)
+        except OSError:
+            generation = GenerationConfig.from_model_config(config)
+        return OrtSeq2Seq(sessions, config, manifest["decoding"], generation)
     return OrtModel(sessions["model"], manifest["runtime"])
 
 
