@@ -18,7 +18,6 @@ so a window or a head+tail cut is wrapped exactly as the tokenizer wraps a whole
 
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 import numpy as np
@@ -53,8 +52,7 @@ def note_lengths(report, split: str, lengths: Sequence[int], limit: int, *, what
         message = (f"warning: {split}: {share:.1%} of {what} are longer than max_length {limit} tokens and "
                    f"lose their end (median {s['median']:g}, p95 {s['p95']:g} tokens); raise model.max_length "
                    f"or set data.long_text: head_tail or chunks")
-        report.notes.append(message)
-        print(message, file=sys.stderr, flush=True)
+        report.warn(message)
     return share
 
 

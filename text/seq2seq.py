@@ -296,8 +296,8 @@ class Seq2SeqTask:
         report.notes.append(_lengths_note(split, "targets", [len(t) for t in tgt_full], m.max_target_length, tgt_cut))
         cut_share = len(src_cut) / max(1, len(sources))
         if cut_share > 0.05:
-            print(f"warning: {split}: {len(src_cut)} of {len(sources)} sources ({cut_share:.0%}) are longer than "
-                  f"model.max_source_length={m.max_source_length} tokens and were truncated", flush=True)
+            report.warn(f"{split}: {len(src_cut)} of {len(sources)} sources ({cut_share:.0%}) are longer than "
+                        f"model.max_source_length={m.max_source_length} tokens and were truncated")
         subset = set(fixed_subset(len(sources), m.generation.eval_samples, self.seed))
         return _Seq2SeqDataset(input_ids, labels, prompts, sources, targets, subset)
 

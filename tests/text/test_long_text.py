@@ -15,6 +15,7 @@ import torch
 from omnitune.core.api import build_task, predict, train
 from omnitune.core.recipe import validate_recipe
 from omnitune.core.task import DataReport
+from omnitune.core.tracking import read_events
 from omnitune.text import long_text
 from omnitune.text.testing import FILLER, NEGATIVE, POSITIVE, make_tokenizer_and_model, write_csv
 
@@ -134,3 +135,8 @@ def test_only_what_sees_the_end_learns_a_label_decided_at_the_end(long_corpus, m
         assert out["label"] == "pos", out
     saved = json.loads((result.run_dir / "data_report.json").read_text())
     assert any("longer than max_length 12" in n for n in saved["notes"])
+    warned = [e["message"] for e in read_events(result.run_dir) if e["event"] == "data_warning"]
+    if mode == "truncate":  # every split loses the deciding end: warned, and the warning is in the run's events
+        assert any(m.startswith("warning: train: 100.0% of texts") for m in warned), warned
+    elif mode == "chunks":  # windows lose nothing
+        assert warned == []
