@@ -12,9 +12,14 @@ SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>",
             "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
 
 
-def make_tiny_whisper(out: Path, seed: int = 0) -> Path:
+LANGUAGES = ["<|en|>", "<|de|>", "<|fr|>"]
+
+
+def make_tiny_whisper(out: Path, seed: int = 0, multilingual: bool = False) -> Path:
     """A random 2+2-layer Whisper (d_model 32) with a byte-level tokenizer of 265 tokens, saved in
-    Hugging Face layout with its processor and an English-only generation config."""
+    Hugging Face layout with its processor and an English-only generation config. ``multilingual``:
+    two more language tokens (<|de|>, <|fr|>) and a multilingual generation config (lang_to_id,
+    task_to_id), so generate() detects the language when none is given."""
     import torch
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
@@ -22,10 +27,11 @@ def make_tiny_whisper(out: Path, seed: int = 0) -> Path:
 
     # One token per byte (the byte-level alphabet), no merges: tiny and still a real BPE tokenizer.
     vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
-    for tok in SPECIALS:
+    specials = SPECIALS + (LANGUAGES[1:] if multilingual else [])
+    for tok in specials:
         vocab[tok] = len(vocab)
     tokenizer = WhisperTokenizer(vocab=vocab, merges=[])
-    tokenizer.add_special_tokens({"additional_special_tokens": SPECIALS})
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
     eot, sot = vocab["<|endoftext|>"], vocab["<|startoftranscript|>"]
     cfg = WhisperConfig(vocab_size=len(vocab), num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=2,
                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
@@ -38,7 +44,10 @@ def make_tiny_whisper(out: Path, seed: int = 0) -> Path:
     gen.decoder_start_token_id, gen.max_length = sot, 64
     gen.no_timestamps_token_id = vocab["<|notimestamps|>"]
     gen.prev_sot_token_id = vocab["<|startofprev|>"]
-    gen.is_multilingual = False
+    gen.is_multilingual = multilingual
+    if multilingual:
+        gen.lang_to_id = {tok: vocab[tok] for tok in LANGUAGES}
+        gen.task_to_id = {"transcribe": vocab["<|transcribe|>"], "translate": vocab["<|translate|>"]}
     model.generation_config = gen
     model.save_pretrained(out)
     WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer).save_pretrained(out)
