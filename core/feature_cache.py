@@ -229,20 +229,24 @@ def maybe_cache_features(rec: Any, task: Any, trainer: Any, max_ram_bytes: int =
         batch = trainer.cfg.eval_batch
         train_store = extract(task, model, train_set, depth, batch, device, trainer.accelerator.autocast,
                               max_ram_bytes)
-        val_store = None if train_store is None else extract(
+        # A task whose evaluation needs more than the cached values (texts to decode) opts out.
+        cache_eval = getattr(task, "feature_cache_eval", True)
+        val_store = None if train_store is None or not cache_eval else extract(
             task, model, trainer.bundle.validation, depth, batch, device, trainer.accelerator.autocast, max_ram_bytes)
         trainer._train_mode()
-        if train_store is None or val_store is None:
+        if train_store is None or (cache_eval and val_store is None):
             reason = f"task {task.name} cannot split this model after layer group {depth}"
         else:
             b = trainer.bundle
-            trainer.bundle = DataBundle(train=CachedFeatures(train_store), validation=CachedFeatures(val_store),
+            trainer.bundle = DataBundle(train=CachedFeatures(train_store),
+                                        validation=CachedFeatures(val_store) if val_store else b.validation,
                                         test=b.test, report=b.report, label_names=b.label_names,
                                         train_lengths=b.train_lengths)
             trainer.task = FeatureCacheTask(task, depth)
             note.update(enabled=True, frozen_groups=[g.name for g in trainer.groups[:depth]], turned_off=turned_off,
                         storage="disk (memory-mapped)" if train_store.on_disk else "memory",
-                        megabytes=round((train_store.nbytes + val_store.nbytes) / 2**20, 1),
+                        megabytes=round((train_store.nbytes + (val_store.nbytes if val_store else 0)) / 2**20, 1),
+                        validation_cached=val_store is not None,
                         extract_seconds=round(time.perf_counter() - t0, 2))
     if reason is not None:
         note["reason"] = reason
