@@ -544,49 +544,6 @@ class SpeechRecognitionTask:
                                label_smoothing=self.label_smoothing if train else 0.0, reduction="sum")
         return {"loss_sum": loss, "num_items": (labels != -100).sum(), "outputs": logits}
 
-    # ------------------------------------------------------------------ frozen-encoder feature cache
-    # Validation batches must carry texts and names for decoding: only training batches are cached.
-    feature_cache_eval: ClassVar[bool] = False
-
-    def feature_cache_train_set(self, bundle: DataBundle) -> tuple[Any, list[str]]:
-        """The training clips without augmentation, and what that turned off (core/feature_cache.py)."""
-        off = []
-        if self.data_cfg.augment:
-            off.append(f"audio augmentation ({', '.join(a.name for a in self.data_cfg.augment)})")
-        config = getattr(getattr(self, "_model", None), "config", None)
-        for field in ("dropout", "attention_dropout", "activation_dropout"):  # functional: not nn.Dropout
-            if config is not None and getattr(config, field, 0.0):
-                off.append(f"encoder {field} ({getattr(config, field):g})")
-        if config is not None and getattr(config, "apply_spec_augment", False):
-            off.append("the model's SpecAugment (apply_spec_augment)")
-        return (self._dataset(bundle.train.clips, []) if off else bundle.train), off
-
-    def frozen_features(self, model: nn.Module, batch: dict[str, Any], depth: int) -> dict[str, Any] | None:
-        """A frozen encoder's output states, and the labels padded to a fixed width; None unless the
-        whole encoder (and nothing else) is frozen."""
-        core = getattr(model, "module", model)
-        if depth != 1 + len(core.model.encoder.layers):
-            return None
-        states = core.model.encoder(batch["input_features"]).last_hidden_state
-        labels = batch["labels"]
-        fixed = labels.new_full((labels.shape[0], max(self._max_label_tokens, labels.shape[1])), -100)
-        fixed[:, :labels.shape[1]] = labels
-        return {"encoder_states": states, "labels": fixed}
-
-    def forward_features(self, model: nn.Module, batch: dict[str, Any], depth: int, train: bool) -> dict[str, Any]:
-        """:meth:`forward` (training) from cached encoder states: the decoder and the loss."""
-        from transformers.modeling_outputs import BaseModelOutput
-
-        core = getattr(model, "module", model)
-        labels = batch["labels"]
-        labels = labels[:, :max(int((labels != -100).sum(1).max()), 1)]
-        dec_in = shift_right(labels, core.config.decoder_start_token_id, core.config.pad_token_id)
-        logits = model(encoder_outputs=BaseModelOutput(last_hidden_state=batch["encoder_states"]),
-                       decoder_input_ids=dec_in).logits
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                               label_smoothing=self.label_smoothing if train else 0.0, reduction="sum")
-        return {"loss_sum": loss, "num_items": (labels != -100).sum(), "outputs": logits}
-
     def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
         save_model(getattr(model, "module", model), self.processor, Path(out_dir))
 
