@@ -367,11 +367,10 @@ def quantize_int8(src: Path, dst: Path, calibration: list[dict[str, Any]] | None
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser logs advice on the root logger
     try:
-        try:
-            quant_pre_process(str(src), str(pre))
-        except Exception:  # ORT's symbolic shape inference gives up on some graphs (BERT-style
-            # masks built from the input's shape); ONNX's own shape inference still helps.
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        # ONNX's shape inference and ORT's graph optimisation; ORT's symbolic shape inference is
+        # skipped: it gives up on BERT-style masks built from the input's shape, and then dumps the
+        # graph and its weights into the current directory.
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         if calibration is None:
             quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
             return "dynamic: int8 weights (MatMul/Gemm/Conv), activations quantised at run time"

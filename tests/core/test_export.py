@@ -37,8 +37,16 @@ def text_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def text_export(text_run) -> tuple[Path, dict]:
-    result = export_run(text_run, quantize="int8", int8_min_agreement=0.0, latency_repeats=1)
+def text_export(text_run, tmp_path_factory) -> tuple[Path, dict]:
+    import os
+
+    cwd, here = tmp_path_factory.mktemp("cwd"), os.getcwd()
+    os.chdir(cwd)  # ORT's quantisation tools must leave nothing in the current directory
+    try:
+        result = export_run(text_run, quantize="int8", int8_min_agreement=0.0, latency_repeats=1)
+    finally:
+        os.chdir(here)
+    assert list(cwd.iterdir()) == []
     return result.out_dir, result.report
 
 
@@ -117,9 +125,12 @@ def test_lora_run_is_merged_then_exported(tmp_path):
         assert a["label"] == b["label"] and abs(a["score"] - b["score"]) <= 1e-4
 
 
-def test_image_classifier_exports_with_static_int8(tmp_path):
+def test_image_classifier_exports_with_static_int8(tmp_path, monkeypatch):
     run = tiny_run("image-classification", tmp_path)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     result = export_run(run, tmp_path / "onnx", quantize="int8", int8_min_agreement=0.0, evaluate=False)
+    assert list((tmp_path / "cwd").iterdir()) == []
     m = result.manifest
     assert m["parity"]["fp32"]["passed"] and m["parity"]["fp32"]["max_abs_diff_all"] <= 1e-4
     assert "static QDQ" in m["quantization"]["int8"]
