@@ -43,6 +43,19 @@ average around each run.
     .venv/bin/python bench/text_vs_hf_trainer.py                         # full train split, 1 epoch, 1 round
     .venv/bin/python bench/text_vs_hf_trainer.py --rounds 3              # drift and order visible
     .venv/bin/python bench/text_vs_hf_trainer.py --train-samples 64 --eval-samples 32 --out /tmp/b  # smoke
+    .venv/bin/python bench/text_vs_hf_trainer.py --precision fp32        # fp32 on any CPU (issue 13's setting)
+
+Time to accuracy (``--mode time-to-accuracy``): omnitune's shipped recipe as it is (its lr, epochs, batch
+and early stopping) against the Trainer's documented text-classification recipe (lr 2e-5, 3 epochs,
+``group_by_length``; batch from --batch-size), each scoring the test split every --curve-every optimiser
+steps (that evaluation's time is taken out of the clock, which otherwise runs from the job's start:
+loading, tokenisation, training, the recipes' own evaluations). The target is the Trainer's final test
+accuracy (shared evaluation of its saved model); the figure is the wall time omnitune's curve first
+reaches it, as a share of the Trainer's whole job (target <= 0.6x). Writes time_to_accuracy.{json,md,png}.
+
+    .venv/bin/python bench/text_vs_hf_trainer.py --mode time-to-accuracy --precision fp32 --batch-size 16
+    .venv/bin/python bench/text_vs_hf_trainer.py --mode time-to-accuracy --train-samples 64 --eval-samples 32 \
+        --curve-every 1 --out /tmp/tta   # smoke
 
 Writes text_vs_hf_trainer.json and text_vs_hf_trainer.md to --out (default bench/results/, git-ignored).
 """
@@ -66,7 +79,12 @@ import torch
 RECIPE = "text/minilm-rotten-tomatoes"
 CONFIGS = ("omnitune", "hf", "hf-grouped")
 LABELS = {"omnitune": "omnitune", "hf": "transformers `Trainer`",
-          "hf-grouped": "transformers `Trainer`, `group_by_length`"}
+          "hf-grouped": "transformers `Trainer`, `group_by_length`",
+          "omnitune-shipped": "omnitune, shipped recipe", "hf-documented": "transformers `Trainer`, documented recipe"}
+# --mode time-to-accuracy: omnitune's shipped recipe as it is, against the Trainer's documented
+# text-classification recipe (lr 2e-5, 3 epochs) with its length-grouped sampler.
+TTA_CONFIGS = ("omnitune-shipped", "hf-documented")
+HF_DOCUMENTED = {"lr": 2e-5, "epochs": 3}
 
 
 # ---------------------------------------------------------------- machine and compute ceilings
@@ -166,16 +184,47 @@ def overrides_for(job: dict) -> dict:
     return out
 
 
-def worker_omnitune(job: dict, work: Path) -> dict:
+class Curve:
+    """Test accuracy against wall time (from the job's start, the curve's own evaluations taken out),
+    every ``every`` optimiser steps."""
+
+    def __init__(self, every: int | None) -> None:
+        self.every, self.t0, self.excluded, self.points = every, time.perf_counter(), 0.0, []
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
+
+    def add(self, step: int, evaluate) -> None:
+        t = time.perf_counter()
+        acc = evaluate()
+        self.points.append({"seconds": t - self.t0 - self.excluded, "step": step, "accuracy": acc})
+        self.excluded += time.perf_counter() - t
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.t0 - self.excluded
+
+
+def worker_omnitune(job: dict, work: Path, shipped: bool = False) -> dict:
+    """The benchmark's job; ``shipped``: the shipped recipe's own lr, epochs, batch and early stopping."""
     from omnitune.core.api import MODEL_DIR, train
 
+    curve = Curve(job.get("curve_every"))
+
+    def point(trainer) -> None:
+        if curve.due(trainer.state.step):
+            curve.add(trainer.state.step, lambda: trainer.evaluate(trainer.bundle.test)[0]["accuracy"])
+
+    overrides = overrides_for(job)
+    if shipped:
+        overrides = {k: v for k, v in overrides.items() if k.startswith(("train.threads", "train.precision", "seed",
+                                                                         "data."))}
     t = time.perf_counter()
-    result = train(RECIPE, {**overrides_for(job), "output.dir": str(work), "output.run_name": "omnitune"})
+    result = train(RECIPE, {**overrides, "output.dir": str(work), "output.run_name": "omnitune"}, callbacks=[point])
     end_to_end = time.perf_counter() - t
     timing = result.metrics["timing"]
     return {"train_seconds": timing["train_seconds"], "samples_trained": timing["samples_seen"],
             "end_to_end_seconds": end_to_end, "own_test_accuracy": result.metrics["test"].get("accuracy"),
-            "model_dir": str(result.run_dir / MODEL_DIR)}
+            "model_dir": str(result.run_dir / MODEL_DIR), "curve": curve.points, "curve_wall_seconds": curve.wall()}
 
 
 def worker_hf(job: dict, work: Path, grouped: bool) -> dict:
@@ -226,9 +275,32 @@ def worker_hf(job: dict, work: Path, grouped: bool) -> dict:
         dataloader_num_workers=0, dataloader_pin_memory=False,
         train_sampling_strategy="group_by_length" if grouped else "random")
     clock = StepClock()
+    curve = Curve(job.get("curve_every"))
+    curve.t0 = t
+    collator = DataCollatorWithPadding(tokenizer)
+
+    @torch.no_grad()
+    def test_accuracy(net) -> float:
+        was, correct = net.training, 0
+        net.eval()
+        rows = ds["test"]
+        for i in range(0, len(rows), job["eval_batch_size"]):
+            batch = collator([rows[j] for j in range(i, min(i + job["eval_batch_size"], len(rows)))])
+            labels = batch.pop("labels")
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=job["precision"] == "bf16"):
+                correct += int((net(**batch).logits.argmax(-1) == labels).sum())
+        net.train(was)
+        return correct / len(rows)
+
+    class CurvePoints(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **__) -> None:
+            if curve.due(state.global_step):
+                curve.add(state.global_step, lambda: test_accuracy(model))
+                clock.mark = time.perf_counter()  # the curve's evaluation is not training time
+
     trainer = Trainer(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds["validation"],
-                      data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
-                      compute_metrics=compute_metrics, callbacks=[clock])
+                      data_collator=collator, processing_class=tokenizer,
+                      compute_metrics=compute_metrics, callbacks=[clock, CurvePoints()])
     out = trainer.train()
     trainer.evaluate(ds["validation"])
     test = trainer.evaluate(ds["test"], metric_key_prefix="test")
@@ -237,7 +309,8 @@ def worker_hf(job: dict, work: Path, grouped: bool) -> dict:
     end_to_end = time.perf_counter() - t
     return {"train_seconds": clock.seconds, "samples_trained": len(ds["train"]) * job["epochs"],
             "end_to_end_seconds": end_to_end, "own_test_accuracy": test["test_accuracy"],
-            "trainer_train_runtime": out.metrics["train_runtime"], "model_dir": str(model_dir)}
+            "trainer_train_runtime": out.metrics["train_runtime"], "model_dir": str(model_dir),
+            "curve": curve.points, "curve_wall_seconds": curve.wall()}
 
 
 def run_worker(config: str, job_file: Path, result_file: Path) -> None:
@@ -246,7 +319,14 @@ def run_worker(config: str, job_file: Path, result_file: Path) -> None:
     _import_all()
     work = Path(job["work_dir"]) / f"{config}-{os.getpid()}"
     work.mkdir(parents=True)
-    res = worker_omnitune(job, work) if config == "omnitune" else worker_hf(job, work, config == "hf-grouped")
+    if config == "omnitune":
+        res = worker_omnitune(job, work)
+    elif config == "omnitune-shipped":
+        res = worker_omnitune(job, work, shipped=True)
+    elif config == "hf-documented":
+        res = worker_hf({**job, **HF_DOCUMENTED}, work, grouped=True)
+    else:
+        res = worker_hf(job, work, config == "hf-grouped")
     test = [json.loads(line) for line in Path(job["data_files"]["test"]).read_text().splitlines()]
     res["test_accuracy"] = accuracy(Path(res["model_dir"]), [r["text"] for r in test], [r["label"] for r in test],
                                     job["precision"], job["max_length"])
@@ -297,6 +377,81 @@ def prepare(args, root: Path, assets_dir: Path) -> tuple[dict, list[int], object
     if recipe.sched.warmup_steps is not None or recipe.sched.name != "linear" or recipe.sched.min_lr_ratio:
         raise SystemExit("the Trainer side mirrors a linear schedule with warmup_ratio only; adjust the benchmark")
     return job, bundle.train.lengths(), AutoConfig.from_pretrained(task.model_path)
+
+
+def time_to(curve: list[dict], target: float) -> float | None:
+    """Seconds at the first curve point at or above ``target`` (None: never reached)."""
+    return next((p["seconds"] for p in curve if p["accuracy"] >= target), None)
+
+
+def summarise_tta(runs: list[dict]) -> dict:
+    """Time to accuracy: the Trainer's final test accuracy (from the shared evaluation of its saved
+    model) is the target; how long omnitune's shipped recipe took to first reach it on its curve."""
+    ok = [r for r in runs if "error" not in r]
+    hf = [r for r in ok if r["config"] == "hf-documented"]
+    om = [r for r in ok if r["config"] == "omnitune-shipped"]
+    if not hf or not om:
+        return {}
+    target = statistics.median(r["test_accuracy"] for r in hf)
+    hf_seconds = statistics.median(r["curve_wall_seconds"] for r in hf)
+    reached = [time_to(r["curve"], target) for r in om]
+    times = [t for t in reached if t is not None]
+    out = {"target_accuracy": target, "hf_seconds": hf_seconds,
+           "omnitune_final_accuracy": statistics.median(r["test_accuracy"] for r in om),
+           "omnitune_seconds": statistics.median(r["curve_wall_seconds"] for r in om),
+           "omnitune_reached_in": f"{len(times)}/{len(reached)} runs",
+           "omnitune_seconds_to_target": statistics.median(times) if times else None}
+    out["ratio"] = out["omnitune_seconds_to_target"] / hf_seconds if times else None
+    return out
+
+
+def curves_png(runs: list[dict], target: float | None, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r in runs:
+        if "error" in r or not r.get("curve"):
+            continue
+        xs = [p["seconds"] for p in r["curve"]]
+        ys = [p["accuracy"] for p in r["curve"]]
+        ax.plot(xs, ys, marker=".", label=f"{LABELS[r['config']]} (round {r['round']})")
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"Trainer's final accuracy {target:.4f}")
+    ax.set_xlabel("wall seconds from the job's start (curve evaluations excluded)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Time to accuracy: MiniLM-L6, Rotten Tomatoes")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def markdown_tta(report: dict) -> str:
+    m, j, s = report["machine"], report["job"], report["summary"]
+    lines = [f"Machine: {m['cpu_model']}, {m['usable_cpus']} usable CPUs; native bf16: "
+             f"{'yes' if m['native_bf16'] else 'no'}; precision **{j['precision']}**, {j['threads']} threads.",
+             f"Job: {j['sizes']['train']} train / {j['sizes']['test']} test reviews; omnitune's shipped recipe "
+             f"({RECIPE}) against the Trainer's documented recipe (lr {HF_DOCUMENTED['lr']:g}, "
+             f"{HF_DOCUMENTED['epochs']} epochs, batch {j['batch_size']}, group_by_length); test accuracy every "
+             f"{j['curve_every']} steps; {report['rounds']} round(s).", ""]
+    if s:
+        ratio = (f"omnitune needs **{s['ratio']:.2f}x** of the Trainer's time to reach its final accuracy"
+                 if s["ratio"] is not None else "omnitune's shipped recipe **did not reach** the Trainer's final accuracy")
+        reached = f"{s['omnitune_seconds_to_target']:.0f}" if s["omnitune_seconds_to_target"] is not None else "-"
+        lines += ["| | final test accuracy | wall s (whole job) | wall s to the Trainer's final accuracy |",
+                  "|---|---|---|---|",
+                  f"| {LABELS['hf-documented']} | {s['target_accuracy']:.4f} | {s['hf_seconds']:.0f} | "
+                  f"{s['hf_seconds']:.0f} |",
+                  f"| {LABELS['omnitune-shipped']} | {s['omnitune_final_accuracy']:.4f} | {s['omnitune_seconds']:.0f} | "
+                  f"{reached} ({s['omnitune_reached_in']}) |", "",
+                  f"{ratio} (target <= 0.6x).", ""]
+    lines.append("![time to accuracy](time_to_accuracy.png)")
+    return "\n".join(lines) + "\n"
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -373,17 +528,23 @@ def main() -> None:
                    help="auto: bf16 where oneDNN has a native bf16 path (avx512_bf16/AMX), else fp32")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--rounds", type=int, default=1, help="repeat the three runs, rotating their order")
-    p.add_argument("--configs", default=",".join(CONFIGS), help="subset of " + ",".join(CONFIGS))
+    p.add_argument("--configs", default=None, help="subset of " + ",".join(CONFIGS) + " (throughput mode)")
+    p.add_argument("--mode", choices=["throughput", "time-to-accuracy"], default="throughput",
+                   help="time-to-accuracy: omnitune's shipped recipe against the Trainer's documented one "
+                        "(lr 2e-5, 3 epochs, grouped), test accuracy against wall time, one PNG")
+    p.add_argument("--curve-every", type=int, default=25, help="time-to-accuracy: optimiser steps between points")
     p.add_argument("--out", default=None, help="folder for the JSON and markdown (default: bench/results)")
-    p.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=CONFIGS + TTA_CONFIGS, help=argparse.SUPPRESS)
     p.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return run_worker(args.worker, args.job, args.result)
 
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    if unknown := set(configs) - set(CONFIGS):
+    tta = args.mode == "time-to-accuracy"
+    configs = list(TTA_CONFIGS) if tta else [c.strip() for c in (args.configs or ",".join(CONFIGS)).split(",")
+                                             if c.strip()]
+    if unknown := set(configs) - set(CONFIGS) - (set(TTA_CONFIGS) if tta else set()):
         p.error(f"--configs: unknown {sorted(unknown)}; choose from {CONFIGS}")
     if args.precision == "auto":
         args.precision = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
@@ -396,13 +557,15 @@ def main() -> None:
     try:
         machine = machine_info()
         job, lengths, model_config = prepare(args, root, assets_dir)
+        if tta:
+            job["curve_every"] = args.curve_every
         job_file = root / "job.json"
         job_file.write_text(json.dumps(job))
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
         peak = {"before": matmul_peak(dtype, args.threads)}
         print(f"{machine['cpu_model']}; {args.precision} matmul peak {peak['before']:.0f} GFLOP/s "
               f"({args.threads} threads)", flush=True)
-        flops = useful_train_flops(model_config, lengths, args.epochs)
+        flops_per_sample = useful_train_flops(model_config, lengths, 1) / max(len(lengths), 1)
         runs = []
         for rnd in range(args.rounds):
             order = configs[rnd % len(configs):] + configs[:rnd % len(configs)]
@@ -419,19 +582,25 @@ def main() -> None:
                 else:
                     run.update(json.loads(result_file.read_text()))
                     run.pop("model_dir")
-                    run["useful_gflops"] = flops / run["train_seconds"] / 1e9
+                    run["useful_gflops"] = flops_per_sample * run["samples_trained"] / run["train_seconds"] / 1e9
                     print(f"round {rnd} {config}: {run['samples_per_s']:.1f} samples/s, end-to-end "
                           f"{run['end_to_end_seconds']:.1f} s, test accuracy {run['test_accuracy']:.4f}", flush=True)
                 runs.append(run)
         peak["after"] = matmul_peak(dtype, args.threads)
         report = {"machine": machine, "job": {k: v for k, v in job.items() if k not in ("data_files", "work_dir")},
-                  "rounds": args.rounds, "matmul_peak_gflops": peak, "useful_train_gflop": flops / 1e9,
-                  "runs": runs, "summary": summarise(runs), "bench_seconds": time.perf_counter() - t_all}
+                  "rounds": args.rounds, "matmul_peak_gflops": peak, "mode": args.mode,
+                  "useful_train_gflop_per_epoch": flops_per_sample * len(lengths) / 1e9,
+                  "runs": runs, "summary": summarise_tta(runs) if tta else summarise(runs),
+                  "bench_seconds": time.perf_counter() - t_all}
         out_dir = Path(args.out or Path(__file__).parent / "results")
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "text_vs_hf_trainer.json").write_text(json.dumps(report, indent=1))
-        (out_dir / "text_vs_hf_trainer.md").write_text(markdown(report))
-        print(markdown(report))
+        name = "time_to_accuracy" if tta else "text_vs_hf_trainer"
+        if tta:
+            curves_png(runs, report["summary"].get("target_accuracy"), out_dir / "time_to_accuracy.png")
+        text = markdown_tta(report) if tta else markdown(report)
+        (out_dir / f"{name}.json").write_text(json.dumps(report, indent=1))
+        (out_dir / f"{name}.md").write_text(text)
+        print(text)
         print(f"written to {out_dir}", flush=True)
         if any("error" in r for r in runs):
             sys.exit(1)
