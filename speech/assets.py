@@ -120,3 +120,32 @@ JOE_PIPER_VOICE = Asset(
          ["en_US-joe-medium.onnx", "en_US-joe-medium.onnx.json", "MODEL_CARD"]},
     ),),
 )
+
+
+ALSA_VOICE_NAMES = ["Front_Center", "Front_Left", "Front_Right", "Rear_Center", "Rear_Left", "Rear_Right",
+                    "Side_Left", "Side_Right"]
+
+
+def _write_alsa_transcripts(folder: Path) -> None:
+    # Each file is a voice reading its own name ("Front, center"). Noise.wav is left out: it is
+    # not speech.
+    lines = [f"{n}: {n.replace('_', ' ').lower()}" for n in ALSA_VOICE_NAMES]
+    (folder / "voices" / "transcripts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "voices" / "Noise.wav").unlink()
+
+
+ALSA_VOICES = Asset(
+    name="alsa-voices",
+    description="The speaker-test voice prompts of alsa-utils: one speaker (not the Asterisk voice) reading 8 "
+                "channel names ('front left' ...), 48 kHz studio audio: a tiny general read-speech set for "
+                "the forgetting check (eval.retention) of telephone-prompt fine-tunes",
+    licence="GPL-2 (alsa-utils, per the package's copyright file: Files: *)",
+    origin="Debian package alsa-utils 1.2.8-1, /usr/share/sounds/alsa/",
+    packages=(Package(
+        "deb", "alsa-utils", "1.2.8-1",
+        "fb24eb1a318228b974efbef726190dd90c6106a208814a3ee8f5d69b91ee0ba4",
+        {"/usr/share/sounds/alsa": "voices", "/usr/share/doc/alsa-utils/copyright": "COPYRIGHT"},
+    ),),
+    entry="voices",
+    prepare=_write_alsa_transcripts,
+)
