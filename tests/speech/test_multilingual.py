@@ -8,6 +8,7 @@ import pytest
 from omnitune.core.api import build_task
 from omnitune.core.errors import OmnituneError
 from omnitune.core.recipe import validate_recipe
+from omnitune.speech.audio import load_clip
 from omnitune.speech.model import RepeatGuard
 from omnitune.speech.testing import make_tiny_whisper, tiny_asr_recipe
 
@@ -29,8 +30,7 @@ def ml_task(tmp_path_factory):
 
 
 def _ids_len(task, model, path):
-    feats = task.processor.feature_extractor(__import__("omnitune.speech.audio", fromlist=["x"]).load_clip(path),
-                                             sampling_rate=16000, return_tensors="pt").input_features
+    feats = task.processor.feature_extractor(load_clip(path), sampling_rate=16000, return_tensors="pt").input_features
     return task.generate(model, feats).shape[1]
 
 
