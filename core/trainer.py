@@ -421,33 +421,37 @@ class Trainer:
     def _part_step(self, batch_at: Callable, n_micro: int, part: str | None, optimizer) -> tuple[float, float]:
         """Forward/backward over the micro-batches, then normalise the gradients by the item count
         of the whole step (all micro-batches, all processes) and update ``optimizer``."""
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        items = torch.zeros((), dtype=torch.float64)
+        # Loss and items add up on the device: one host sync per optimiser step, not three per
+        # micro-batch (a GPU's queue keeps running). A non-finite loss stops the run before the update.
+        device = self.accelerator.device
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        items = torch.zeros((), dtype=torch.float64, device=device)
         for micro in range(n_micro):
             batch = batch_at(micro)
             last = micro == n_micro - 1
             with nullcontext() if last else self.accelerator.no_sync(self.model), self.accelerator.autocast():
                 out = self._forward(batch, train=True, part=part)
                 loss = out["loss_sum"].float()
-                if not torch.isfinite(loss):
-                    raise self._diverged(loss)
                 if loss.requires_grad:  # a part may have nothing to learn yet (all its inputs frozen)
                     self.accelerator.backward(loss)
-            loss_sum += float(loss.detach())
-            items += float(out["num_items"])
-        totals = torch.stack([loss_sum, items]).to(self.accelerator.device)
+            loss_sum += loss.detach().double()
+            items += out["num_items"]
+        totals = torch.stack([loss_sum, items])
         if self.world > 1:
             totals = self.accelerator.reduce(totals, "sum")
-        total_loss, total_items = float(totals[0]), float(totals[1])
+        total_loss, total_items = totals.tolist()
+        if not math.isfinite(total_loss):
+            raise self._diverged(torch.tensor(total_loss))
         # DDP averaged the gradients over processes: undo that, then divide by the step's items.
         scale = self.world / max(total_items, 1.0)
         params = [p for g in optimizer.param_groups for p in g["params"]]
         with torch.no_grad():
-            for p in params:
-                if p.grad is not None:
-                    p.grad.mul_(scale)
-                    if self.l1 and p.ndim > 1:  # L1 on weights (not biases/norms), once per step
-                        p.grad.add_(torch.sign(p), alpha=self.l1)
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, scale)  # one call, not one per parameter
+            for p in params if self.l1 else ():
+                if p.grad is not None and p.ndim > 1:  # L1 on weights (not biases/norms), once per step
+                    p.grad.add_(torch.sign(p), alpha=self.l1)
         if self.cfg.max_grad_norm:
             self.accelerator.clip_grad_norm_(params, self.cfg.max_grad_norm)
         optimizer.step()
