@@ -157,12 +157,14 @@ def crossover(sizes: Sequence[int], base: Sequence[float], other: Sequence[float
     464.2
     """
     diff = [o - b for b, o in zip(base, other)]
-    for i in range(1, len(diff)):
-        if diff[i - 1] == 0:
-            return float(sizes[i - 1])
-        if diff[i - 1] * diff[i] < 0 or diff[i] == 0:
-            t = diff[i - 1] / (diff[i - 1] - diff[i])
-            return float(math.exp(math.log(sizes[i - 1]) + t * (math.log(sizes[i]) - math.log(sizes[i - 1]))))
+    prev = None  # the last size where the two differed; a tie alone is no crossing
+    for i, d in enumerate(diff):
+        if d == 0:
+            continue
+        if prev is not None and (diff[prev] > 0) != (d > 0):
+            t = diff[prev] / (diff[prev] - d)
+            return float(math.exp(math.log(sizes[prev]) + t * (math.log(sizes[i]) - math.log(sizes[prev]))))
+        prev = i
     return None
 
 
@@ -209,12 +211,13 @@ def curve_png(summary: dict, metric: str, path: Path, title: str) -> Path:
 
 
 def curve_md(recipe_name: str, metric: str, summary: dict, cross: dict, data: dict, repeats: int,
-             seconds: float) -> str:
+             seconds: float, eval_cap: int | None = None) -> str:
     sizes = sorted({s for p in summary.values() for s in p})
     spread = "mean ± sample std over repeats" if repeats > 1 else "one repeat"
     lines = [f"# Data-size curve: {recipe_name}", "",
              f"Test `{metric}` ({spread}) against the number of training samples. Fixed test set of "
-             f"{data['test_rows']} rows and validation set of {data['validation_rows']} rows; nested "
+             f"{data['test_rows']} rows and validation set of {data['validation_rows']} rows"
+             f"{f' (each run scores a seeded stratified {eval_cap} of each: data.max_eval_samples)' if eval_cap else ''}; nested "
              f"{'stratified' if data['stratify'] else 'unstratified'} subsets of a pool of {data['pool']} rows; "
              f"{repeats} repeat(s) (seeds differ per repeat). Total time {seconds:.0f} s.", "",
              "| variant | " + " | ".join(str(s) for s in sizes) + " |", "|---|" + "---|" * len(sizes)]
@@ -268,7 +271,8 @@ def run_curve(recipe: BaseRecipe, task, sizes: Sequence[int], repeats: int, vari
     summary = summarise(rows, metric)
     cross = crossovers(summary, mode)
     curve_png(summary, metric, out_dir / "curve.png", f"{recipe.name}: test {metric} vs data size")
-    (out_dir / "curve.md").write_text(curve_md(recipe.name, metric, summary, cross, data, repeats, seconds))
+    (out_dir / "curve.md").write_text(curve_md(recipe.name, metric, summary, cross, data, repeats, seconds,
+                                               recipe.data.max_eval_samples))
     result = {"recipe": recipe.name, "metric": metric, "mode": mode, "sizes": list(sizes), "repeats": repeats,
               "variants": list(variants), "summary": {v: {str(s): p for s, p in pts.items()} for v, pts in summary.items()},
               "crossovers": cross, "seconds": round(seconds, 1), "pool": data["pool"],

@@ -38,6 +38,8 @@ def test_subsets_are_nested_and_stratified():
 def test_crossover_and_variants():
     assert crossover([100, 1000], [0.8, 0.85], [0.6, 0.95]) == pytest.approx(10 ** (2 + 2 / 3))
     assert crossover([100, 1000, 3000], [0.8, 0.85, 0.9], [0.5, 0.6, 0.7]) is None
+    assert crossover([100, 300, 1000], [0.58, 0.71, 0.81], [0.58, 0.59, 0.62]) is None  # a tie is no crossing
+    assert crossover([100, 300, 1000], [0.6, 0.7, 0.8], [0.5, 0.7, 0.9]) == pytest.approx(10 ** 2.5)
     assert parse_variants("scratch,lora") == ["pretrained", "scratch", "lora"]
     with pytest.raises(OmnituneError, match="unknown"):
         parse_variants("scratch,magic")
