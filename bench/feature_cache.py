@@ -10,6 +10,8 @@ training and validation sets) is reported apart, so "epochs after the first" com
 Cases (bundled assets, offline):
   vision  EfficientNet-Lite0 linear probe on Fashion-MNIST (recipes/vision/effnet-lite0-fmnist-linear,
           train augmentation off: with it on, ``cache_features: true`` caches and says it turned it off)
+  vision-partial  the same model with the stem and blocks 0-3 frozen, blocks 4-6 and the head trained
+          from the cached block-3 feature maps (recipes/vision/effnet-lite0-fmnist-partial, augmentation off)
   text    MiniLM-L6 feature extraction on Rotten Tomatoes (recipes/text/minilm-rotten-tomatoes with
           strategy feature_extraction, dropout 0: BERT's dropout in frozen layers would be random)
   speech  Whisper tiny.en with a frozen encoder on the Asterisk prompts
@@ -41,27 +43,30 @@ from text_vs_hf_trainer import machine_info, matmul_peak  # noqa: E402
 
 EXACT = {  # per case: the shipped recipe and the overrides under which caching changes nothing
     "vision": ("vision/effnet-lite0-fmnist-linear", {"data.augment.train": "none"}),
+    "vision-partial": ("vision/effnet-lite0-fmnist-partial", {"data.augment.train": "none"}),
     "text": ("text/minilm-rotten-tomatoes", {"finetune.strategy": "feature_extraction", "regularization.dropout": 0.0,
                                             "train.lr": 2.0e-3, "early_stopping.enabled": False}),
     "speech": ("speech/whisper-tiny-asterisk-frozen-encoder", {"data.augment": [], "train.max_steps": None,
                                                                "eval.baseline": False}),
 }
-MAIN_METRIC = {"vision": "accuracy", "text": "accuracy", "speech": "wer"}
+MAIN_METRIC = {"vision": "accuracy", "vision-partial": "accuracy", "text": "accuracy", "speech": "wer"}
 
 
 def tiny_recipe(case: str, folder: Path) -> dict:
     """--quick: the task's tiny model and data (nothing downloaded) with the case's strategy."""
-    if case == "vision":
+    if case.startswith("vision"):
         from omnitune.vision.classification import ImageClassificationTask as Task
     elif case == "text":
         from omnitune.text.classification import TextClassificationTask as Task
     else:
         from omnitune.speech.asr import SpeechRecognitionTask as Task
     raw = Task.tiny_recipe(folder / case)
-    if case == "vision":
+    if case.startswith("vision"):
         raw["model"]["name"] = "test_efficientnet"
         raw["data"]["augment"] = {"train": "none"}
         raw["finetune"] = {"strategy": "feature_extraction", "freeze_norm_stats": True}
+        if case == "vision-partial":  # stem and the first two stages frozen, the stages above train
+            raw["finetune"].update(strategy="partial", freeze_layers=3)
     elif case == "text":
         raw["finetune"] = {"strategy": "feature_extraction"}
         raw["regularization"] = {"dropout": 0.0}
