@@ -396,22 +396,43 @@ class TextClassificationTask:
 
     # ------------------------------------------------------------------ frozen-trunk feature cache
     def frozen_features(self, model: nn.Module, batch: dict[str, Any], depth: int) -> dict[str, Any] | None:
-        """Outputs of the frozen encoder (core/feature_cache.py) when only the head trains: the first
-        token's hidden state, all a BERT-style pooler reads. None for other splits, heads without a
-        pooler, or long texts in chunks."""
+        """Outputs of the frozen bottom (core/feature_cache.py) of a BERT-style model (a pooler reading
+        the first token): with only the head training, the first token's hidden state; with the
+        embeddings and the first ``depth - 1`` blocks frozen, the hidden states after them, padded to
+        ``model.max_length``, and the attention mask. None for other models or long texts in chunks."""
         base = model.base_model
-        if (depth != len(self.layer_groups(model)) - 1 or "chunk_of" in batch or getattr(base, "pooler", None) is None
-                or not hasattr(model, "classifier")):
+        if "chunk_of" in batch or getattr(base, "pooler", None) is None or not hasattr(model, "classifier"):
             return None
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        first = base(**inputs).last_hidden_state[:, 0]
-        return {"first_token": first, "labels": batch["labels"], "index": batch["index"]}
+        if depth == len(self.layer_groups(model)) - 1:
+            first = base(**inputs).last_hidden_state[:, 0]
+            return {"first_token": first, "labels": batch["labels"], "index": batch["index"]}
+        width, mask = self.model_cfg.max_length, batch["attention_mask"]
+        if not (hasattr(base, "_create_attention_masks") and hasattr(base.encoder, "layer")) or mask.shape[1] > width:
+            return None
+        hidden = base.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+        full = base._create_attention_masks(mask, None, hidden, None, None)[0]
+        for layer in base.encoder.layer[:depth - 1]:
+            hidden = layer(hidden, full)
+        pad = width - mask.shape[1]
+        return {"hidden": F.pad(hidden, (0, 0, 0, pad)), "attention_mask": F.pad(mask, (0, pad)),
+                "labels": batch["labels"], "index": batch["index"]}
 
     def forward_features(self, model: nn.Module, batch: dict[str, Any], depth: int, train: bool) -> dict[str, Any]:
-        """:meth:`forward` from :meth:`frozen_features`: pooler, dropout and classifier as the model runs them."""
+        """:meth:`forward` from :meth:`frozen_features`: the trained blocks (on the batch's own width),
+        pooler, dropout and classifier as the model runs them."""
         from types import SimpleNamespace
 
-        pooled = model.base_model.pooler(batch["first_token"][:, None, :])
+        base = model.base_model
+        if "first_token" in batch:
+            hidden = batch["first_token"][:, None, :]
+        else:
+            width = max(int(batch["attention_mask"].sum(1).max()), 1)
+            hidden, mask = batch["hidden"][:, :width], batch["attention_mask"][:, :width]
+            full = base._create_attention_masks(mask, None, hidden, None, None)[0]
+            for layer in base.encoder.layer[depth - 1:]:
+                hidden = layer(hidden, full)
+        pooled = base.pooler(hidden)
         logits = model.classifier(model.dropout(pooled) if hasattr(model, "dropout") else pooled)
         return self.forward(lambda **_: SimpleNamespace(logits=logits), {"labels": batch["labels"]}, train)
 

@@ -57,6 +57,7 @@ CASES = {
     "vision-linear-probe": lambda d: _vision(d),
     "vision-partial-lower-stages": lambda d: _vision(d, strategy="partial", freeze_layers=3),
     "text-feature-extraction": lambda d: _text(d),
+    "text-partial-bottom-block": lambda d: _text(d, strategy="partial", freeze_layers=2),  # embeddings, block 0
     "speech-frozen-encoder": lambda d: _speech(d),
 }
 
