@@ -53,6 +53,9 @@ class Asset:
     entry: str = ""
     # Optional one-time step after unpacking (e.g. a format conversion); gets the asset folder.
     prepare: Callable[[Path], None] | None = field(default=None, compare=False)
+    # Raised when what a fetch produces changes (new members, a new prepare step): caches made by an
+    # older revision are fetched again once (CI keeps the cache between runs).
+    revision: int = 0
 
 
 ASSETS: Registry[Asset] = Registry("asset", entry_point_group="omnitune.assets")
@@ -75,8 +78,13 @@ def asset_dir(name: str) -> Path:
     return cache_root() / name
 
 
+def _stamp(asset: Asset) -> str:
+    return f"{asset.name}\n" + (f"revision {asset.revision}\n" if asset.revision else "")
+
+
 def is_fetched(asset: Asset) -> bool:
-    return (asset_dir(asset.name) / ".complete").is_file()
+    marker = asset_dir(asset.name) / ".complete"
+    return marker.is_file() and marker.read_text() == _stamp(asset)
 
 
 def _sha256(path: Path) -> str:
@@ -164,7 +172,7 @@ def fetch(name: str, quiet: bool = False) -> Path:
                 shutil.rmtree(work)
             if asset.prepare is not None:
                 asset.prepare(staging)
-            (staging / ".complete").write_text(f"{asset.name}\n")
+            (staging / ".complete").write_text(_stamp(asset))
             if dest.exists():  # an incomplete earlier attempt
                 shutil.rmtree(dest)
             os.replace(staging, dest)

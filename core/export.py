@@ -557,6 +557,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, fmt: s
                          "main_metric_mode": task.main_metric_mode, "threads": torch.get_num_threads(),
                          "rows": rows, "parity": manifest["parity"]}
         write_export_report(out, result.report, manifest)
+        if out.resolve().parent == run_dir.resolve() and (run_dir / "metrics.json").is_file():
+            from .report import update_model_card
+
+            update_model_card(run_dir)  # the run's model card gains the export table
     return result
 
 

@@ -101,6 +101,7 @@ ADULT_CENSUS = Asset(
     # text/train.csv and text/test.csv: each census row as a short text (text/adult.py), for
     # `asset:adult-census/text`.
     prepare=lambda folder: _adult_texts(folder),
+    revision=1,  # 1: the text/ tables
 )
 
 

@@ -53,6 +53,19 @@ def test_fetch_unpacks_only_named_files_and_is_a_no_op_after(fake_registry):
     assert calls == ["fake-pkg"]  # the second fetch downloaded nothing
 
 
+def test_a_new_revision_fetches_again_once(fake_registry):
+    import dataclasses
+
+    digest, calls = fake_registry
+    assets.fetch(_asset(digest), quiet=True)
+    prepared = dataclasses.replace(_asset(digest), revision=1,
+                                   prepare=lambda folder: (folder / "extra.txt").write_text("new"))
+    path = assets.fetch(prepared, quiet=True)  # a cache made before the prepare step existed
+    assert (path / "extra.txt").read_text() == "new"
+    assets.fetch(prepared, quiet=True)
+    assert calls == ["fake-pkg", "fake-pkg"]
+
+
 def test_hash_mismatch_is_an_error_and_leaves_nothing(fake_registry):
     _, _ = fake_registry
     asset = _asset("0" * 64, name="tampered")

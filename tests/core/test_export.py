@@ -68,6 +68,8 @@ def test_text_classifier_exports_with_report_and_dynamic_axes(text_run, text_exp
     assert all(r["latency_ms_batch1"] > 0 and r["latency_ms_batch32"] > 0 for r in report["rows"])
     assert report["rows"][2]["size_bytes"] < report["rows"][1]["size_bytes"]
     assert "| onnx-int8 |" in (out / "export_report.md").read_text()
+    card = (text_run / "model" / "README.md").read_text()  # the run's model card gained the export table
+    assert "## ONNX export" in card and "onnx-int8" in card
 
     # Shapes the trace never saw (batch 3, 11 tokens) still match PyTorch: the axes are dynamic.
     _, task, model = api._load_run(text_run)
