@@ -364,7 +364,7 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
         curves = learning_curves_png(state.history, metric, run_dir / "learning_curves.png")
         write_report(run_dir, recipe_name=rec.name, task=rec.task, model_name=rec.model.name, metrics=metrics,
                      data_report=bundle.report.to_dict(), extras=extras, curves=curves,
-                     timing={**metrics["timing"], **metrics["memory"]})
+                     timing={**metrics["timing"], **metrics["memory"], "feature_cache": describe(feature_cache)})
     trainer.log.close()
     trainer.accelerator.wait_for_everyone()
     return RunResult(run_dir=run_dir, metrics=metrics)

@@ -96,6 +96,8 @@ def test_auto_does_not_cache_through_randomness_and_true_turns_it_off(tmp_path):
     forced, _ = _run(raw, "forced", True)
     assert forced["feature_cache"]["enabled"] is True
     assert any("augmentation" in t for t in forced["feature_cache"]["turned_off"])
+    report = (Path(raw["output"]["dir"]) / "forced" / "report.md").read_text()
+    assert "turned off: train-time augmentation (data.augment.train: 'light')" in report
 
     text = _text(tmp_path / "text")
     text["regularization"] = {"dropout": 0.1}
