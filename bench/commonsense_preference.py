@@ -11,7 +11,7 @@ The training runs are the shipped recipes cut to ``--steps`` optimiser steps (a 
 subsample: the recipes as shipped train longer; SFT is a causal-lm LoRA run on the DPO training
 pairs' correct answers); the memory comparison runs the DPO recipe for a few steps with
 ``finetune.reference`` auto (LoRA: adapter off) and copy, each in a fresh process, and reads its
-peak RSS (ru_maxrss).
+peak RSS (VmHWM: ru_maxrss would carry over the parent's peak).
 
     nice -n 5 .venv/bin/python bench/commonsense_preference.py --questions 100 --steps 30 \
         --out /tmp/commonsense_preference.json
@@ -125,7 +125,9 @@ torch.set_num_threads({threads})
 from omnitune.core.api import train
 r = train({recipe!r}, {overrides!r})
 m = r.metrics
-print("RESULT " + json.dumps({{"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
+hwm = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+print("RESULT " + json.dumps({{"peak_rss_mb": hwm / 1024,
                               "seconds_per_step": m["timing"]["train_seconds"] / max(1, m["steps"])}}))
 """
 
