@@ -441,13 +441,15 @@ def markdown_tta(report: dict) -> str:
              f"{j['curve_every']} steps; {report['rounds']} round(s).", ""]
     if s:
         ratio = (f"omnitune needs **{s['ratio']:.2f}x** of the Trainer's time to reach its final accuracy"
-                 if s["ratio"] is not None else "omnitune's shipped recipe **did not reach** the Trainer's final accuracy")
+                 if s["ratio"] is not None
+                 else "omnitune's shipped recipe **did not reach** the Trainer's final accuracy")
         reached = f"{s['omnitune_seconds_to_target']:.0f}" if s["omnitune_seconds_to_target"] is not None else "-"
         lines += ["| | final test accuracy | wall s (whole job) | wall s to the Trainer's final accuracy |",
                   "|---|---|---|---|",
                   f"| {LABELS['hf-documented']} | {s['target_accuracy']:.4f} | {s['hf_seconds']:.0f} | "
                   f"{s['hf_seconds']:.0f} |",
-                  f"| {LABELS['omnitune-shipped']} | {s['omnitune_final_accuracy']:.4f} | {s['omnitune_seconds']:.0f} | "
+                  f"| {LABELS['omnitune-shipped']} | {s['omnitune_final_accuracy']:.4f} | "
+                  f"{s['omnitune_seconds']:.0f} | "
                   f"{reached} ({s['omnitune_reached_in']}) |", "",
                   f"{ratio} (target <= 0.6x).", ""]
     lines.append("![time to accuracy](time_to_accuracy.png)")
