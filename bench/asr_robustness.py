@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=15)
     p.add_argument("--out", default="/tmp/asr-robustness")
+    p.add_argument("--eval-clips", type=int, default=24, help="test clips every set is scored on")
+    p.add_argument("--precision", default="auto", help="train.precision (fp32 is faster than bf16 on CPUs without AMX)")
     args = p.parse_args(argv)
 
     from omnitune.core.api import train
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     # The forgetting check: another speaker's read speech (alsa-utils voice prompts), scored before and after.
     general = str(fetch(ALSA_VOICES))
     run = train(str(RECIPE), {"train.max_steps": args.steps, "output.dir": str(out / "runs"),
-                              "eval.retention": general})
+                              "eval.retention": general,
+                              "data.max_eval_samples": args.eval_clips, "train.precision": args.precision})
     seconds = time.perf_counter() - t0
     sets = json.loads((run.run_dir / "eval_sets.json").read_text())
     md = table(run.metrics, sets)

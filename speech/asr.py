@@ -494,6 +494,7 @@ class SpeechRecognitionTask:
         result = {n: {"samples": after[n]["samples"], "before": before[n], "after": after[n],
                       "wer_change": after[n]["wer"] - before[n]["wer"]} for n in after}
         (out_dir / "eval_sets.json").write_text(json.dumps(result, indent=1))
+        self.eval_set_results = result  # for the core to put in metrics.json (see the README note)
         rows = "\n".join(f"| {n} | {r['samples']} | {r['before']['wer']:.2f} | {r['after']['wer']:.2f} | "
                          f"{r['wer_change']:+.2f} |" for n, r in result.items())
         return ("### Extra evaluation sets (data.eval_sets)\n\nWER % of the starting checkpoint (before) and "
