@@ -21,7 +21,12 @@ def build_optimizer(
         g["base_lr"] = lr
         g["lr"] = lr * g["lr_scale"]
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+        # The fused kernel updates every parameter in one call. torch's default on a CPU is a Python
+        # loop with a host sync per parameter: the largest cost left in a step (bench/profile_step.py).
+        params = [p for g in groups for p in g["params"]]
+        fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused,
+                                 foreach=None if fused else True)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     raise ValueError(f"unknown optimiser {name!r}")
