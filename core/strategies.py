@@ -220,6 +220,17 @@ def enable_gradient_checkpointing(model: nn.Module) -> str:
             return "timm"
         nxt = getattr(inner, "base_model", None) or getattr(inner, "model", None)
         if not isinstance(nxt, nn.Module) or nxt is inner:
+            # A task's own wrapper (e.g. a VITS generator beside its discriminator): its children.
+            found = {_enable_child(child) for child in inner.children()} - {None}
+            if found:
+                return found.pop() if len(found) == 1 else "+".join(sorted(found))
             raise OmnituneError(f"train.gradient_checkpointing: {type(model).__name__} supports neither "
                                 "transformers' gradient_checkpointing_enable nor timm's set_grad_checkpointing")
         inner = nxt
+
+
+def _enable_child(module: nn.Module) -> str | None:
+    try:
+        return enable_gradient_checkpointing(module)
+    except OmnituneError:
+        return None
