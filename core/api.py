@@ -347,6 +347,8 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     metrics["feature_cache"] = feature_cache
     if is_main:
         extras = task.report_extras(run_dir, "test", preds, refs, bundle.test) if bundle.test is not None else []
+        if getattr(task, "eval_set_results", None):  # extra evaluation sets a task scored (ASR: codec, noise)
+            metrics["eval_sets"] = task.eval_set_results
         model_dir = run_dir / MODEL_DIR
         # A PEFT run saves the adapter only (peft's wrapper writes adapter_config + adapter weights).
         task.save_pretrained(peft_model or trainer.accelerator.unwrap_model(trainer.model), model_dir)

@@ -84,5 +84,6 @@ def test_tiny_run_reports_eval_sets_and_retention(tmp_path):
     for r in sets.values():
         assert {"wer", "cer"} <= set(r["before"]) and r["wer_change"] == pytest.approx(r["after"]["wer"] - r["before"]["wer"])
     assert "Extra evaluation sets" in (run.run_dir / "report.md").read_text()
+    assert json.loads((run.run_dir / "metrics.json").read_text())["eval_sets"] == sets
     ret = run.metrics["retention"]
     assert ret["mode"] == "metrics" and ret["samples"] == 10 and "wer" in ret["change"]
