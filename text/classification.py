@@ -171,8 +171,9 @@ class TextClassificationTask:
         return sorted({str(v) for v in values if str(v).strip()})
 
     def build_model(self) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForSequenceClassification
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoModelForSequenceClassification
+
+        from .data import load_with_head
 
         self.resolve_labels()
         kwargs: dict[str, Any] = {"num_labels": self._num_labels(),
@@ -182,19 +183,7 @@ class TextClassificationTask:
         if self.problem_type != "regression":
             kwargs["id2label"] = dict(enumerate(self.label_names))
             kwargs["label2id"] = {n: i for i, n in enumerate(self.label_names)}
-        try:
-            config = AutoConfig.from_pretrained(self.model_path, revision=self.model_cfg.revision, **kwargs)
-            verbosity = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()  # the "newly initialised head" notice is expected here
-            try:
-                if self.model_cfg.pretrained:
-                    return AutoModelForSequenceClassification.from_pretrained(
-                        self.model_path, config=config, revision=self.model_cfg.revision)
-                return AutoModelForSequenceClassification.from_config(config)
-            finally:
-                hf_logging.set_verbosity(verbosity)
-        except OSError as exc:
-            raise OmnituneError(f"model.name: cannot load {self.model_cfg.name!r} ({exc})") from None
+        return load_with_head(AutoModelForSequenceClassification, self.model_path, self.model_cfg, **kwargs)
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         """Embeddings, each encoder block, then the head (pooler, classifier, final norms)."""

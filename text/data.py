@@ -164,3 +164,27 @@ def tokenize_cached(tokenizer, texts: list[str], pairs: list[str] | None, max_le
 def label_counts(values) -> dict[str, int]:
     uniq, counts = np.unique(np.asarray([str(v) for v in values]), return_counts=True)
     return {str(u): int(c) for u, c in zip(uniq, counts)}
+
+
+def load_with_head(auto_cls, model_path: str, model_cfg, *, what: str = "", dtype=None, **config_kwargs):
+    """A transformers model with a task head (``auto_cls``, e.g. AutoModelForTokenClassification):
+    the checkpoint's weights, or only its config with ``model.pretrained: false``. ``config_kwargs``
+    size and name the head (num_labels, id2label, pad_token_id ...). transformers' "newly initialised
+    head" notice is silenced, since a new head is the point; a checkpoint that does not load is one
+    line naming ``model.name``."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    extra = {} if dtype is None else {"dtype": dtype}
+    try:
+        config = AutoConfig.from_pretrained(model_path, revision=model_cfg.revision, **config_kwargs)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            if model_cfg.pretrained:
+                return auto_cls.from_pretrained(model_path, config=config, revision=model_cfg.revision, **extra)
+            return auto_cls.from_config(config, **extra)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    except (OSError, ValueError) as exc:
+        raise OmnituneError(f"model.name: cannot load {model_cfg.name!r}{what} ({exc})") from None

@@ -364,28 +364,19 @@ class RewardModelTask(PairTask):
         return ["review: the film was good answer: ||| yes", "review: a dull plot answer: ||| yes"]
 
     def build_model(self) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForSequenceClassification
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoModelForSequenceClassification
 
-        try:
-            config = AutoConfig.from_pretrained(self.model_path, revision=self.model_cfg.revision, num_labels=1)
-            config.pad_token_id = self.tokenizer.pad_token_id  # the score is read at the last non-pad token
-            verbosity = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()  # the "newly initialised score head" notice is expected
-            try:
-                if self.model_cfg.pretrained:
-                    return AutoModelForSequenceClassification.from_pretrained(
-                        self.model_path, config=config, revision=self.model_cfg.revision, dtype=torch.float32)
-                return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
-            finally:
-                hf_logging.set_verbosity(verbosity)
-        except OSError as exc:
-            raise OmnituneError(f"model.name: cannot load {self.model_cfg.name!r} ({exc})") from None
+        from .data import load_with_head
+
+        # The score is read at the last non-pad token, so the config needs the pad id.
+        return load_with_head(AutoModelForSequenceClassification, self.model_path, self.model_cfg,
+                              dtype=torch.float32, num_labels=1, pad_token_id=self.tokenizer.pad_token_id)
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
-        from .classification import TextClassificationTask
+        """Embeddings, each block, then the head (the score head), as for text classification."""
+        from .classification import encoder_layer_groups
 
-        return TextClassificationTask.layer_groups(self, model)
+        return encoder_layer_groups(model)
 
     def forward(self, model: nn.Module, batch: dict[str, Any], train: bool) -> dict[str, Any]:
         scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

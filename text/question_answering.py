@@ -277,30 +277,19 @@ class QuestionAnsweringTask:
         return None
 
     def build_model(self) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForQuestionAnswering
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoModelForQuestionAnswering
 
-        try:
-            config = AutoConfig.from_pretrained(self.model_path, revision=self.model_cfg.revision)
-            verbosity = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()  # the "newly initialised qa_outputs" notice is expected
-            try:
-                if self.model_cfg.pretrained:
-                    return AutoModelForQuestionAnswering.from_pretrained(
-                        self.model_path, config=config, revision=self.model_cfg.revision)
-                return AutoModelForQuestionAnswering.from_config(config)
-            finally:
-                hf_logging.set_verbosity(verbosity)
-        except (OSError, ValueError) as exc:
-            raise OmnituneError(f"model.name: cannot load {self.model_cfg.name!r} for question answering "
-                                f"({exc})") from None
+        from .data import load_with_head
+
+        return load_with_head(AutoModelForQuestionAnswering, self.model_path, self.model_cfg,
+                              what=" for question answering")
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         """Embeddings, each encoder block, then the head (the start/end projection), found as for
         text classification."""
-        from .classification import TextClassificationTask
+        from .classification import encoder_layer_groups
 
-        return TextClassificationTask.layer_groups(self, model)  # uses the model alone
+        return encoder_layer_groups(model)
 
     # ------------------------------------------------------------------ data
     def _read(self, source: str, split: str) -> dict[str, Any]:

@@ -222,25 +222,14 @@ class TokenClassificationTask:
         return self.label_names
 
     def build_model(self) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForTokenClassification
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoModelForTokenClassification
+
+        from .data import load_with_head
 
         names = self.resolve_labels()
         kwargs = {"num_labels": len(names), "id2label": dict(enumerate(names)),
                   "label2id": {n: i for i, n in enumerate(names)}}
-        try:
-            config = AutoConfig.from_pretrained(self.model_path, revision=self.model_cfg.revision, **kwargs)
-            verbosity = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()  # the "newly initialised head" notice is expected here
-            try:
-                if self.model_cfg.pretrained:
-                    return AutoModelForTokenClassification.from_pretrained(
-                        self.model_path, config=config, revision=self.model_cfg.revision)
-                return AutoModelForTokenClassification.from_config(config)
-            finally:
-                hf_logging.set_verbosity(verbosity)
-        except OSError as exc:
-            raise OmnituneError(f"model.name: cannot load {self.model_cfg.name!r} ({exc})") from None
+        return load_with_head(AutoModelForTokenClassification, self.model_path, self.model_cfg, **kwargs)
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         """Embeddings, each encoder block, then the head (the token classifier)."""
