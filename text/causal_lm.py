@@ -203,7 +203,12 @@ class CausalLMTask:
     def forward(self, model: nn.Module, batch: dict[str, Any], train: bool) -> dict[str, Any]:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        use_cache=False).logits.float()
-        logits, target = logits[:, :-1], batch["labels"][:, 1:]  # token t predicts token t + 1
+        return self.next_token_loss(logits, batch["labels"], train)
+
+    def next_token_loss(self, logits: torch.Tensor, labels: torch.Tensor, train: bool) -> dict[str, Any]:
+        """The contract's forward result from a causal LM's logits: next-token NLL summed over the
+        labelled tokens (labels IGNORE elsewhere), with per-sample sums for perplexity."""
+        logits, target = logits[:, :-1], labels[:, 1:]  # token t predicts token t + 1
         nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE,
                               reduction="none", label_smoothing=self.label_smoothing if train else 0.0)
         nll = nll.view(target.shape)

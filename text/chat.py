@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -260,13 +259,7 @@ class ChatTask(CausalLMTask):
         else:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            use_cache=False).logits.float()
-        logits, target = logits[:, :-1], batch["labels"][:, 1:]  # token t predicts token t + 1
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE,
-                              reduction="none", label_smoothing=self.label_smoothing if train else 0.0)
-        nll = nll.view(target.shape)
-        counted = (target != IGNORE).sum(-1)
-        return {"loss_sum": nll.sum(), "num_items": counted.sum(),
-                "outputs": {"nll_sum": nll.sum(-1).detach(), "tokens": counted}}
+        return self.next_token_loss(logits, batch["labels"], train)
 
     @torch.no_grad()
     def generate(self, model: nn.Module, prompts: list[list[int]]) -> list[str]:
