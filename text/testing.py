@@ -18,19 +18,26 @@ LLAMA_SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
 
 def make_tokenizer_and_model(folder: Path, num_layers: int = 2, hidden: int = 32) -> Path:
     """A word-level tokenizer over the fixture vocabulary and a random tiny BERT, saved as a HF folder."""
-    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER, "|||"]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return save_tiny_bert(folder, tok, len(vocab), num_layers, hidden)
+
+
+def save_tiny_bert(folder: Path, tok, vocab_size: int, num_layers: int = 2, hidden: int = 32) -> Path:
+    """A ``tokenizers`` tokenizer whose first ids are [PAD] [UNK] [CLS] [SEP] [MASK], given BERT's
+    [CLS] ... [SEP] template, and a random tiny BERT over its vocabulary, saved as a HF folder."""
+    import torch
+    from tokenizers.processors import TemplateProcessing
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
     tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
                                             special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
                                    cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=num_layers,
+    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=num_layers,
                         num_attention_heads=2, intermediate_size=hidden * 2, max_position_embeddings=64)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)  # the same tiny model every session: learning tests must not depend on luck

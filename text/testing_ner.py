@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from .testing import _once, save_tiny_bert
+
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PERSONS = ["alice", "bob", "carol", "dave", "bobby"]  # "bobby" -> bob ##by
 PLACES = ["paris", "london", "rome", "parisville", "new york"]  # "new york": two words, B-LOC I-LOC
@@ -22,10 +24,7 @@ TAGS = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 
 def make_wordpiece_bert(folder: Path, num_layers: int = 2, hidden: int = 32) -> Path:
     """A word-piece tokenizer (BERT-style, lower case) over the fixture vocabulary and a random tiny BERT."""
-    import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     words = sorted({w for phrase in PERSONS + PLACES + ORGS for w in phrase.split()} - {"bobby", "parisville"})
     vocab = [*SPECIALS, *words, *FILLER, *PIECES, ".", ","]
@@ -33,17 +32,7 @@ def make_wordpiece_bert(folder: Path, num_layers: int = 2, hidden: int = 32) -> 
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                            special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=num_layers,
-                        num_attention_heads=2, intermediate_size=hidden * 2, max_position_embeddings=64)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
+    return save_tiny_bert(folder, tok, len(vocab), num_layers, hidden)
 
 
 def _tagged(phrase: str, kind: str) -> list[tuple[str, str]]:
@@ -79,10 +68,6 @@ def write_conll(path: Path, sentences: list[list[tuple[str, str]]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join("".join(f"{w}\t{t}\n" for w, t in s) + "\n" for s in sentences))
     return path
-
-
-def _once(path: Path, build) -> Path:
-    return path if path.exists() else build(path)
 
 
 def tiny_ner_recipe(folder: Path) -> dict:

@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from .testing import FILLER, NEGATIVE, POSITIVE, _once
+from .testing import FILLER, NEGATIVE, POSITIVE, _once, save_tiny_bert
 
 QUESTION_WORDS = ["which", "word", "is", "positive", "negative", "?"]
 
@@ -19,25 +19,12 @@ QUESTION_WORDS = ["which", "word", "is", "positive", "negative", "?"]
 def make_qa_tokenizer_and_model(folder: Path, num_layers: int = 2, hidden: int = 32) -> Path:
     """A word-level tokenizer (with offsets, as QA needs) over the fixture vocabulary and a random
     tiny BERT, saved as a Hugging Face folder."""
-    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER, *QUESTION_WORDS, "|||"]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                            special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=num_layers,
-                        num_attention_heads=2, intermediate_size=hidden * 2, max_position_embeddings=64)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
+    return save_tiny_bert(folder, tok, len(vocab), num_layers, hidden)
 
 
 def make_qa_rows(n: int, seed: int = 0, min_words: int = 6, max_words: int = 30) -> list[dict]:
