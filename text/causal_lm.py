@@ -18,7 +18,6 @@ from pydantic import Field
 from torch import nn
 
 from omnitune.core import assets
-from omnitune.core.data import cap_splits, drop_overlap, require_rows, split_off
 from omnitune.core.errors import DataError, OmnituneError
 from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
 from omnitune.core.task import DataBundle, DataReport, LayerGroup
@@ -162,17 +161,9 @@ class CausalLMTask:
     def build_datasets(self) -> DataBundle:
         d = self.data_cfg
         report = DataReport(source=d.source)
-        splits = tdata.load_splits(assets.resolve(d.source), d.validation_source and assets.resolve(d.validation_source),
-                                   d.test_source and assets.resolve(d.test_source))
-        where = {"train": d.source, "validation": d.validation_source or d.source, "test": d.test_source or d.source}
-        splits = {s: self._clean(df, s, where[s], report) for s, df in splits.items()}
-        splits = split_off(splits, val_size=d.val_size, test_size=d.test_size, seed=self.seed, report=report)
-        splits = cap_splits(splits, max_samples=d.max_samples, max_eval_samples=d.max_eval_samples,
-                            seed=self.seed, report=report)
-        if d.drop_duplicates:  # the same prompt and response on both sides would score memorisation
-            splits = drop_overlap(splits, lambda df: list(zip(*(df[c].astype(str) for c in self._columns()))),
-                                  report, "same row")
-        require_rows(splits, where, report)
+        splits = tdata.prepared_splits(d, self.seed, report, self._clean,
+                                       lambda df: list(zip(*(df[c].astype(str) for c in self._columns()))),
+                                       "same row")
         train = self._prepare(splits["train"])
         return DataBundle(train=train, validation=self._prepare(splits["validation"]),
                           test=self._prepare(splits["test"]) if "test" in splits else None, report=report,

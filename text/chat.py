@@ -26,7 +26,6 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from omnitune.core import assets
-from omnitune.core.data import cap_splits, drop_overlap, require_rows, split_off
 from omnitune.core.errors import DataError
 from omnitune.core.generation import GenerationConfig, fixed_subset, side_by_side
 from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
@@ -203,16 +202,8 @@ class ChatTask(CausalLMTask):
     def build_datasets(self) -> DataBundle:
         d = self.data_cfg
         report = DataReport(source=d.source)
-        splits = tdata.load_splits(assets.resolve(d.source), d.validation_source and assets.resolve(d.validation_source),
-                                   d.test_source and assets.resolve(d.test_source))
-        where = {"train": d.source, "validation": d.validation_source or d.source, "test": d.test_source or d.source}
-        convs = {s: self._conversations(df, s, where[s], report) for s, df in splits.items()}
-        convs = split_off(convs, val_size=d.val_size, test_size=d.test_size, seed=self.seed, report=report)
-        convs = cap_splits(convs, max_samples=d.max_samples, max_eval_samples=d.max_eval_samples, seed=self.seed,
-                           report=report)
-        if d.drop_duplicates:  # a conversation trained on would score memorisation
-            convs = drop_overlap(convs, lambda cs: [cd.conversation_key(c) for c in cs], report, "same conversation")
-        require_rows(convs, where, report)
+        convs = tdata.prepared_splits(d, self.seed, report, self._conversations,
+                                      lambda cs: [cd.conversation_key(c) for c in cs], "same conversation")
         train = self._encode(convs["train"], "train", report, eval_set=False)
         return DataBundle(train=train, validation=self._encode(convs["validation"], "validation", report, True),
                           test=self._encode(convs["test"], "test", report, True) if "test" in convs else None,

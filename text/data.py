@@ -188,3 +188,25 @@ def load_with_head(auto_cls, model_path: str, model_cfg, *, what: str = "", dtyp
             hf_logging.set_verbosity(verbosity)
     except (OSError, ValueError) as exc:
         raise OmnituneError(f"model.name: cannot load {model_cfg.name!r}{what} ({exc})") from None
+
+
+def prepared_splits(d, seed: int, report: DataReport, clean, overlap_key, overlap_reason: str) -> dict[str, Any]:
+    """The text tasks' common data path, from a ``data`` section ``d``: read the source (and the
+    optional validation/test sources), ``clean(frame, split, where, report)`` each split, make the
+    missing splits (seeded), cap them, drop evaluation items whose ``overlap_key`` also occurs in
+    training (with ``data.drop_duplicates``), and require rows in every split. Every drop is counted
+    in ``report``."""
+    from omnitune.core import assets
+    from omnitune.core.data import cap_splits, drop_overlap, require_rows, split_off
+
+    raw = load_splits(assets.resolve(d.source), d.validation_source and assets.resolve(d.validation_source),
+                      d.test_source and assets.resolve(d.test_source))
+    where = {"train": d.source, "validation": d.validation_source or d.source, "test": d.test_source or d.source}
+    splits = {s: clean(df, s, where[s], report) for s, df in raw.items()}
+    splits = split_off(splits, val_size=d.val_size, test_size=d.test_size, seed=seed, report=report)
+    splits = cap_splits(splits, max_samples=d.max_samples, max_eval_samples=d.max_eval_samples, seed=seed,
+                        report=report)
+    if d.drop_duplicates:  # the same item on both sides would score memorisation
+        splits = drop_overlap(splits, overlap_key, report, overlap_reason)
+    require_rows(splits, where, report)
+    return splits

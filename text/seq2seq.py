@@ -31,7 +31,6 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from omnitune.core import assets
-from omnitune.core.data import cap_splits, drop_overlap, require_rows, split_off
 from omnitune.core.errors import DataError, OmnituneError, RecipeError
 from omnitune.core.generation import GenerationConfig, fixed_subset, side_by_side
 from omnitune.core.metrics import compute as compute_metric
@@ -311,16 +310,8 @@ class Seq2SeqTask:
     def build_datasets(self) -> DataBundle:
         d = self.data_cfg
         report = DataReport(source=d.source)
-        splits = tdata.load_splits(assets.resolve(d.source), d.validation_source and assets.resolve(d.validation_source),
-                                   d.test_source and assets.resolve(d.test_source))
-        where = {"train": d.source, "validation": d.validation_source or d.source, "test": d.test_source or d.source}
-        splits = {s: self._clean(df, s, where[s], report) for s, df in splits.items()}
-        splits = split_off(splits, val_size=d.val_size, test_size=d.test_size, seed=self.seed, report=report)
-        splits = cap_splits(splits, max_samples=d.max_samples, max_eval_samples=d.max_eval_samples,
-                            seed=self.seed, report=report)
-        if d.drop_duplicates:  # the same source on both sides would score memorisation
-            splits = drop_overlap(splits, lambda df: df[d.source_column].astype(str).tolist(), report, "same source")
-        require_rows(splits, where, report)
+        splits = tdata.prepared_splits(d, self.seed, report, self._clean,
+                                       lambda df: df[d.source_column].astype(str).tolist(), "same source")
         if self.model_cfg.decoder:
             report.notes.append(WARM_START_NOTE.format(enc=self.model_cfg.name, dec=self.model_cfg.decoder))
         prepared = {s: self._prepare(df, s, report) for s, df in splits.items()}
