@@ -49,6 +49,13 @@ def _write_transcripts(folder: Path) -> None:
     (folder / "core-sounds-en.txt.gz").unlink()
 
 
+# The transcripts of the Allison prompts, shared by the WAV set and its GSM twin.
+ALLISON_TRANSCRIPTS = Package(
+    "deb", "asterisk-core-sounds-en", "1.6.1-1",
+    "973e797d28e37fa6ca3c0a9d6fa717e77cf1268ae916bf09fd3503113cdffa50",
+    {"/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz": "core-sounds-en.txt.gz"},
+)
+
 ASTERISK_PROMPTS = Asset(
     name="asterisk-prompts",
     description="Asterisk core sound prompts: one speaker (Allison), 8 kHz telephone speech, 568 clips with transcripts",
@@ -61,11 +68,7 @@ ASTERISK_PROMPTS = Asset(
             {"/usr/share/asterisk/sounds/en_US_f_Allison": "audio",
              "/usr/share/doc/asterisk-core-sounds-en-wav/copyright": "COPYRIGHT"},
         ),
-        Package(
-            "deb", "asterisk-core-sounds-en", "1.6.1-1",
-            "973e797d28e37fa6ca3c0a9d6fa717e77cf1268ae916bf09fd3503113cdffa50",
-            {"/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz": "core-sounds-en.txt.gz"},
-        ),
+        ALLISON_TRANSCRIPTS,
     ),
     entry="audio",
     prepare=_write_transcripts,
@@ -84,11 +87,7 @@ ASTERISK_PROMPTS_GSM = Asset(
             "ddc33205a56aebf54c73a0fb95c3a0d8131087878d74857a4e54bcab2b0d72ae",
             {"/usr/share/asterisk/sounds/en_US_f_Allison": "audio"},
         ),
-        Package(
-            "deb", "asterisk-core-sounds-en", "1.6.1-1",
-            "973e797d28e37fa6ca3c0a9d6fa717e77cf1268ae916bf09fd3503113cdffa50",
-            {"/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz": "core-sounds-en.txt.gz"},
-        ),
+        ALLISON_TRANSCRIPTS,
     ),
     entry="audio",
     prepare=_write_transcripts,
