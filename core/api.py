@@ -306,6 +306,8 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     if is_main and (feature_cache["enabled"] or rec.finetune.strategy in ("feature_extraction", "partial")):
         print(describe(feature_cache), flush=True)
     before = retention_before(retention, trainer, run_dir, resumed=resume is not None, is_main=is_main)
+    samples_at_start = samples_before(rec, task, _task_model(trainer, peft_model), bundle, run_dir,
+                                      resumed=resume is not None, is_main=is_main)
     state = trainer.fit(resume=resume is not None)
 
     # --- final evaluation of the best checkpoint (every process takes its shard), then the main
@@ -346,6 +348,10 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     metrics["memory"] = {**peak_memory(trainer.accelerator.device), "gradient_checkpointing": checkpointing}
     metrics["feature_cache"] = feature_cache
     if is_main:
+        samples = sample_outputs(task, _task_model(trainer, peft_model), bundle, run_dir, "after")
+        if samples is not None:  # a task that shows samples (task.sample_outputs): before/after scores
+            metrics["samples"] = {**({"before": samples_at_start} if samples_at_start is not None else {}),
+                                  "after": samples}
         extras = task.report_extras(run_dir, "test", preds, refs, bundle.test) if bundle.test is not None else []
         if getattr(task, "eval_set_results", None):  # extra evaluation sets a task scored (ASR: codec, noise)
             metrics["eval_sets"] = task.eval_set_results
@@ -441,6 +447,50 @@ def retention_before(retention, trainer, run_dir: Path, *, resumed: bool, is_mai
         if is_main:
             save_before(run_dir, before)
     return before
+
+
+SAMPLES_BEFORE = "samples_before.json"
+
+
+def _task_model(trainer, peft_model):
+    """The model as task code expects it (no DDP or adapter wrapper), with the weights it trains."""
+    return peft_lib.task_model(peft_model or trainer.accelerator.unwrap_model(trainer.model))
+
+
+def sample_outputs(task, model, bundle, run_dir: Path, stage: str) -> dict[str, float] | None:
+    """The task's samples of ``model`` on the held-out split (test, else validation), written into the
+    run folder, and their scores: the optional ``task.sample_outputs`` (None without it). The random
+    state is left as it was, so training draws the same numbers with or without samples."""
+    import torch
+
+    from .checkpoint import rng_state, set_rng_state
+
+    hook = getattr(task, "sample_outputs", None)
+    held_out = bundle.test if bundle.test is not None else bundle.validation
+    if hook is None or held_out is None:
+        return None
+    state = rng_state()
+    try:
+        with torch.no_grad():
+            return hook(model, held_out, Path(run_dir), stage)
+    finally:
+        set_rng_state(state)
+
+
+def samples_before(rec: BaseRecipe, task, model, bundle, run_dir: Path, *, resumed: bool, is_main: bool):
+    """The starting model's samples (with eval.baseline): made before the first update and their scores
+    kept in the run folder, so a resumed run reports the same starting model."""
+    if not (is_main and rec.eval.baseline):
+        return None
+    path = Path(run_dir) / SAMPLES_BEFORE
+    if resumed:
+        import json
+
+        return json.loads(path.read_text()) if path.is_file() else None
+    scores = sample_outputs(task, model, bundle, run_dir, "before")
+    if scores is not None:
+        write_json(path, scores)
+    return scores
 
 
 def quantize_base(recipe: BaseRecipe, task, model) -> None:

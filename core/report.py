@@ -91,6 +91,24 @@ def metrics_table(columns: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def samples_md(samples: dict[str, dict[str, Any]]) -> str:
+    """The scores of a task's samples (``metrics["samples"]``: stage -> metric -> value) as a table
+    with one column per stage and, when both are there, the change from before to after."""
+    stages = [s for s in ("before", "after") if isinstance(samples.get(s), dict)]
+    keys = sorted({k for s in stages for k, v in samples[s].items() if isinstance(v, (int, float))})
+    both = len(stages) == 2
+    rows = ["| metric | " + " | ".join(stages) + (" | change |" if both else " |"),
+            "|---|" + "---|" * (len(stages) + both)]
+    for k in keys:
+        values = [samples[s].get(k) for s in stages]
+        cells = [_fmt(v) if v is not None else "" for v in values]
+        if both:
+            cells.append(_fmt(float(values[1]) - float(values[0]))
+                         if all(isinstance(v, (int, float)) for v in values) else "")
+        rows.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def data_report_md(report: dict[str, Any]) -> str:
     lines = [f"Source: `{report['source']}`", "", "| split | rows read | dropped | kept |", "|---|---|---|---|"]
     for split in report["rows_kept"]:
@@ -119,6 +137,9 @@ def write_report(run_dir: Path, *, recipe_name: str, task: str, model_name: str,
         parts += ["`baseline_test` is the starting model on the test split before any training.", ""]
     if curves:
         parts += ["## Learning curves", "", f"![learning curves]({curves.name})", ""]
+    if isinstance(metrics.get("samples"), dict):
+        parts += ["## Samples before and after training", "", samples_md(metrics["samples"]), "",
+                  "`before` is the starting model, `after` the trained one, on the same held-out samples.", ""]
     if extras:
         parts += ["## Error analysis (test split)", "", *[b + "\n" for b in extras]]
     if isinstance(metrics.get("groups"), dict):
@@ -232,6 +253,8 @@ def write_model_card(model_dir: Path, *, recipe_name: str, task: str, base_model
         from .retention import retention_md
 
         lines += ["", "## Retention", "", retention_md(metrics["retention"])]
+    if isinstance(metrics.get("samples"), dict):
+        lines += ["", "## Samples before and after training", "", samples_md(metrics["samples"])]
     exported = export_md(Path(model_dir).parent)
     if exported:
         lines += ["", "## ONNX export", "", exported]

@@ -207,6 +207,17 @@ class Task(Protocol):
     #     """The training set without input randomness (augmentation, mixing), and a line for each
     #     thing that turned off ([] when there was none: then the cache needs no cache_features: true)."""
 
+    # Optional, for tasks whose outputs are judged as samples (synthesised speech, generated images):
+    # the run shows a few of them from the starting model and from the trained one.
+    # def sample_outputs(self, model: nn.Module, dataset: Any, out_dir: Path, stage: str) -> dict[str, float]:
+    #     """Write what ``model`` makes of a few held-out samples of ``dataset`` (the test split, else
+    #     validation) under ``out_dir`` (the run folder), named by ``stage``, and return their scores.
+    #     The core calls it on the main process, RNG-neutral, with the starting model (stage "before",
+    #     when eval.baseline is on, before the first update; kept in the run folder, so a resumed run
+    #     does not score again) and with the final model (stage "after", before report_extras, which
+    #     may link the files). The scores go in metrics.json as ``samples: {"before": .., "after": ..}``
+    #     and in report.md as a before/after table."""
+
     # Optional, for user metrics (eval.extra_metrics); without it they get what predict_batch returned:
     # def metric_inputs(self, predictions: list, references: list) -> tuple[list, list]:
     #     """Predictions and references as plain values (e.g. label indices)."""
