@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -58,6 +58,82 @@ def read_table(path: str | Path):
     except Exception as exc:  # pandas raises many types for malformed files
         raise DataError(f"{path}: cannot read as {kind.lstrip('.')} ({type(exc).__name__}: {exc})") from None
     raise DataError(f"{path}: unsupported file type (use one of {', '.join(TABLE_SUFFIXES)})")
+
+
+def iter_table(path: str | Path, chunk_rows: int = 20_000, as_text: bool = False) -> Iterator[Any]:
+    """:func:`read_table`'s file as pandas DataFrames of at most ``chunk_rows`` rows, numbered on
+    from one chunk to the next (a row keeps the index it has in the whole table), so a file larger
+    than memory is read in flat memory. ``as_text`` reads CSV/TSV cells as strings (empty cells
+    missing): per-chunk type inference could read one column as int in a chunk and float in the
+    next. A .json file (one array or object) cannot be streamed and is read whole; use .jsonl."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: data file not found")
+    kind = table_suffix(path)
+    if kind not in TABLE_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type (use one of {', '.join(TABLE_SUFFIXES)})")
+    try:
+        if kind in (".csv", ".tsv"):
+            yield from pd.read_csv(path, sep="\t" if kind == ".tsv" else ",", keep_default_na=False, na_values=[""],
+                                   chunksize=chunk_rows, dtype=str if as_text else None)
+        elif kind == ".parquet":
+            import pyarrow.parquet as pq
+
+            start = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+                frame = batch.to_pandas()
+                frame.index = pd.RangeIndex(start, start + len(frame))
+                start += len(frame)
+                yield frame
+        elif kind == ".jsonl":
+            yield from pd.read_json(path, lines=True, chunksize=chunk_rows)
+        else:
+            yield read_table(path)
+    except DataError:
+        raise
+    except Exception as exc:  # pandas raises many types for malformed files
+        raise DataError(f"{path}: cannot read as {kind.lstrip('.')} ({type(exc).__name__}: {exc})") from None
+
+
+# ----------------------------------------------------------------------------- storage (memory / disk)
+# data.storage in every domain: memory holds the splits in RAM; disk keeps rows in memory-mapped
+# files under the cache folder and reads them on demand (flat RSS as the data grows); auto picks
+# disk above AUTO_DISK_BYTES of source files. Disk and memory give the same samples in the same order.
+Storage = Literal["memory", "disk", "auto"]
+# Below this the whole source fits comfortably in RAM next to a model, and memory skips the disk pass.
+AUTO_DISK_BYTES = 256 * 2**20
+
+
+def source_bytes(paths: Sequence[str | Path | None]) -> int:
+    """Bytes of the local files (or every file under the folders) in ``paths``; a ``hub:`` source or a
+    missing path counts 0 (its size is not known before it is read)."""
+    total = 0
+    for p in paths:
+        if not p or is_hub(str(p)):
+            continue
+        path = Path(p)
+        if path.is_file():
+            total += path.stat().st_size
+        elif path.is_dir():
+            total += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return total
+
+
+def choose_storage(storage: str, nbytes: int, report=None, threshold: int = AUTO_DISK_BYTES) -> str:
+    """``memory`` or ``disk`` for ``data.storage``: ``auto`` is disk when the source holds more than
+    ``threshold`` bytes. The choice goes into ``report``'s notes (and so metrics.json).
+
+    >>> choose_storage("auto", 10 * 2**20), choose_storage("auto", 2**30), choose_storage("disk", 0)
+    ('memory', 'disk', 'disk')
+    """
+    chosen = storage if storage != "auto" else ("disk" if nbytes > threshold else "memory")
+    if report is not None:
+        why = (f" (source {nbytes / 2**20:.1f} MiB, threshold {threshold / 2**20:.0f} MiB)"
+               if storage == "auto" else "")
+        report.notes.append(f"data.storage {storage}: {chosen}{why}")
+    return chosen
 
 
 def require_columns(df, columns: Sequence[str | None], where: str) -> None:
@@ -287,21 +363,29 @@ def cap_splits(splits: dict[str, Any], *, max_samples: int | None, max_eval_samp
 
 
 def drop_overlap(splits: dict[str, Any], keys: Callable[[Any], Sequence[Hashable]], report,
-                 what: str) -> dict[str, Any]:
+                 what: str, describe: Callable[[Any, int], str] | None = None) -> dict[str, Any]:
     """Drop validation/test items that are exact duplicates of a training item (equal ``keys``)
     and count them in ``report`` as "also in train (what)": a model scored on items it trained on
-    looks better than it is. Run it after the caps, on the training items the run really uses."""
+    looks better than it is. Run it after the caps, on the training items the run really uses.
+    ``keys`` may return a numpy array (e.g. 64-bit hashes of rows kept on disk: compared without a
+    Python set of every training text); then ``describe(items, i)`` names item i in the examples."""
     if "train" not in splits:
         return dict(splits)
-    seen = set(keys(splits["train"]))
+    train_keys = keys(splits["train"])
+    seen = train_keys if isinstance(train_keys, np.ndarray) else set(train_keys)
     out = dict(splits)
     for split in ("validation", "test"):
         if split not in splits:
             continue
-        split_keys = list(keys(splits[split]))
-        dup = [i for i, k in enumerate(split_keys) if k in seen]
+        split_keys = keys(splits[split])
+        if isinstance(seen, np.ndarray):
+            dup = np.flatnonzero(np.isin(split_keys, seen)).tolist()
+        else:
+            split_keys = list(split_keys)
+            dup = [i for i, k in enumerate(split_keys) if k in seen]
         if dup:
-            report.drop(split, f"also in train ({what})", len(dup), [str(split_keys[i])[:80] for i in dup[:5]])
+            name = (lambda i: describe(splits[split], i)) if describe is not None else (lambda i: str(split_keys[i]))
+            report.drop(split, f"also in train ({what})", len(dup), [name(i)[:80] for i in dup[:5]])
             dup_set = set(dup)
             out[split] = take(splits[split], [i for i in range(len(split_keys)) if i not in dup_set])
     return out

@@ -13,7 +13,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from omnitune.core import assets
-from omnitune.core.data import cap_splits, check_classes, drop_overlap, require_rows, split_off
+from omnitune.core.data import (Storage, cap_splits, check_classes, choose_storage, drop_overlap, require_rows,
+                                source_bytes, split_off)
 from omnitune.core.errors import DataError, OmnituneError
 from omnitune.core.metrics import compute as compute_metric
 from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
@@ -49,6 +50,10 @@ class TextDataConfig(DataConfig):
     # chunks: tokens two consecutive windows share, and how window logits pool into the text's.
     chunk_stride: int = Field(default=32, ge=0)
     chunk_pooling: Literal["mean", "max"] = "mean"
+    # memory: the tables and token ids in RAM. disk: cleaned rows and token ids in memory-mapped
+    # Arrow files in the cache folder, read row by row (flat RSS as the data grows; the same batches
+    # and losses). auto: disk above core.data.AUTO_DISK_BYTES of source files.
+    storage: Storage = "auto"
 
     @model_validator(mode="after")
     def _long_pairs(self) -> "TextDataConfig":
@@ -137,6 +142,7 @@ class TextClassificationTask:
             self.main_metric = "f1_micro"
         self.label_names: list[str] | None = data.labels
         self._tokenizer = None
+        self._storage: str | None = None
 
     # ------------------------------------------------------------------ model
     @property
@@ -159,9 +165,23 @@ class TextClassificationTask:
         either may run first. None for regression."""
         if self.label_names is None and self.problem_type != "regression":
             d = self.data_cfg
-            splits = tdata.load_splits(assets.resolve(d.source), None, None)
-            self.label_names = self._labels_seen(splits["train"])
+            if self.storage() == "disk":
+                sep = d.label_separator if self.problem_type == "multi_label" else None
+                train = tdata.iter_sources(assets.resolve(d.source), None, None)["train"]
+                self.label_names = tdata.labels_seen_streamed(train, d.label_column, sep)
+            else:
+                splits = tdata.load_splits(assets.resolve(d.source), None, None)
+                self.label_names = self._labels_seen(splits["train"])
         return self.label_names
+
+    def storage(self, report: DataReport | None = None) -> str:
+        """``memory`` or ``disk``: ``data.storage``, with ``auto`` decided by the source's size (noted
+        in ``report`` when given)."""
+        d = self.data_cfg
+        if self._storage is None or report is not None:
+            paths = [assets.resolve(s) for s in (d.source, d.validation_source, d.test_source) if s]
+            self._storage = choose_storage(d.storage, source_bytes(paths) if d.storage == "auto" else 0, report)
+        return self._storage
 
     def _labels_seen(self, train) -> list[str]:
         d = self.data_cfg
@@ -219,15 +239,32 @@ class TextClassificationTask:
                       split: str, cache: bool = True) -> dict[str, list]:
         """Token ids per text, cut as ``data.long_text`` says (windows per text for chunks); the
         report gets the share of texts over max_length and their length distribution."""
+        enc, lengths = self._encode_measured(texts, pairs, cache)
+        if report is not None:
+            self._note_lengths(report, split, lengths)
+        return enc
+
+    def _note_lengths(self, report: DataReport, split: str, lengths) -> None:
+        d = self.data_cfg
+        handling = {"truncate": "truncated to the first max_length tokens",
+                    "head_tail": f"cut to their first {d.head_share:.0%} and last {1 - d.head_share:.0%} tokens (head_tail)",
+                    "chunks": f"read in windows sharing {d.chunk_stride} tokens, logits pooled by {d.chunk_pooling}"}
+        long_text.note_lengths(report, split, lengths, self.model_cfg.max_length, what="texts",
+                               handling=handling[d.long_text], cut=d.long_text != "chunks")
+
+    def _tokenizer_key(self) -> str:
+        tok = self.tokenizer
+        return f"{self.model_cfg.name}@{self.model_cfg.revision}|{type(tok).__name__}|{len(tok)}"
+
+    def _encode_measured(self, texts: list[str], pairs: list[str] | None,
+                         cache: bool = True) -> tuple[dict[str, list], list[int]]:
+        """(token ids cut as ``data.long_text`` says, each text's whole length in tokens)."""
         d, tok, limit = self.data_cfg, self.tokenizer, self.model_cfg.max_length
-        key = f"{self.model_cfg.name}@{self.model_cfg.revision}|{type(tok).__name__}|{len(tok)}"
+        key = self._tokenizer_key()
 
         def encode(max_length, specials):
             return tdata.tokenize_cached(tok, texts, pairs, max_length, key, add_special_tokens=specials, cache=cache)
 
-        handling = {"truncate": "truncated to the first max_length tokens",
-                    "head_tail": f"cut to their first {d.head_share:.0%} and last {1 - d.head_share:.0%} tokens (head_tail)",
-                    "chunks": f"read in windows sharing {d.chunk_stride} tokens, logits pooled by {d.chunk_pooling}"}
         if pairs is not None:  # pairs: the tokenizer's own longest-first truncation
             enc = encode(limit, True)
             lengths = [len(x) for x in encode(None, True)["input_ids"]]
@@ -248,12 +285,49 @@ class TextClassificationTask:
             if "token_type_ids" in tok.model_input_names:
                 zeros = (lambda x: [[0] * len(w) for w in x]) if d.long_text == "chunks" else (lambda x: [0] * len(x))
                 enc["token_type_ids"] = [zeros(x) for x in ids]
-        if report is not None:
-            long_text.note_lengths(report, split, lengths, limit, what="texts", handling=handling[d.long_text],
-                                   cut=d.long_text != "chunks")
-        return enc
+        return enc, lengths
+
+    def _prepare_disk(self, rows: tdata.DiskRows, split: str, report: DataReport) -> tdata.DiskTextDataset:
+        """:meth:`_prepare` for rows on disk: encoded 2,000 at a time into an Arrow file in the cache
+        folder, keyed by a hash of the texts, labels and every tokenisation setting."""
+        import hashlib
+
+        import pyarrow as pa
+
+        d = self.data_cfg
+        cols = self._text_columns()
+        h = hashlib.sha256(json.dumps([self._tokenizer_key(), self.model_cfg.max_length, d.long_text, d.head_share,
+                                       d.chunk_stride, self.problem_type, self.label_names,
+                                       d.label_separator]).encode())
+        for col in [*cols, d.label_column]:
+            for values in rows.chunks(col):
+                for v in values:
+                    h.update(v.encode())
+                    h.update(b"\0")
+            h.update(b"\1")
+        size = 2_000
+
+        def batches():
+            for start in range(0, len(rows), size):
+                texts = rows.column(cols[0], start, start + size)
+                pairs = rows.column(cols[1], start, start + size) if len(cols) > 1 else None
+                enc, lengths = self._encode_measured(texts, pairs, cache=False)
+                out = dict(enc)
+                out["labels"] = self._encode_labels(rows.column(d.label_column, start, start + size))
+                out["text"] = texts if pairs is None else [f"{a} ||| {b}" for a, b in zip(texts, pairs)]
+                out["whole_length"] = lengths
+                chunked = d.long_text == "chunks"
+                out["length"] = [sum(len(w) for w in x) if chunked else len(x) for x in enc["input_ids"]]
+                yield pa.table(out)
+
+        dataset = tdata.DiskTextDataset(tdata.tokens_to_disk(batches, h.hexdigest()[:32]),
+                                        chunked=d.long_text == "chunks")
+        self._note_lengths(report, split, dataset.table.column("whole_length").to_pylist())
+        return dataset
 
     def _prepare(self, df, split: str, report: DataReport | None = None) -> _TextDataset:
+        if isinstance(df, tdata.DiskRows):
+            return self._prepare_disk(df, split, report)
         texts = df[self.data_cfg.text_column].astype(str).tolist()
         pairs = df[self.data_cfg.text_pair_column].astype(str).tolist() if self.data_cfg.text_pair_column else None
         enc = self._encode_texts(texts, pairs, report, split)
@@ -276,34 +350,59 @@ class TextClassificationTask:
         d = self.data_cfg
         source = assets.resolve(d.source)
         report = DataReport(source=d.source)
-        splits = tdata.load_splits(source, d.validation_source and assets.resolve(d.validation_source),
-                                   d.test_source and assets.resolve(d.test_source))
         where = {"train": d.source, "validation": d.validation_source or d.source, "test": d.test_source or d.source}
-        if self.label_names is None and self.problem_type != "regression":
-            self.label_names = self._labels_seen(splits["train"])
-            report.notes.append(f"labels not declared: using the {len(self.label_names)} seen in training data")
-        splits = {s: self._clean(df, s, where[s], report) for s, df in splits.items()}
+        disk = self.storage(report) == "disk"
+        splits = self._disk_splits(where, report) if disk else self._memory_splits(where, report)
         stratify = self.problem_type == "single_label"
-        by_label = (lambda df: df[d.label_column].astype(str).tolist()) if stratify else None
+        column = (lambda items, c: items.column(c)) if disk else (lambda items, c: items[c].astype(str).tolist())
+        by_label = (lambda items: column(items, d.label_column)) if stratify else None
         splits = split_off(splits, val_size=d.val_size, test_size=d.test_size, seed=self.seed, report=report,
                            labels=by_label)
         splits = cap_splits(splits, max_samples=d.max_samples, max_eval_samples=d.max_eval_samples,
                             seed=self.seed, report=report, labels=by_label)
-        if d.drop_duplicates:
+        if d.drop_duplicates and disk:  # 64-bit hashes of the texts, not a set of them
+            describe = lambda rows, i: str(tuple(rows.column(c, i, i + 1)[0] for c in self._text_columns()))  # noqa: E731
+            splits = drop_overlap(splits, lambda rows: rows.array(tdata.KEY_COLUMN), report, "same text", describe)
+        elif d.drop_duplicates:
             splits = drop_overlap(splits, self._row_keys, report, "same text")
         require_rows(splits, where, report)
         if self.problem_type != "regression":
-            seen = splits["train"][d.label_column].astype(str)
+            seen = column(splits["train"], d.label_column)
             if self.problem_type == "multi_label":
                 seen = [x.strip() for v in seen for x in v.split(d.label_separator) if x.strip()]
             check_classes(seen, where["train"])
         if stratify:
-            for s, df in splits.items():
-                report.label_counts[s] = tdata.label_counts(df[d.label_column])
+            for s, items in splits.items():
+                report.label_counts[s] = tdata.label_counts(column(items, d.label_column))
         train = self._prepare(splits["train"], "train", report)
         return DataBundle(train=train, validation=self._prepare(splits["validation"], "validation", report),
                           test=self._prepare(splits["test"], "test", report) if "test" in splits else None,
                           report=report, label_names=self.label_names, train_lengths=train.lengths())
+
+    def _memory_splits(self, where: dict[str, str], report: DataReport) -> dict[str, Any]:
+        d = self.data_cfg
+        splits = tdata.load_splits(assets.resolve(d.source), d.validation_source and assets.resolve(d.validation_source),
+                                   d.test_source and assets.resolve(d.test_source))
+        if self.label_names is None and self.problem_type != "regression":
+            self.label_names = self._labels_seen(splits["train"])
+            report.notes.append(f"labels not declared: using the {len(self.label_names)} seen in training data")
+        return {s: self._clean(df, s, where[s], report) for s, df in splits.items()}
+
+    def _disk_splits(self, where: dict[str, str], report: DataReport) -> dict[str, tdata.DiskRows]:
+        """:meth:`_memory_splits` in flat memory: each source read in chunks, cleaned into an Arrow file."""
+        d = self.data_cfg
+        paths = [d.source and assets.resolve(d.source), d.validation_source and assets.resolve(d.validation_source),
+                 d.test_source and assets.resolve(d.test_source)]
+        sources = tdata.iter_sources(*paths)
+        if self.label_names is None and self.problem_type != "regression":
+            self.resolve_labels()
+            report.notes.append(f"labels not declared: using the {len(self.label_names)} seen in training data")
+        digest = tdata.source_digest(*paths)
+        labels = None if self.problem_type == "regression" else self.label_names
+        sep = d.label_separator if self.problem_type == "multi_label" else None
+        return {s: tdata.clean_to_disk(chunks, s, where[s], self._text_columns(), d.label_column, labels,
+                                       d.unknown_labels, d.drop_duplicates, sep, report, digest)
+                for s, chunks in sources.items()}
 
     def load_eval_dataset(self, source: str, label_names: list[str] | None) -> tuple[Any, DataReport]:
         if label_names is not None:  # the trained model's labels, whatever the new file holds
