@@ -40,27 +40,11 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 FORMAT = 1
-# data.storage: auto picks disk when the decoded data would take more than this. 1 GiB: below
-# it a copy in RAM is cheap on any machine that trains; above it, flat memory matters more than
-# the few microseconds a read from the page cache costs.
-AUTO_DISK_BYTES = 1 << 30
 
 
 def cache_root() -> Path:
     """Where content-keyed stores live: ``$OMNITUNE_CACHE/arrays`` (default ~/.cache/omnitune)."""
     return Path(os.environ.get("OMNITUNE_CACHE", Path.home() / ".cache" / "omnitune")) / "arrays"
-
-
-def choose_storage(storage: str, estimated_bytes: int | None) -> tuple[str, str]:
-    """("memory" | "disk", why) for a recipe's ``data.storage`` and the decoded size it expects."""
-    if storage != "auto":
-        return storage, f"data.storage: {storage}"
-    if estimated_bytes is None:
-        return "memory", "data.storage: auto, size unknown: memory"
-    size = f"{estimated_bytes / 2**20:.0f} MiB decoded (estimate)"
-    if estimated_bytes > AUTO_DISK_BYTES:
-        return "disk", f"data.storage: auto, {size} > {AUTO_DISK_BYTES / 2**20:.0f} MiB: disk"
-    return "memory", f"data.storage: auto, {size} <= {AUTO_DISK_BYTES / 2**20:.0f} MiB: memory"
 
 
 class ContentKey:
@@ -90,7 +74,8 @@ class ContentKey:
 class StoreWriter:
     """Append arrays of one dtype and rank; :meth:`finalise` publishes the store atomically.
 
-    Only the index (two small int64 arrays) is held in memory while writing."""
+    Only the index (two small int64 arrays) is held in memory while writing. ``meta`` takes small
+    JSON values saved with the store (e.g. the files found unreadable while filling it)."""
 
     def __init__(self, path: Path, dtype: Any, ndim: int | None = None) -> None:
         self.path = Path(path)
@@ -102,6 +87,7 @@ class StoreWriter:
         self._data = open(self.tmp / "data.bin", "wb")
         self._offsets = array("q", [0])
         self._shapes = array("q")
+        self.meta: dict[str, Any] = {}
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
@@ -124,7 +110,8 @@ class StoreWriter:
         np.save(self.tmp / "offsets.npy", np.frombuffer(self._offsets, dtype=np.int64))
         np.save(self.tmp / "shapes.npy", np.frombuffer(self._shapes, dtype=np.int64).reshape(n, ndim))
         (self.tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "dtype": self.dtype.str, "ndim": ndim,
-                                                        "count": n, "bytes": self._offsets[-1]}))
+                                                        "count": n, "bytes": self._offsets[-1],
+                                                        "extra": self.meta}))
         try:
             os.replace(self.tmp, self.path)
         except OSError:  # another process published the same key first: same content, use theirs
@@ -157,6 +144,7 @@ class ArrayStore:
         if meta.get("format") != FORMAT:
             raise FileNotFoundError(f"{self.path}: store format {meta.get('format')}, expected {FORMAT}")
         self.dtype, self.count = np.dtype(meta["dtype"]), int(meta["count"])
+        self.meta: dict[str, Any] = meta.get("extra", {})
         mode = "r" if self.count else None  # numpy cannot map an empty array
         self.offsets = np.load(self.path / "offsets.npy", mmap_mode=mode)
         self.shapes = np.load(self.path / "shapes.npy", mmap_mode=mode)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from omnitune.core.data import check_classes, require_rows
+from omnitune.core.data import Storage, check_classes, require_rows
 from omnitune.core.errors import DataError, OmnituneError
 from omnitune.core.mixing import mix_batch, soft_target_cross_entropy
 from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig, Section
@@ -82,6 +82,12 @@ class VisionDataConfig(DataConfig):
     # Above this share of unreadable images the run stops: a few broken files are noise, many
     # mean a wrong path or format.
     max_unreadable_share: float = Field(default=0.05, ge=0, le=1)
+    # memory: IDX arrays read whole into RAM, image files decoded on every read. disk: decoded images
+    # (RGB uint8, before augmentation) go once into a store under $OMNITUNE_CACHE/arrays, keyed by
+    # the files and settings, and are read back item by item: flat RSS as the data grows, no repeat
+    # decoding. auto: disk above omnitune.core.data.AUTO_DISK_BYTES of source files. Hub datasets
+    # stay in datasets' memory-mapped Arrow files either way.
+    storage: Storage = "auto"
 
 
 class ImageClassificationTask:
@@ -140,9 +146,11 @@ class ImageClassificationTask:
         if self.label_names is None:
             d = self.data_cfg
             report = DataReport(source=d.source)
+            # The recipe's storage here too: "memory" would read a big IDX array whole just for its labels.
+            storage = sources.resolve_storage(d.storage, [d.source], d.path_column, d.label_column, report)
             raw, native = sources.load_raw_splits(d.source, declared=None, path_column=d.path_column,
                                                   image_column=d.image_column, label_column=d.label_column,
-                                                  report=report)
+                                                  report=report, storage=storage)
             self.label_names = sources.label_set(None, native, raw["train"], report)
         return self.label_names
 
@@ -165,14 +173,16 @@ class ImageClassificationTask:
     def build_datasets(self) -> DataBundle:
         d = self.data_cfg
         report = DataReport(source=d.source)
+        storage = sources.resolve_storage(d.storage, [d.source, d.validation_source, d.test_source], d.path_column,
+                                          d.label_column, report)
         raw, native = sources.load_raw_splits(d.source, declared=d.labels, path_column=d.path_column,
                                               image_column=d.image_column, label_column=d.label_column,
-                                              report=report, drop_duplicates=d.drop_duplicates)
+                                              report=report, drop_duplicates=d.drop_duplicates, storage=storage)
         for key, extra in (("validation", d.validation_source), ("test", d.test_source)):
             if extra:
                 more, _ = sources.load_raw_splits(extra, declared=None, path_column=d.path_column,
                                                   image_column=d.image_column, label_column=d.label_column,
-                                                  report=report)
+                                                  report=report, storage=storage)
                 raw[key] = sources.merge_for_eval(more)
         if self.label_names is None:  # else declared, or restored from a saved model
             self.label_names = sources.label_set(d.labels, native, raw["train"], report)
@@ -186,7 +196,8 @@ class ImageClassificationTask:
         for split in ("train", "validation", "test"):
             if split in splits:
                 checked += len(splits[split].keys)
-                splits[split], n_bad = sources.drop_unreadable(splits[split], split, d.verify_images, report)
+                splits[split], n_bad = sources.drop_unreadable(splits[split], split, d.verify_images, report,
+                                                               storage)
                 bad += n_bad
         sources.check_bad_share(bad, checked, d.max_unreadable_share, report)
         require_rows(splits, d.source, report)
@@ -205,13 +216,15 @@ class ImageClassificationTask:
         names = label_names or self.resolve_labels()
         self.label_names = list(names)
         report = DataReport(source=source)
+        storage = sources.resolve_storage(d.storage, [source], d.path_column, d.label_column, report)
         raw, _ = sources.load_raw_splits(source, declared=None, path_column=d.path_column,
-                                         image_column=d.image_column, label_column=d.label_column, report=report)
+                                         image_column=d.image_column, label_column=d.label_column, report=report,
+                                         storage=storage)
         records = sources.merge_for_eval(raw)
         report.rows_read["eval"] = len(records.keys)
         records = sources.encode_labels(records, self.label_names, d.unknown_labels, "eval", source, report)
         checked = len(records.keys)
-        records, bad = sources.drop_unreadable(records, "eval", d.verify_images, report)
+        records, bad = sources.drop_unreadable(records, "eval", d.verify_images, report, storage)
         sources.check_bad_share(bad, checked, d.max_unreadable_share, report)
         report.rows_kept["eval"] = len(records.keys)
         return ImageDataset(records, self.augmenter(False), train=False), report

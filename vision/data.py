@@ -23,6 +23,7 @@ import torch
 
 from omnitune.core.data import SPLIT_ALIASES, is_hub, read_table, require_columns, table_suffix
 from omnitune.core.errors import DataError
+from omnitune.core.mmap_store import ArrayStore, ContentKey, build_store, cache_root
 from omnitune.core.seeding import item_seed
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -98,9 +99,66 @@ class _ArrayLoader:
         return f"{self.name}[{i}]"
 
 
-def array_records(images: np.ndarray, labels: list[Any], name: str) -> Records:
+def array_records(images: np.ndarray | ArrayStore, labels: list[Any], name: str) -> Records:
+    """Rows of an in-memory array or of a disk store (``data.storage: disk``): both index by row."""
     loader = _ArrayLoader(images, name)
     return Records(load=loader, describe=loader.describe, keys=list(range(len(labels))), labels=list(labels))
+
+
+# ----------------------------------------------------------------------------- data.storage: disk
+class _StoredFiles:
+    """Decoded images of files, read back from a disk store; reports still name the files."""
+
+    def __init__(self, store: ArrayStore, paths: list[str]) -> None:
+        self.store, self.paths = store, paths
+
+    def __call__(self, i: int) -> np.ndarray:
+        return self.store[i]
+
+    def describe(self, i: int) -> str:
+        return self.paths[i]
+
+
+def _decode_or_none(path: str) -> np.ndarray | None:
+    try:
+        return decode_path(path)
+    except Exception:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+        return None
+
+
+def store_files(records: Records, mode: str, threads: int = 2, chunk: int = 256) -> tuple[Records, list[str]]:
+    """File-backed records -> records read from a disk store of their decoded RGB images, and the
+    paths that did not decode (dropped). One decode per file, on the first run only: the store is
+    keyed by the files (path, size, mtime) and ``mode``, and a later run with the same files reuses
+    it, unreadable list included. ``mode`` is data.verify_images: with "full" a file that does not
+    decode is dropped (as :func:`find_unreadable` would); with "header" only files whose header PIL
+    rejects are dropped, and with "none" nothing is: then a file that does not decode stops the run,
+    named (the memory path would stop on it later, in training)."""
+    paths = [str(p) for p in records.keys]
+    key = ContentKey("images-rgb-u8").add(mode).add_files(paths).hexdigest()
+
+    def fill(writer) -> None:
+        header_bad = set(find_unreadable(paths, "header", threads)) if mode == "header" else set()
+        bad: list[str] = []
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for start in range(0, len(paths), chunk):  # bounded: a chunk of images in flight at a time
+                part = paths[start:start + chunk]
+                for path, image in zip(part, pool.map(_decode_or_none, part)):
+                    if path in header_bad or (image is None and mode == "full"):
+                        bad.append(path)
+                    elif image is None:
+                        raise DataError(f"{path}: cannot read image (data.verify_images: {mode} let it through)")
+                    else:
+                        writer.append(image)
+        writer.meta["bad"] = bad
+
+    store = build_store(cache_root() / key, np.uint8, fill, ndim=3)
+    bad = set(store.meta.get("bad", []))
+    keep = [i for i, p in enumerate(paths) if p not in bad]
+    kept_paths = [paths[i] for i in keep]
+    loader = _StoredFiles(store, kept_paths)
+    return Records(load=loader, describe=loader.describe, keys=list(range(len(keep))),
+                   labels=[records.labels[i] for i in keep]), sorted(bad)
 
 
 # ----------------------------------------------------------------------------- the dataset
@@ -210,29 +268,62 @@ def read_manifest(path: Path, path_column: str, label_column: str,
     return paths, [str(v) for v in df[label_column]], before - len(df)
 
 
+def _idx_header(f, path: Path) -> list[int]:
+    head = f.read(4)
+    magic = int.from_bytes(head, "big")
+    if len(head) < 4 or magic >> 8 != 0x08:  # 0x08 = unsigned byte data, the only type MNIST-style files use
+        raise DataError(f"{path}: not an unsigned-byte IDX file (magic {magic:#x})")
+    return [int.from_bytes(f.read(4), "big") for _ in range(magic & 0xFF)]
+
+
+def _stored_idx(path: Path, chunk_rows: int = 1024) -> ArrayStore:
+    """An IDX image file decompressed once into a disk store, row by row (flat memory)."""
+    key = ContentKey("idx-images").add_files([path]).hexdigest()
+
+    def fill(writer) -> None:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            dims = _idx_header(f, path)
+            row = int(np.prod(dims[1:], dtype=np.int64))
+            for start in range(0, dims[0], chunk_rows):
+                n = min(chunk_rows, dims[0] - start)
+                data = f.read(n * row)
+                if len(data) != n * row:
+                    raise DataError(f"{path}: truncated IDX file ({start + len(data) // max(row, 1)} of "
+                                    f"{dims[0]} images)")
+                for image in np.frombuffer(data, dtype=np.uint8).reshape(n, *dims[1:]):
+                    writer.append(image)
+
+    return build_store(cache_root() / key, np.uint8, fill)
+
+
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
+        dims = _idx_header(f, path)
         data = f.read()
-    magic = int.from_bytes(data[:4], "big")
-    if magic >> 8 != 0x08:  # 0x08 = unsigned byte data, the only type MNIST-style files use
-        raise DataError(f"{path}: not an unsigned-byte IDX file (magic {magic:#x})")
-    ndim = magic & 0xFF
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def is_idx_folder(root: Path) -> bool:
     return root.is_dir() and any(root.glob(IDX_FILES["train"][0] + "*"))
 
 
-def read_idx_folder(root: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str] | None]:
-    """{"train": (images, labels), "test": ...} and the class names from labels.txt if present."""
+def idx_files(root: Path) -> list[Path]:
+    """The IDX files of a folder (what data.storage: auto sizes)."""
+    return [p for names in IDX_FILES.values() for n in names for p in sorted(root.glob(n + "*"))[:1]]
+
+
+def read_idx_folder(root: Path, storage: str = "memory"
+                    ) -> tuple[dict[str, tuple[np.ndarray | ArrayStore, np.ndarray]], list[str] | None]:
+    """{"train": (images, labels), "test": ...} and the class names from labels.txt if present.
+    ``storage`` "disk": images come from a disk store (decompressed once), not a whole array in RAM."""
     out = {}
     for split, (img_name, lbl_name) in IDX_FILES.items():
         found = [next(iter(sorted(root.glob(n + "*"))), None) for n in (img_name, lbl_name)]
         if all(found):
-            images, labels = _read_idx(found[0]), _read_idx(found[1])
+            labels = _read_idx(found[1])
+            images = _stored_idx(found[0]) if storage == "disk" else _read_idx(found[0])
             if len(images) != len(labels):
                 raise DataError(f"{root}: {split} has {len(images)} images but {len(labels)} labels")
             out[split] = (images, labels)

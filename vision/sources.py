@@ -14,21 +14,42 @@ from typing import Any
 import numpy as np
 
 from omnitune.core.assets import resolve as resolve_asset
-from omnitune.core.data import cap_splits, drop_overlap, load_hub, parse_hub, split_off
+from omnitune.core.data import cap_splits, choose_storage, drop_overlap, load_hub, parse_hub, source_bytes, split_off
 from omnitune.core.errors import DataError
 from omnitune.core.task import DataReport
 
 from .data import (Records, _ArrayLoader, _HubLoader, array_records, find_unreadable, hub_records, path_records,
-                   read_idx_folder, read_manifest, scan_image_folder, source_kind, split_dirs)
+                   read_idx_folder, read_manifest, scan_image_folder, source_kind, split_dirs, store_files)
 
 MAX_LISTED_BAD = 200  # unreadable paths listed in the report's notes, per split
 
 
+def resolve_storage(storage: str, sources: list[str | None], path_column: str, label_column: str,
+                    report: DataReport) -> str:
+    """data.storage -> "memory" or "disk" (noted in the report). auto sizes the source files: the
+    IDX files or every image of a folder, a manifest and the images it lists; a Hub dataset counts 0
+    (its Arrow files are memory-mapped by datasets whatever the choice)."""
+    paths: list[str] = []
+    for source in sources:
+        if not source or storage != "auto":
+            continue
+        resolved = resolve_asset(source)
+        kind = source_kind(resolved)
+        if kind == "manifest":
+            listed, _, _ = read_manifest(Path(resolved), path_column, label_column)
+            paths += [resolved, *listed]
+        elif kind != "hub":
+            paths.append(resolved)
+    return choose_storage(storage, source_bytes(paths) if storage == "auto" else 0, report)
+
+
 def load_raw_splits(source: str, *, declared: list[str] | None, path_column: str, image_column: str,
-                    label_column: str, report: DataReport, drop_duplicates: bool = True,
+                    label_column: str, report: DataReport, drop_duplicates: bool = True, storage: str = "memory",
                     ) -> tuple[dict[str, Records], list[str] | None]:
     """{split: Records with class-name labels} as the source provides them, and the source's own
-    ordered class names when it has them (IDX labels.txt, a Hub ClassLabel)."""
+    ordered class names when it has them (IDX labels.txt, a Hub ClassLabel). ``storage`` "disk"
+    reads IDX images from a disk store instead of whole arrays (files are stored after splitting,
+    in :func:`drop_unreadable`)."""
     resolved = resolve_asset(source)
     kind = source_kind(resolved)
     if kind == "hub":
@@ -50,7 +71,7 @@ def load_raw_splits(source: str, *, declared: list[str] | None, path_column: str
         return out, names
     path = Path(resolved)
     if kind == "idx":
-        splits, names = read_idx_folder(path)
+        splits, names = read_idx_folder(path, storage)
         if "train" not in splits:
             raise DataError(f"{path}: IDX folder without train-images/train-labels files")
         names = declared or names
@@ -102,11 +123,21 @@ def encode_labels(records: Records, names: list[str], policy: str, split: str, w
     return records.with_labels([index[str(v)] for v in records.labels])
 
 
-def drop_unreadable(records: Records, split: str, mode: str, report: DataReport) -> tuple[Records, int]:
-    """Decode-check file-backed records; drop and list the bad ones. Returns (kept, bad count)."""
-    if not records.from_files or mode == "none":
+def drop_unreadable(records: Records, split: str, mode: str, report: DataReport, storage: str = "memory"
+                    ) -> tuple[Records, int]:
+    """Decode-check file-backed records; drop and list the bad ones. Returns (kept, bad count).
+    ``storage`` "disk": the kept images are decoded once into a disk store in the same pass, and
+    the records read them from there (same images, same drops, same report)."""
+    if not records.from_files:
         return records, 0
-    bad = set(find_unreadable(records.keys, mode))
+    if storage == "disk":
+        records, listed = store_files(records, mode)
+        bad = set(listed)
+    elif mode == "none":
+        return records, 0
+    else:
+        bad = set(find_unreadable(records.keys, mode))
+        records = records.subset([i for i, k in enumerate(records.keys) if k not in bad]) if bad else records
     if not bad:
         return records, 0
     listed = sorted(bad)
@@ -114,7 +145,7 @@ def drop_unreadable(records: Records, split: str, mode: str, report: DataReport)
     more = f" (and {len(listed) - MAX_LISTED_BAD} more)" if len(listed) > MAX_LISTED_BAD else ""
     report.notes.append(f"{split}: skipped {len(bad)} unreadable image(s): "
                         f"{', '.join(listed[:MAX_LISTED_BAD])}{more}")
-    return records.subset([i for i, k in enumerate(records.keys) if k not in bad]), len(bad)
+    return records, len(bad)
 
 
 def check_bad_share(bad: int, total: int, limit: float, report: DataReport) -> None:
@@ -155,10 +186,12 @@ def identities(records: Records) -> list[str]:
 
         column = records.load.column
         if isinstance(records.load.ds.features.get(column), datasets.Image):  # hash the file bytes, no decoding
-            ds = records.load.ds.cast_column(column, datasets.Image(decode=False))
-            cells = ds.select(records.keys)[column]
-            return [hashlib.sha1(c["bytes"]).hexdigest() if c.get("bytes") else f"path:{c.get('path')}"
-                    for c in cells]
+            ds = records.load.ds.cast_column(column, datasets.Image(decode=False)).select(records.keys)
+            out = []
+            for batch in ds.iter(batch_size=1000):  # a batch of encoded images in RAM at a time, not the column
+                out += [hashlib.sha1(c["bytes"]).hexdigest() if c.get("bytes") else f"path:{c.get('path')}"
+                        for c in batch[column]]
+            return out
     return [hashlib.sha1(records.load(k).tobytes()).hexdigest() for k in records.keys]
 
 

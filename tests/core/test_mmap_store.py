@@ -11,8 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from omnitune.core.mmap_store import (AUTO_DISK_BYTES, ArrayStore, ContentKey, StoreWriter, build_store,
-                                      choose_storage)
+from omnitune.core.mmap_store import ArrayStore, ContentKey, StoreWriter, build_store
 
 
 def test_round_trip_variable_lengths_and_dtype(tmp_path):
@@ -120,13 +119,13 @@ def test_content_key_follows_files_and_settings(tmp_path):
     assert ContentKey("audio").add(16000).add_files([f]).hexdigest() != k1
 
 
-def test_choose_storage():
-    assert choose_storage("memory", 10 * AUTO_DISK_BYTES)[0] == "memory"
-    assert choose_storage("disk", 1)[0] == "disk"
-    assert choose_storage("auto", AUTO_DISK_BYTES + 1)[0] == "disk"
-    assert choose_storage("auto", AUTO_DISK_BYTES)[0] == "memory"
-    assert choose_storage("auto", None)[0] == "memory"
-    assert "auto" in choose_storage("auto", 5)[1]
+def test_meta_travels_with_the_store(tmp_path):
+    def fill(w):
+        w.append(np.zeros(1))
+        w.meta["bad"] = ["x.png"]
+
+    build_store(tmp_path / "m", np.uint8, fill)
+    assert ArrayStore(tmp_path / "m").meta == {"bad": ["x.png"]}
 
 
 def test_writer_rejects_after_abort(tmp_path):
