@@ -41,6 +41,7 @@ DEFAULT_MIN_AGREEMENT = 0.99
 DEFAULT_INT8_MIN_AGREEMENT = 0.90
 
 BATCH_SEQ = {0: "batch", 1: "sequence"}
+BATCH_PHONEMES = {0: "batch", 1: "phonemes"}
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -59,15 +60,21 @@ class Graph:
 class ExportSpec:
     """How a task's model is exported and run: ``named`` (keyword inputs, named outputs: Hugging
     Face heads), ``tensor`` (one tensor in, logits out: timm/torchvision), ``seq2seq`` (encoder and
-    decoder graphs with greedy decoding: Whisper)."""
+    decoder graphs with greedy decoding: Whisper), ``waveform`` (phoneme ids, their lengths and the
+    synthesis scales in, a waveform out: the VITS generator, Piper's graph signature)."""
 
     runtime: str
     graphs: tuple[Graph, ...]
     note: str
-    # "static" (calibrated on validation samples) where it pays off: convolutions; else "dynamic".
+    # "static" (calibrated on validation samples) where it pays off: convolutions; else "dynamic";
+    # "none": --quantize int8 is refused with ``int8_why`` (measured).
     int8: str = "dynamic"
+    int8_why: str = ""
     # Graphs whose cache inputs/outputs depend on the decoder's layer count: layers -> graphs.
     layered: Any = None
+    # The task method that builds the module to trace from the model (``waveform``: the task's
+    # generator wrapper, e.g. speech/tts_export.py); the core never imports a domain package.
+    module: str | None = None
 
     def graphs_for(self, model: nn.Module) -> tuple[Graph, ...]:
         return self.layered(model.config.decoder_layers) if self.layered else self.graphs
@@ -122,6 +129,16 @@ EXPORTS: dict[str, ExportSpec] = {
     "speech-recognition": ExportSpec(
         "seq2seq", (), "Whisper: encoder, decoder (first step: logits and the key/value cache) and decoder "
         "with past key values (one token per step)", layered=lambda n: seq2seq_graphs(n)),
+    "text-to-speech": ExportSpec(
+        "waveform", (Graph("model", ("input", "input_lengths", "scales"), ("output", "output_lengths"),
+                           {"input": BATCH_PHONEMES, "input_lengths": {0: "batch"},
+                            "output": {0: "batch", 1: "samples"}, "output_lengths": {0: "batch"}}),),
+        "VITS generator (text encoder, stochastic duration predictor, length regulation, flow in reverse, "
+        "HiFi-GAN decoder): phoneme ids [batch, phonemes], input_lengths [batch] and scales [3] (noise, "
+        "length, duration noise) -> waveform [batch, samples] and output_lengths [batch]", module="onnx_generator",
+        int8="none", int8_why="ONNX Runtime's dynamic int8 made the Joe voice 2.7x slower than fp32 (the decoder is "
+        "convolutions; ConvInteger has no fast CPU kernel) and changed its durations (62720 -> 61952 samples), and "
+        "MatMul-only int8 saved 4% of the size at the same speed; export in fp32"),
 }
 
 
@@ -288,6 +305,9 @@ def parity(spec: ExportSpec, torch_parts: list[tuple[Graph, nn.Module, tuple[str
            batches: list[dict[str, Any]], decoding: dict[str, Any] | None) -> dict[str, Any]:
     """Max absolute difference per output and the agreement of predicted labels (tokens for
     Whisper's greedy decoding, run by the same loop on both sides) between PyTorch and ORT."""
+    if spec.runtime == "waveform":
+        (_, module, _, _), = torch_parts
+        return waveform_parity(module, sessions["model"], utterances(batches), module.scales[1])
     diffs: dict[str, float] = {}
     preds_t: list[torch.Tensor] = []
     preds_o: list[torch.Tensor] = []
@@ -334,6 +354,104 @@ def parity(spec: ExportSpec, torch_parts: list[tuple[Graph, nn.Module, tuple[str
     return {"samples": samples, "max_abs_diff": diffs, "max_abs_diff_all": max(diffs.values(), default=0.0),
             "agreement": agree, "compared": counted,
             "compared_what": "generated tokens" if spec.runtime == "seq2seq" else "predicted labels"}
+
+
+# ----------------------------------------------------------------------------- waveform (VITS)
+def utterances(batches: list[dict[str, Any]]) -> list[torch.Tensor]:
+    """Each sample's phoneme ids [1, T] without padding, from collated batches (input_ids, attention_mask)."""
+    out = []
+    for b in batches:
+        for ids, mask in zip(b["input_ids"], b["attention_mask"]):
+            out.append(ids[: int(mask.sum())].unsqueeze(0))
+    return out
+
+
+def waveform_feeds(ids: torch.Tensor, scales: list[float]) -> dict[str, torch.Tensor]:
+    """One utterance (ids [1, T]) as the generator graph's inputs."""
+    return {"input": ids, "input_lengths": torch.tensor([ids.shape[1]]),
+            "scales": torch.tensor(scales, dtype=torch.float32)}
+
+
+def _waveform_parts(spec: ExportSpec, task, model: nn.Module, example: dict[str, Any]
+                    ) -> list[tuple[Graph, nn.Module, tuple[str, ...], tuple]]:
+    """The task's generator wrapper traced on one utterance (the first validation sample) at the
+    voice's own scales; the parity check's utterances of other lengths show that the trace keeps
+    the phoneme and sample axes dynamic."""
+    (graph,) = spec.graphs
+    module = getattr(task, spec.module)(model).eval()
+    ids = utterances([example])[0]
+    return [(graph, module, graph.inputs, tuple(waveform_feeds(ids, module.scales)[n] for n in graph.inputs))]
+
+
+@torch.no_grad()
+def waveform_parity(module: nn.Module, sess, utts: list[torch.Tensor], length_scale: float) -> dict[str, Any]:
+    """ORT against the model's own forward (``module.reference``: transformers' VitsModel) with the
+    noise scales at 0, one utterance at a time: the share of equal lengths (in samples) and the
+    largest absolute waveform difference over the utterances whose lengths agree."""
+    scales = [0.0, float(length_scale), 0.0]
+    diff, same = 0.0, 0
+    for ids in utts:
+        ref = module.reference(ids, scales)
+        out = run_session(sess, waveform_feeds(ids, scales))
+        got = out["output"][0, : int(out["output_lengths"][0])]
+        if got.shape == ref.shape:
+            same += 1
+            diff = max(diff, float((got - ref).abs().max()))
+    n = len(utts)
+    return {"samples": n, "max_abs_diff": {"output": diff}, "max_abs_diff_all": diff,
+            "agreement": same / n if n else 1.0, "compared": n, "compared_what": "waveform lengths",
+            "scales": scales}
+
+
+@torch.no_grad()
+def synthesis_report(module: nn.Module, sessions: dict[str, Any], sizes: dict[str, int], utts: list[torch.Tensor],
+                     repeats: int) -> dict[str, Any]:
+    """Seconds to synthesise one sentence (the longest of ``utts``) at the voice's own scales: the
+    model's own forward (PyTorch) and each ONNX variant taking turns in every round, medians after
+    one warm-up each; real-time factor = synthesis seconds / audio seconds."""
+    ids = max(utts, key=lambda u: u.shape[1])
+    runners = {"pytorch": lambda: module.reference(ids, module.scales)}
+    for variant, sess in sessions.items():
+        runners[f"onnx-{variant}"] = (lambda s: lambda: run_session(s, waveform_feeds(ids, module.scales))["output"][0])(sess)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    audio: dict[str, list[float]] = {k: [] for k in runners}
+    for run in runners.values():
+        run()
+    for _ in range(repeats):
+        for label, run in runners.items():
+            t0 = time.perf_counter()
+            wave = run()
+            times[label].append(time.perf_counter() - t0)
+            audio[label].append(wave.shape[-1] / module.sampling_rate)
+    rows = []
+    for label in runners:
+        sec, aud = statistics.median(times[label]), statistics.median(audio[label])
+        rows.append({"model": label, "seconds": round(sec, 4), "audio_seconds": round(aud, 3),
+                     "real_time_factor": round(sec / aud, 4) if aud else None, "size_bytes": sizes[label]})
+    return {"phonemes": int(ids.shape[1]), "repeats": repeats, "threads": torch.get_num_threads(),
+            "scales": list(module.scales), "synthesis": rows}
+
+
+def write_synthesis_report(out: Path, report: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """export_report.json and export_report.md for a waveform (TTS) export."""
+    from .report import write_json
+
+    write_json(out / "export_report.json", {**report, "manifest": manifest})
+    lines = [f"# ONNX export of `{manifest['recipe']}` ({manifest['task']})", "",
+             f"Exporter: {manifest['exporter']}, opset {manifest['opset']}; ONNX Runtime "
+             f"{manifest['versions']['onnxruntime']}, torch {manifest['versions']['torch']}. {manifest['note']}.", "",
+             f"One sentence ({report['phonemes']} phoneme ids) at the voice's scales {report['scales']}, median of "
+             f"{report['repeats']} rounds (models taking turns), {report['threads']} thread(s) for torch and ORT alike:", "",
+             "| model | synthesis (s) | audio (s) | real-time factor | size (MB) |", "|---|---|---|---|---|"]
+    for r in report["synthesis"]:
+        lines.append(f"| {r['model']} | {r['seconds']:.3f} | {r['audio_seconds']:.2f} | {r['real_time_factor']:.3f} | "
+                     f"{r['size_bytes'] / 1e6:.2f} |")
+    lines += ["", "Parity against the PyTorch model (noise scales 0, one validation sentence at a time):", "",
+              "| graph | sentences | max abs diff | equal lengths | passed |", "|---|---|---|---|---|"]
+    for variant, p in manifest["parity"].items():
+        lines.append(f"| onnx-{variant} | {p['samples']} | {p['max_abs_diff_all']:.3g} | {p['agreement']:.2%} | "
+                     f"{'yes' if p['passed'] else 'no'} |")
+    (out / "export_report.md").write_text("\n".join(lines) + "\n")
 
 
 def parity_problems(result: dict[str, Any], variant: str, atol: float, min_agreement: float,
@@ -461,6 +579,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, fmt: s
     from .recipe import read_yaml
 
     spec = export_spec(read_yaml(run_dir / RECIPE_FILE).get("task", ""))  # fails before any model loads
+    if quantize == "int8" and spec.int8 == "none":
+        raise OmnituneError(f"omnitune export: --quantize int8 is not offered for this task: {spec.int8_why}")
     rec, task, model = _load_run(run_dir, adapter)
     merged = peft_lib.is_adapter_wrapper(model)
     if merged:  # adapters folded into the base weights: one plain graph, no peft at run time
@@ -472,7 +592,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, fmt: s
     bundle = task.build_datasets()  # seeded as in training: the run's own validation and test samples
     decoding = _decoding(task, model) if spec.runtime == "seq2seq" else None
     example = task.collate([bundle.validation[i] for i in range(min(2, len(bundle.validation)))])
-    parts = _modules_and_examples(spec, model, example, decoding)
+    if spec.runtime == "waveform":
+        parts = _waveform_parts(spec, task, model, example)
+    else:
+        parts = _modules_and_examples(spec, model, example, decoding)
     graphs, files = {}, {"fp32": {}}
     t0 = time.perf_counter()
     for graph, module, names, args in parts:
@@ -512,6 +635,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, fmt: s
         "export_seconds": round(export_seconds, 2),
         "tolerance": {"atol": atol, "min_agreement": min_agreement, "int8_min_agreement": int8_min_agreement},
     }
+    if spec.runtime == "waveform":  # what `predict --onnx` feeds as scales, and the WAV sample rate
+        (_, generator, _, _), = parts
+        manifest["synthesis"] = {"scales": list(generator.scales), "sampling_rate": generator.sampling_rate,
+                                 "scales_order": ["noise_scale", "length_scale", "noise_scale_duration"],
+                                 "traced_phonemes": int(parts[0][3][0].shape[1])}
 
     # --- parity on the run's validation samples: always, for every variant written
     batches = _first_batches(task, bundle.validation, parity_samples, 8)
@@ -532,7 +660,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, fmt: s
                             f"{'; '.join(failures)} (graphs kept in {out} for inspection)")
 
     result = ExportResult(out, manifest)
-    if evaluate:
+    if evaluate and spec.runtime == "waveform":  # no task metrics from a generator graph: synthesis speed
+        (_, generator, _, _), = parts
+        sizes = {"pytorch": _model_bytes(generator)}
+        sizes.update({f"onnx-{v}": sum((out / n).stat().st_size for n in names.values()) for v, names in files.items()})
+        result.report = synthesis_report(generator, {v: session(out / names["model"]) for v, names in files.items()},
+                                         sizes, utterances(batches), max(3, latency_repeats // 3))
+        write_synthesis_report(out, result.report, manifest)
+    elif evaluate:
         dataset = bundle.test if bundle.test is not None else bundle.validation
         split = "test" if bundle.test is not None else "validation"
         batch_size = default_eval_batch_size(rec.train.batch_size, rec.train.eval_batch_size)

@@ -177,6 +177,31 @@ class OrtSeq2Seq:
                              logits_processor)
 
 
+class OrtVits:
+    """An exported VITS generator (``runtime: waveform``) behind the call the text-to-speech task makes
+    on its ``VitsModel``: ``model(input_ids=[batch, T], attention_mask=None)`` returning ``waveform``
+    [batch, samples] and ``sequence_lengths``, at the synthesis scales recorded at export (noise,
+    length, duration noise). The noise is drawn by ONNX Runtime, so with noise scales above 0 a
+    sentence does not sound sample-for-sample as PyTorch's draw (the same with the scales at 0)."""
+
+    def __init__(self, sess, scales: list[float]) -> None:
+        self.session, self.scales = sess, [float(x) for x in scales]
+
+    def eval(self) -> "OrtVits":
+        return self
+
+    def parameters(self):
+        yield torch.zeros(0)
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any) -> Outputs:
+        input_ids = torch.as_tensor(input_ids)
+        lengths = (attention_mask.sum(1) if attention_mask is not None
+                   else torch.full((input_ids.shape[0],), input_ids.shape[1], dtype=torch.long))
+        out = run_session(self.session, {"input": input_ids, "input_lengths": lengths,
+                                         "scales": torch.tensor(self.scales, dtype=torch.float32)})
+        return Outputs(waveform=out["output"], sequence_lengths=out["output_lengths"])
+
+
 class CachedDecoder:
     """One utterance batch's decoding state over the exported graphs: the first call runs the
     decoder over the prefix and keeps its caches; each later call feeds only the newest token and
@@ -232,6 +257,14 @@ def greedy_decode(step, batch: int, decoding: dict[str, Any], max_new_tokens: in
     return ids
 
 
+def export_folder(path: str | Path) -> Path:
+    """An export folder, or a run folder holding its default one (``RUN_DIR/export-onnx``)."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file() and (path / "export-onnx" / MANIFEST).is_file():
+        return path / "export-onnx"
+    return path
+
+
 def read_manifest(export_dir: str | Path) -> dict[str, Any]:
     path = Path(export_dir) / MANIFEST
     if not path.is_file():
@@ -266,6 +299,8 @@ def load_ort_model(export_dir: str | Path, manifest: dict[str, Any], variant: st
         except OSError:
             generation = GenerationConfig.from_model_config(config)
         return OrtSeq2Seq(sessions, config, manifest["decoding"], generation)
+    if manifest["runtime"] == "waveform":
+        return OrtVits(sessions["model"], manifest["synthesis"]["scales"])
     return OrtModel(sessions["model"], manifest["runtime"])
 
 
@@ -275,7 +310,7 @@ def load_export(export_dir: str | Path, variant: str = "fp32", adapter: str | No
     from .api import build_task
     from .recipe import read_yaml, validate_recipe
 
-    export_dir = Path(export_dir)
+    export_dir = export_folder(export_dir)
     manifest = read_manifest(export_dir)
     rec = validate_recipe(read_yaml(export_dir / RECIPE), where=str(export_dir / RECIPE))
     task = build_task(rec)

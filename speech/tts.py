@@ -537,3 +537,9 @@ class TextToSpeechTask:
             sf.write(str(path), wave, self.sampling_rate)
             out.append({"input": text, "wav": str(path), "seconds": round(len(wave) / self.sampling_rate, 3)})
         return out
+
+    def onnx_generator(self, model: nn.Module) -> nn.Module:
+        """The generator as one traceable module for ``omnitune export`` (speech/tts_export.py)."""
+        from .tts_export import VitsGenerator
+
+        return VitsGenerator(model.vits if isinstance(model, TTSModel) else model)
