@@ -49,6 +49,28 @@ def make_tiny_vits(out: Path, seed: int = 0) -> Path:
     return out
 
 
+def make_tiny_hf_vits(out: Path, seed: int = 0, add_blank: bool = True) -> Path:
+    """A random tiny VITS as a transformers checkpoint (like ``facebook/mms-tts-eng``): ``VitsModel``
+    (HiFi-GAN's first residual block) saved with save_pretrained and a ``VitsTokenizer`` of a
+    character vocabulary (blank ``_`` = id 0, space, a-z, ``<unk>``); no omnitune front-end file."""
+    import torch
+    from transformers import VitsModel, VitsTokenizer
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    symbols = ["_", " "] + list("abcdefghijklmnopqrstuvwxyz") + ["<unk>"]
+    vocab_file = out / "vocab.json"
+    vocab_file.write_text(json.dumps({s: i for i, s in enumerate(symbols)}))
+    tokenizer = VitsTokenizer(str(vocab_file), pad_token="_", unk_token="<unk>", language="eng",
+                              add_blank=add_blank, normalize=True, phonemize=False)
+    config = tiny_vits_config(len(symbols))
+    del config.resblock_type  # transformers' own VITS: no such field
+    torch.manual_seed(seed)
+    VitsModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def make_speech_folder(root: Path, n: int = 12) -> Path:
     """n clips of two 'words' (each word a tone of its own pitch) with `name: text` transcripts."""
     import soundfile as sf
@@ -76,7 +98,9 @@ def tiny_tts_recipe(folder: Path, like=None) -> dict:
         make_speech_folder(data)
     return {
         "name": "tiny-text-to-speech", "task": "text-to-speech", "seed": 0,
-        "model": {"name": str(model), "segment_frames": 8, "discriminator_width": 2, "n_mels": 20, "c_mel": 1.0},
+        # Two report samples, scored without an ASR model (no Whisper download or run in tests).
+        "model": {"name": str(model), "segment_frames": 8, "discriminator_width": 2, "n_mels": 20, "c_mel": 1.0,
+                  "sample_sentences": 2, "sample_asr": None},
         "data": {"source": str(data), "val_size": 0.2, "test_size": 0.2},
         "train": {"epochs": 1, "batch_size": 2, "eval_batch_size": 4, "lr": 2e-3, "precision": "fp32"},
         "eval": {"baseline": False},

@@ -2,10 +2,13 @@
 speaker's recordings with VITS's losses and a HiFi-GAN discriminator, on the core's loop.
 
 Model sources (``model.name``): a Piper voice (``asset:joe-piper-voice``, a ``.onnx`` file or its
-folder; mapped into ``VitsModel`` by speech/vits_piper.py), or a folder this task saved. The
-posterior encoder and the discriminator are not in a Piper file and start fresh; warm the posterior
-encoder up with ``finetune.strategy: gradual`` (the layer groups end with it, so it trains alone
-first while the decoder and flow stay as they were, then the groups below unfreeze in turn).
+folder; mapped into ``VitsModel`` by speech/vits_piper.py), any transformers VITS checkpoint (Hub id
+such as ``facebook/mms-tts-eng`` or ``kakao-enterprise/vits-ljs``, or a folder with config.json of
+model_type vits: ``VitsModel.from_pretrained`` with its ``VitsTokenizer``, speech/vits_tokenizer.py),
+or a folder this task saved. The posterior encoder and the discriminator are not in a Piper file
+and start fresh; warm the posterior encoder up with ``finetune.strategy: gradual`` (the layer groups
+end with it, so it trains alone first while the decoder and flow stay as they were, then the groups
+below unfreeze in turn).
 
 Training uses two optimisers through the core's ``optimizer_parts``: the discriminator's step
 (LSGAN on real vs generated segments), then the generator's (mel L1 x c_mel + KL + duration +
@@ -14,8 +17,9 @@ decoded segment) comes from the item's (seed, epoch, index), so a batch trains t
 is split into micro-batches. Losses are summed over items (each item's loss is its own mean).
 
 Evaluation (validation/test) is deterministic: the posterior mean, the whole utterance decoded on
-its own, mel L1 / KL / log-duration error per item. MCD with DTW, F0 distance and the Whisper WER
-of synthesised held-out sentences are in bench/tts_adapt.py and :mod:`speech.tts_metrics`.
+its own, mel L1 / KL / log-duration error per item. The run report adds samples (the core's
+``sample_outputs`` hook): a few held-out sentences synthesised before and after training, as WAVs
+and mel images, with MCD-DTW, F0 distance and the Whisper WER (speech/tts_samples.py).
 """
 
 from __future__ import annotations
@@ -60,6 +64,13 @@ class TTSModelConfig(ModelConfig):
     noise_scale: float | None = None
     noise_scale_duration: float | None = None
     speaking_rate: float | None = None
+    # The run report's samples: this many held-out (test) sentences synthesised by the starting voice
+    # (with eval.baseline) and the trained one, as WAVs and mel images, scored by MCD-DTW and F0
+    # distance against the recordings (0: none). A few keep the report quick: each costs a synthesis,
+    # a DTW and, with sample_asr, a Whisper transcript.
+    sample_sentences: int = Field(default=4, ge=0)
+    # The ASR model whose transcripts of the samples give the WER (intelligibility); null: no WER.
+    sample_asr: str | None = "asset:whisper-tiny.en"
 
 
 class TTSDataConfig(DataConfig):
@@ -124,6 +135,9 @@ class TextToSpeechTask:
         self._frontend: dict | None = None
         self._restored: Path | None = None
         self._predictions: Path | None = None
+        self._tokenizer = None  # a transformers VITS checkpoint's VitsTokenizer
+        self._tokenizer_dir: Path | None = None
+        self._scorer: tuple | None = None  # (ASR transcriber or None, why none), loaded once for the samples
 
     # ------------------------------------------------------------------ model and front end
     def _source(self) -> Path:
@@ -133,12 +147,31 @@ class TextToSpeechTask:
         return path.suffix == ".onnx" or (path.is_dir() and any(path.glob("*.onnx"))
                                           and not (path / "config.json").is_file())
 
+    def _kind(self, src: Path) -> str:
+        """"piper" (a Piper .onnx voice), "omnitune" (a folder this task saved) or "transformers" (a
+        transformers VITS checkpoint: a folder with config.json of model_type vits, or a Hub id)."""
+        from .vits_tokenizer import checkpoint_kind
+
+        if self._is_piper(src):
+            return "piper"
+        if (src / FRONTEND_FILE).is_file():
+            return "omnitune"
+        kind = checkpoint_kind(src)
+        if kind is None:
+            raise OmnituneError(f"model.name: {src} is neither a Piper voice (.onnx + .onnx.json), a transformers "
+                                f"VITS checkpoint (Hub id or folder with config.json) nor a folder saved by the "
+                                f"text-to-speech task ({FRONTEND_FILE})")
+        return kind
+
     @property
     def frontend(self) -> dict:
-        """{phoneme_id_map, phonemizer, espeak_voice, sampling_rate}: how text becomes ids."""
+        """How text becomes ids: {phoneme_id_map, phonemizer, espeak_voice, sampling_rate} for Piper
+        voices, {phonemizer: "vits-tokenizer", sampling_rate} for a transformers VITS checkpoint (its
+        own VitsTokenizer, saved with the model)."""
         if self._frontend is None:
             src = self._source()
-            if self._is_piper(src):
+            kind = self._kind(src)
+            if kind == "piper":
                 from .vits_piper import voice_files
 
                 meta = json.loads(voice_files(src)[1].read_text())
@@ -146,20 +179,42 @@ class TextToSpeechTask:
                                   "phonemizer": self.model_cfg.phonemizer or "espeak",
                                   "espeak_voice": meta.get("espeak", {}).get("voice", "en-us"),
                                   "sampling_rate": int(meta["audio"]["sample_rate"])}
-            elif (src / FRONTEND_FILE).is_file():
+            elif kind == "omnitune":
                 self._frontend = json.loads((src / FRONTEND_FILE).read_text())
             else:
-                raise OmnituneError(f"model.name: {src} is neither a Piper voice (.onnx + .onnx.json) nor a "
-                                    f"folder saved by the text-to-speech task ({FRONTEND_FILE})")
+                from transformers import VitsConfig
+
+                from .vits_tokenizer import TOKENIZER
+
+                if self.model_cfg.phonemizer is not None:
+                    raise OmnituneError(f"model.phonemizer: {src} brings its own VitsTokenizer (which decides "
+                                        "about phonemes); leave model.phonemizer unset")
+                config = VitsConfig.from_pretrained(str(src), revision=self.model_cfg.revision)
+                self._frontend = {"phonemizer": TOKENIZER, "sampling_rate": int(config.sampling_rate)}
         return self._frontend
 
+    @property
+    def tokenizer(self):
+        """The VitsTokenizer of a transformers VITS front end: from the saved model when restored."""
+        if self._tokenizer is None:
+            from .vits_tokenizer import load_tokenizer
+
+            where = self._tokenizer_dir or self._source()
+            self._tokenizer = load_tokenizer(where, None if self._tokenizer_dir else self.model_cfg.revision)
+        return self._tokenizer
+
     def text_ids(self, text: str) -> tuple[list[int], list[str]]:
+        """(ids, symbols the voice does not know, left out); ids are [] when nothing is left."""
         from .phonemes import PhonemeIds, phonemize
+        from .vits_tokenizer import TOKENIZER, text_ids
 
         fe = self.frontend
+        if fe["phonemizer"] == TOKENIZER:
+            return text_ids(self.tokenizer, text)
         ids = PhonemeIds(fe["phoneme_id_map"], fe.get("espeak_voice", "en-us"))
         symbols = phonemize(text, ids.voice) if fe["phonemizer"] == "espeak" else text.lower()
-        return ids.ids(symbols)
+        out, missing = ids.ids(symbols)
+        return (out if len(out) > 3 else []), missing  # BOS, pad and EOS alone say nothing
 
     @property
     def sampling_rate(self) -> int:
@@ -169,15 +224,21 @@ class TextToSpeechTask:
         from .vits_piper import build_vits, load_vits, piper_to_vits
 
         src = self._source()
-        if self._is_piper(src):
+        kind = self._kind(src)
+        if kind == "piper":
             model = piper_to_vits(src)[0]
             if not self.model_cfg.pretrained:
                 model = build_vits(model.config)
             return model
-        if not self.model_cfg.pretrained:
-            from transformers import VitsConfig
+        from transformers import VitsConfig
 
-            return build_vits(VitsConfig.from_pretrained(src))
+        revision = self.model_cfg.revision if kind == "transformers" else None
+        if not self.model_cfg.pretrained:
+            return build_vits(VitsConfig.from_pretrained(str(src), revision=revision))
+        if kind == "transformers":
+            from transformers import VitsModel
+
+            return VitsModel.from_pretrained(str(src), revision=revision)
         return load_vits(src)
 
     def _wrap(self, vits: nn.Module, discriminator: bool = True) -> TTSModel:
@@ -202,6 +263,8 @@ class TextToSpeechTask:
             self._frontend = json.loads((model_dir / FRONTEND_FILE).read_text())
         if (model_dir / "config.json").is_file():  # a whole model (an adapter folder keeps the base)
             self._restored = model_dir
+        if (model_dir / "vocab.json").is_file():  # the VitsTokenizer saved with the model
+            self._tokenizer_dir, self._tokenizer = model_dir, None
         self._predictions = model_dir.parent / "predictions"
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
@@ -238,7 +301,7 @@ class TextToSpeechTask:
                 drops.setdefault("outside the duration limits", []).append(u.name)
                 continue
             ids, missing = self.text_ids(u.text)
-            if len(ids) <= 3:
+            if not ids:
                 drops.setdefault("empty text", []).append(u.name)
                 continue
             if missing:
@@ -486,15 +549,41 @@ class TextToSpeechTask:
                 "kl": float(np.mean([p["kl"] for p in predictions])),
                 "log_duration_mse": float(np.mean([p["dur"] for p in predictions]))}
 
+    def sample_outputs(self, model: nn.Module, dataset: Any, out_dir: Path, stage: str) -> dict[str, float]:
+        """The first ``model.sample_sentences`` held-out sentences synthesised by ``model`` into
+        ``out_dir/samples/`` (WAVs, mel images) and scored against their recordings: MCD-DTW, F0
+        distance and, with ``model.sample_asr``, the WER of the ASR transcripts (speech/tts_samples.py)."""
+        from . import tts_samples as ts
+
+        items = dataset.items[:self.model_cfg.sample_sentences]
+        if not items:
+            return {}
+        out = Path(out_dir) / ts.SAMPLES_DIR
+        out.mkdir(parents=True, exist_ok=True)
+        if self._scorer is None:  # loaded once, for both stages
+            self._scorer = ts.load_transcriber(self.model_cfg.sample_asr)
+        transcriber, asr_note = self._scorer
+        ts.write_targets(items, self.sampling_rate, out)
+        ts.write_manifest(out, items, self.sampling_rate, self.model_cfg.sample_asr, asr_note)
+        return ts.synthesize_and_score(lambda text: self.synthesize(model, text, seed=0), items, self.sampling_rate,
+                                       out, stage, transcriber)
+
     def report_extras(self, out_dir: Path, split: str, predictions: list[Any], references: list[Any],
                       dataset: Any) -> list[str]:
-        return []
+        from .tts_samples import samples_md
+
+        block = samples_md(Path(out_dir))
+        return [block] if block else []
 
     # ------------------------------------------------------------------ save, load, synthesise
     def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         frontend = self.frontend
+        from .vits_tokenizer import TOKENIZER
+
+        if frontend["phonemizer"] == TOKENIZER:  # the text front end travels with the model
+            self.tokenizer.save_pretrained(out_dir)
         if hasattr(model, "peft_config"):  # adapter-only files
             model.save_pretrained(out_dir)
             (out_dir / FRONTEND_FILE).write_text(json.dumps(frontend, ensure_ascii=False, indent=1))
@@ -519,7 +608,10 @@ class TextToSpeechTask:
     def synthesize(self, model: nn.Module, text: str, seed: int = 0) -> np.ndarray:
         vits = model.vits if isinstance(model, TTSModel) else model
         vits.eval()
-        ids, _ = self.text_ids(text)
+        ids, missing = self.text_ids(text)
+        if not ids:
+            unknown = f" (unknown: {''.join(sorted(set(missing)))!r})" if missing else ""
+            raise DataError(f"text {text!r}: the voice's text front end maps it to no symbol it knows{unknown}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             out = vits(input_ids=torch.tensor([ids], device=next(vits.parameters()).device))

@@ -7,7 +7,7 @@
 - :func:`f0_track` / :func:`f0_distance`: voiced F0 by normalised autocorrelation; the distance of
   two F0 distributions is the 1-D Wasserstein distance of their log-F0 in semitones, plus the
   difference of the medians.
-- :func:`transcribe`: Whisper (``asset:whisper-tiny.en``) transcripts of waveforms, for WER.
+- :class:`Transcriber`: Whisper (``asset:whisper-tiny.en``) transcripts of waveforms, for WER.
 """
 
 from __future__ import annotations
@@ -108,5 +108,7 @@ class Transcriber:
 
         audio = [resample(np.asarray(w, dtype=np.float32), sr, 16000) for w in waves]
         feats = self.processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
-        ids = self.model.generate(feats, max_new_tokens=96)
+        # 96 new tokens cover a sentence; a small test model may have fewer decoder positions.
+        room = self.model.config.max_target_positions - 8
+        ids = self.model.generate(feats, max_new_tokens=min(96, room))
         return [t.strip() for t in self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
