@@ -23,6 +23,7 @@ from omnitune.core.task import DataBundle, DataReport, LayerGroup
 
 from . import data as tdata
 from . import long_text
+from .first_token import first_token_only
 
 LABELS_FILE = "omnitune_labels.json"
 
@@ -454,7 +455,8 @@ class TextClassificationTask:
     def _logits(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         """One row of logits per sample: under chunks, the windows' logits pooled (mean or max)."""
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        logits = model(**inputs).logits.float()
+        with first_token_only(model):  # the head reads token 0 only: the last layer computes just that
+            logits = model(**inputs).logits.float()
         chunk_of = batch.get("chunk_of")
         if chunk_of is None:
             return logits
