@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from omnitune.core import assets
-from omnitune.core.data import cap_splits, canonical_splits, drop_overlap, is_hub, require_rows, split_off
+from omnitune.core.data import (Storage, cap_splits, canonical_splits, choose_storage, drop_overlap, is_hub,
+                                require_rows, split_off)
 from omnitune.core.errors import DataError, OmnituneError
 from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
 from omnitune.core.task import DataBundle, DataReport, LayerGroup
@@ -93,6 +94,11 @@ class SpeechDataConfig(DataConfig):
     # Extra evaluation sets {name: {source, noise, snr_db, ...}} scored before and after fine-tuning
     # (codec twins, noisy mixes); see EvalSetConfig.
     eval_sets: dict[str, EvalSetConfig] = {}
+    # memory: every decoded, resampled clip held in RAM. disk: decoded once into a store under
+    # $OMNITUNE_CACHE/arrays (keyed by the audio files and the sample rate) and read per item: flat
+    # RSS as the data grows, no decoding on later runs. auto: disk above
+    # omnitune.core.data.AUTO_DISK_BYTES of audio files. Same clips, drops and batches either way.
+    storage: Storage = "auto"
 
     @model_validator(mode="after")
     def _limits(self) -> "SpeechDataConfig":
@@ -155,6 +161,7 @@ class SpeechRecognitionTask:
         self._languages: dict[str, str] = {}  # clip name -> detected language (no model.language)
         self._model: nn.Module | None = None
         self._test_clips: list[sdata.Clip] = []
+        self._storage = "memory"  # data.storage as resolved by build_datasets (extra eval sets use it too)
 
     # ------------------------------------------------------------------ processor and model
     @property
@@ -237,10 +244,14 @@ class SpeechRecognitionTask:
         return sdata.SpeechDataset(clips, self.processor.feature_extractor, self.processor.tokenizer, augment,
                                    self.seed, self._max_label_tokens)
 
-    def _clean(self, utts, split: str, report: DataReport) -> list[sdata.Clip]:
+    def _clean(self, utts, split: str, report: DataReport, storage: str | None = None) -> list[sdata.Clip]:
         cfg = self.data_cfg
         return sdata.clean_clips(utts, split, report, self.normalize, self.window_seconds, cfg.min_seconds,
-                                 cfg.max_seconds)
+                                 cfg.max_seconds, storage or self._storage)
+
+    def _resolve_storage(self, utts: list[sdata.Utterance], report: DataReport) -> str:
+        storage = self.data_cfg.storage
+        return choose_storage(storage, sdata.audio_bytes(utts) if storage == "auto" else 0, report)
 
     def build_datasets(self) -> DataBundle:
         cfg = self.data_cfg
@@ -275,6 +286,7 @@ class SpeechRecognitionTask:
         if cfg.drop_duplicates:  # before decoding: a clip that is also a training clip is not decoded twice
             splits = drop_overlap(splits, lambda utts: [sdata.audio_identity(u) for u in utts], report,
                                   "same audio")
+        self._storage = self._resolve_storage([u for v in splits.values() for u in v], report)
         clips = {name: self._clean(splits[name], name, report) for name in ("train", "validation", "test")}
         sdata.check_bad_share(report, cfg.max_bad_share)
         # Caps apply to usable clips (after decoding), so a capped run gets the clips it asked for.
@@ -283,7 +295,7 @@ class SpeechRecognitionTask:
         require_rows(clips, cfg.source, report)
         report.notes.append(f"normaliser: {cfg.normalizer} ({smetrics.NORMALIZER_DESCRIPTIONS[cfg.normalizer]})")
         report.notes.append(f"encoder window: {self.window_seconds:g} s; audio resampled to {SAMPLE_RATE} Hz")
-        hours = sum(len(c.wave) for c in clips["train"]) / SAMPLE_RATE / 3600
+        hours = sum(c.num_samples for c in clips["train"]) / SAMPLE_RATE / 3600
         report.notes.append(f"training audio: {hours * 60:.1f} min; augmentation: "
                             f"{[a.name for a in cfg.augment] or 'none'}")
         self._test_clips = clips["test"]
@@ -294,7 +306,7 @@ class SpeechRecognitionTask:
     def load_eval_dataset(self, source: str, label_names: list[str] | None) -> tuple[Any, DataReport]:
         report = DataReport(source=source)
         utts = [u for v in self._utterances(source, report, "eval").values() for u in v]
-        clips = self._clean(utts, "eval", report)
+        clips = self._clean(utts, "eval", report, self._resolve_storage(utts, report))
         sdata.check_bad_share(report, self.data_cfg.max_bad_share)
         if not clips:
             raise DataError(f"{source}: no usable clips (see the data report: {report.dropped})")
@@ -459,7 +471,7 @@ class SpeechRecognitionTask:
             clips = clips[: spec.max_samples]
         if spec.noise is not None:
             bank = noise_bank(spec.noise, SAMPLE_RATE)
-            clips = [sdata.Clip(c.name, c.text, mix_at_snr(c.wave, noise_segment(bank, len(c.wave),
+            clips = [sdata.Clip(c.name, c.text, mix_at_snr(c.wave, noise_segment(bank, c.num_samples,
                                                                                item_rng(self.seed, 0, i)), spec.snr_db),
                                 c.speaker) for i, c in enumerate(clips)]
         if not clips:

@@ -30,6 +30,7 @@ import numpy as np
 
 from omnitune.core.data import is_hub, load_hub, parse_hub
 from omnitune.core.errors import DataError
+from omnitune.core.mmap_store import ArrayStore, ContentKey, build_store, cache_root
 from omnitune.core.seeding import item_rng
 from omnitune.core.task import DataReport
 
@@ -51,12 +52,28 @@ class Utterance:
     speaker: str | None = None  # data.speaker_column's value (grouped splits, per-speaker WER)
 
 
-@dataclass
 class Clip:
-    name: str
-    text: str
-    wave: np.ndarray  # float32, 16 kHz, mono
-    speaker: str | None = None
+    """A usable utterance: its 16 kHz mono float32 samples in RAM (``data.storage: memory``) or
+    item ``index`` of a disk store (``disk``: :attr:`wave` reads it on each access)."""
+
+    __slots__ = ("name", "text", "_wave", "speaker", "_store", "_index")
+
+    def __init__(self, name: str, text: str, wave: np.ndarray | None, speaker: str | None = None, *,
+                 store: ArrayStore | None = None, index: int = -1) -> None:
+        self.name, self.text, self._wave, self.speaker = name, text, wave, speaker
+        self._store, self._index = store, index
+
+    @property
+    def wave(self) -> np.ndarray:
+        return self._wave if self._wave is not None else self._store[self._index]
+
+    @property
+    def num_samples(self) -> int:
+        """Length in samples, without reading a stored clip."""
+        return len(self._wave) if self._wave is not None else self._store.length(self._index)
+
+    def __repr__(self) -> str:
+        return f"Clip({self.name!r}, {self.text!r}, {self.num_samples} samples)"
 
 
 # ----------------------------------------------------------------------------- transcript files
@@ -184,23 +201,79 @@ def audio_identity(utt: Utterance) -> str:
     return os.path.realpath(utt.audio)
 
 
+def audio_bytes(utts: Iterable[Utterance]) -> int:
+    """Bytes of the utterances' audio files (or encoded Hub bytes): what data.storage: auto sizes."""
+    return sum(len(u.audio) if isinstance(u.audio, bytes) else os.path.getsize(u.audio) for u in utts)
+
+
+def stored_waves(utts: list[Utterance]) -> ArrayStore:
+    """Every utterance decoded and resampled to 16 kHz once, into a disk store; item i is the wave
+    of the i-th decodable utterance, and ``meta["problems"]`` maps the others' positions to their
+    AudioProblem. Keyed by the audio (file path, size and mtime; a hash of Hub bytes) and the sample
+    rate, so a later run over the same clips reads the store instead of decoding."""
+    key = ContentKey("speech-waves").add(SAMPLE_RATE)
+    for u in utts:
+        if isinstance(u.audio, bytes):
+            key.add(hashlib.sha1(u.audio).hexdigest())
+        else:
+            key.add_files([u.audio])
+
+    def fill(writer) -> None:
+        problems: dict[str, str] = {}
+        for i, u in enumerate(utts):
+            try:
+                writer.append(load_clip(u.audio, SAMPLE_RATE))
+            except AudioProblem as problem:
+                problems[str(i)] = str(problem)
+        writer.meta["problems"] = problems
+
+    return build_store(cache_root() / key.hexdigest(), np.float32, fill, ndim=1)
+
+
+def _decoded(utts: list[Utterance], storage: str):
+    """(utterance, wave or (store, index) or AudioProblem message) per utterance, decoding lazily in
+    memory mode so that clips with an empty transcript are never decoded there."""
+    if storage != "disk":
+        for u in utts:
+            yield u, None
+        return
+    store = stored_waves(utts)
+    problems, next_item = store.meta.get("problems", {}), 0
+    for i, u in enumerate(utts):
+        if str(i) in problems:
+            yield u, problems[str(i)]
+        else:
+            yield u, (store, next_item)
+            next_item += 1
+
+
 def clean_clips(utts: Iterable[Utterance], split: str, report: DataReport, normalize: Callable[[str], str],
-                window_seconds: float, min_seconds: float | None, max_seconds: float | None) -> list[Clip]:
-    """Decode and check every clip; skipped ones are counted in the report by reason and name."""
+                window_seconds: float, min_seconds: float | None, max_seconds: float | None,
+                storage: str = "memory") -> list[Clip]:
+    """Decode and check every clip; skipped ones are counted in the report by reason and name.
+    ``storage`` "disk": the waves go into a disk store (:func:`stored_waves`) and the clips read
+    them from there; the same clips are kept and the same ones skipped, for the same reasons."""
     kept: list[Clip] = []
     skipped: dict[str, list[str]] = {}
     utts = list(utts)
     report.rows_read[split] = report.rows_read.get(split, 0) + len(utts)
-    for u in utts:
+    for u, decoded in _decoded(utts, storage):
         if not normalize(u.text):
             skipped.setdefault("empty transcript after normalisation", []).append(u.name)
             continue
-        try:
-            wave = load_clip(u.audio, SAMPLE_RATE)
-        except AudioProblem as problem:
-            skipped.setdefault(str(problem), []).append(u.name)
+        if isinstance(decoded, str):  # a problem found when the store was filled
+            skipped.setdefault(decoded, []).append(u.name)
             continue
-        seconds = len(wave) / SAMPLE_RATE
+        if decoded is None:
+            try:
+                wave = load_clip(u.audio, SAMPLE_RATE)
+            except AudioProblem as problem:
+                skipped.setdefault(str(problem), []).append(u.name)
+                continue
+            clip = Clip(u.name, u.text, wave, u.speaker)
+        else:
+            clip = Clip(u.name, u.text, None, u.speaker, store=decoded[0], index=decoded[1])
+        seconds = clip.num_samples / SAMPLE_RATE
         if seconds > window_seconds:
             skipped.setdefault("longer than the model window", []).append(u.name)
         elif max_seconds is not None and seconds > max_seconds:
@@ -208,7 +281,7 @@ def clean_clips(utts: Iterable[Utterance], split: str, report: DataReport, norma
         elif min_seconds is not None and seconds < min_seconds:
             skipped.setdefault("shorter than data.min_seconds", []).append(u.name)
         else:
-            kept.append(Clip(u.name, u.text, wave, u.speaker))
+            kept.append(clip)
     for reason, names in skipped.items():
         report.drop(split, reason, len(names), names)
     report.rows_kept[split] = len(kept)
@@ -256,7 +329,7 @@ class SpeechDataset:
 
     def lengths(self) -> list[int]:
         """Audio lengths in milliseconds (for length-grouped batches)."""
-        return [len(c.wave) * 1000 // SAMPLE_RATE for c in self.clips]
+        return [c.num_samples * 1000 // SAMPLE_RATE for c in self.clips]
 
     def labels(self, text: str) -> list[int]:
         # Whisper writes a space before the first word; the leading <|startoftranscript|> is what
