@@ -221,7 +221,8 @@ def build_trainer(rec: BaseRecipe, task, model, bundle, run_dir: Path, *, select
                         eval_batch_size=t.eval_batch_size, grad_accum=t.grad_accum, max_grad_norm=t.max_grad_norm,
                         precision=t.precision, eval_every=t.eval_every, log_every=t.log_every,
                         group_by_length=t.group_by_length, num_workers=t.num_workers,
-                        save_checkpoints=t.save_checkpoints)
+                        save_checkpoints=t.save_checkpoints,
+                        time_budget=t.time_budget_minutes and t.time_budget_minutes * 60)
     return Trainer(
         task, model, bundle, run_dir, seed=rec.seed, optimizer=optimizer, make_schedule=make_schedule, loop=loop,
         groups=groups, select_metric=metric, select_mode=mode, early_stopping=early_stop,
@@ -330,6 +331,9 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     eval_seconds = time.perf_counter() - t_eval
     metrics.update(best_step=state.best_step, selected_by=metric, stop_reason=state.stop_reason,
                    steps=state.step, epochs_completed=state.epoch)
+    if state.planned_steps:  # train.time_budget_minutes cut the plan on this machine
+        metrics["time_budget"] = {"minutes": rec.train.time_budget_minutes, "chosen_steps": state.planned_steps,
+                                  "epochs": round(state.planned_steps / trainer.updates_per_epoch, 3)}
     from .diagnosis import diagnose
 
     metrics["diagnosis"] = diagnose(state.history, metric, mode, strategy=rec.finetune.strategy,

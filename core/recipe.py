@@ -181,6 +181,11 @@ class TrainConfig(Section):
     epochs: int = Field(default=3, gt=0)
     # Stops after this many optimiser steps even if epochs remain.
     max_steps: int | None = Field(default=None, gt=0)
+    # A training-time budget (minutes of optimiser steps, evaluation not counted). After the first
+    # steps the loop measures its speed; when the planned steps would not fit, it plans fewer, so the
+    # schedule still ends at its final LR, and says so (console, events, metrics.json). The run then
+    # depends on the machine's speed; a resumed run keeps the steps chosen the first time.
+    time_budget_minutes: float | None = Field(default=None, gt=0)
     batch_size: int = Field(default=32, gt=0)
     eval_batch_size: int | None = Field(default=None, gt=0)
     grad_accum: int = Field(default=1, gt=0)

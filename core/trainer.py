@@ -79,6 +79,7 @@ class LoopSettings:
     group_by_length: bool = True
     num_workers: int = 0
     save_checkpoints: bool = True
+    time_budget: float | None = None  # seconds of optimiser steps (TimeBudget)
 
     @property
     def eval_batch(self) -> int:
@@ -105,6 +106,7 @@ class TrainerState:
     early_stopping: dict | None = None
     baseline: dict | None = None
     history: list[dict] = field(default_factory=list)
+    planned_steps: int | None = None  # the steps a time budget chose (kept on resume)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -176,6 +178,20 @@ class TrainLog:
         self.log.scalars("train", logged, step)
         self._reset()
         return logged
+
+
+class TimeBudget:
+    """``train.time_budget_minutes``: after ``measure_steps`` optimiser steps, the steps that fit in
+    ``seconds`` of training at the speed seen so far. None when the plan already fits."""
+
+    def __init__(self, seconds: float, measure_steps: int = 10) -> None:
+        self.seconds, self.measure_steps = seconds, measure_steps
+
+    def steps(self, done: int, seconds_so_far: float, planned: int) -> int | None:
+        if done != self.measure_steps or done >= planned:
+            return None
+        affordable = int(self.seconds / (seconds_so_far / done))
+        return max(affordable, done + 1) if affordable < planned else None
 
 
 class Checkpointer:
@@ -273,6 +289,7 @@ class Trainer:
             self.total_steps = min(self.total_steps, loop.max_steps)
         self.schedules = {name: make_schedule(opt, self.total_steps) for name, opt in self.optimizers.items()}
         self.schedule = list(self.schedules.values())[-1]
+        self.budget = TimeBudget(loop.time_budget) if loop.time_budget else None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -387,9 +404,37 @@ class Trainer:
         rngs = extra["rng"]
         rank = self.accelerator.process_index
         ckpt.set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+        if self.state.planned_steps:
+            self._replan(self.state.planned_steps)
         for schedule in self.schedules.values():
             schedule.step_update(self.state.step)
         self.log.event("resume", step=self.state.step, epoch=self.state.epoch)
+
+    def _replan(self, steps: int) -> None:
+        """Train ``steps`` optimiser steps in all: the schedules decay over them instead."""
+        self.total_steps = self.state.planned_steps = steps
+        for schedule in self.schedules.values():
+            if hasattr(schedule, "total_steps"):
+                schedule.total_steps = steps
+
+    def _check_budget(self, bar) -> None:
+        s = self.state
+        seconds = torch.tensor([s.train_seconds], dtype=torch.float64)
+        if self.world > 1:  # every process must choose the same plan: the slowest one's
+            seconds = self.accelerator.reduce(seconds.to(self.accelerator.device), "max").cpu()
+        steps = self.budget.steps(s.step, float(seconds), self.total_steps)
+        if steps is None:
+            return
+        planned = self.total_steps
+        self._replan(steps)
+        bar.total = steps
+        per_step = float(seconds) / s.step
+        self.log.event("time_budget", budget_seconds=self.budget.seconds, seconds_per_step=round(per_step, 4),
+                       planned_steps=planned, chosen_steps=steps)
+        if self.is_main:
+            print(f"train.time_budget_minutes={self.budget.seconds / 60:g}: {per_step:.2f} s per step here, so "
+                  f"{steps} of the {planned} planned steps ({steps / self.updates_per_epoch:.2f} epochs); the "
+                  f"schedule now ends at step {steps}", flush=True)
 
     def _optimizer_states(self) -> dict:
         """Optimiser and schedule state; by part name for a task with several optimisers."""
@@ -492,6 +537,8 @@ class Trainer:
                     s.micro_in_epoch += len(group)
                     s.samples_seen += n_samples
                     s.train_seconds += time.perf_counter() - t0
+                    if self.budget and s.planned_steps is None and s.step == self.budget.measure_steps:
+                        self._check_budget(bar)
                     for schedule in self.schedules.values():
                         schedule.step_update(s.step)
                     rng_after_update = ckpt.rng_state()
@@ -523,7 +570,8 @@ class Trainer:
                         self._save("last", rng=rng_after_update)
                     if at_max and not s.finished:
                         s.finished = True
-                        s.stop_reason = "reached train.max_steps" if cfg.max_steps else "finished all epochs"
+                        s.stop_reason = ("reached the steps train.time_budget_minutes allows" if s.planned_steps
+                                         else "reached train.max_steps" if cfg.max_steps else "finished all epochs")
                     if self._stop_agreed():
                         raise KeyboardInterrupt
                     if s.finished:
