@@ -176,7 +176,7 @@ def _import_all() -> None:
 def overrides_for(job: dict) -> dict:
     out = {"train.epochs": job["epochs"], "train.batch_size": job["batch_size"], "train.lr": job["lr"],
            "train.threads": job["threads"], "train.precision": job["precision"], "seed": job["seed"],
-           "early_stopping.enabled": False}
+           "early_stopping.enabled": False, "train.time_budget_minutes": None}
     if job["train_samples"]:
         out["data.max_samples"] = job["train_samples"]
     if job["eval_samples"]:
@@ -186,19 +186,26 @@ def overrides_for(job: dict) -> dict:
 
 class Curve:
     """Test accuracy against wall time (from the job's start, the curve's own evaluations taken out),
-    every ``every`` optimiser steps."""
+    each time another ``every`` training samples have gone by (so runs with different batch sizes are
+    sampled at the same data points), and the job's final accuracy at its end."""
 
-    def __init__(self, every: int | None) -> None:
-        self.every, self.t0, self.excluded, self.points = every, time.perf_counter(), 0.0, []
+    def __init__(self, every: int | None, batch_size: int) -> None:
+        self.every, self.batch = every, batch_size
+        self.t0, self.excluded, self.points = time.perf_counter(), 0.0, []
 
     def due(self, step: int) -> bool:
-        return bool(self.every) and step % self.every == 0
+        return bool(self.every) and (step * self.batch) // self.every > ((step - 1) * self.batch) // self.every
 
     def add(self, step: int, evaluate) -> None:
         t = time.perf_counter()
         acc = evaluate()
         self.points.append({"seconds": t - self.t0 - self.excluded, "step": step, "accuracy": acc})
         self.excluded += time.perf_counter() - t
+
+    def final(self, step: int, accuracy: float) -> None:
+        """The finished job's own test accuracy (best checkpoint reloaded), at the job's end."""
+        if self.every:
+            self.points.append({"seconds": self.wall(), "step": step, "accuracy": accuracy, "final": True})
 
     def wall(self) -> float:
         return time.perf_counter() - self.t0 - self.excluded
@@ -208,7 +215,10 @@ def worker_omnitune(job: dict, work: Path, shipped: bool = False) -> dict:
     """The benchmark's job; ``shipped``: the shipped recipe's own lr, epochs, batch and early stopping."""
     from omnitune.core.api import MODEL_DIR, train
 
-    curve = Curve(job.get("curve_every"))
+    from omnitune.core.recipe import load_recipe
+
+    batch = job["batch_size"] if not shipped else load_recipe(RECIPE).train.batch_size
+    curve = Curve(job.get("curve_every"), batch)
 
     def point(trainer) -> None:
         if curve.due(trainer.state.step):
@@ -221,6 +231,7 @@ def worker_omnitune(job: dict, work: Path, shipped: bool = False) -> dict:
     t = time.perf_counter()
     result = train(RECIPE, {**overrides, "output.dir": str(work), "output.run_name": "omnitune"}, callbacks=[point])
     end_to_end = time.perf_counter() - t
+    curve.final(result.metrics["steps"], result.metrics["test"]["accuracy"])
     timing = result.metrics["timing"]
     return {"train_seconds": timing["train_seconds"], "samples_trained": timing["samples_seen"],
             "end_to_end_seconds": end_to_end, "own_test_accuracy": result.metrics["test"].get("accuracy"),
@@ -275,7 +286,7 @@ def worker_hf(job: dict, work: Path, grouped: bool) -> dict:
         dataloader_num_workers=0, dataloader_pin_memory=False,
         train_sampling_strategy="group_by_length" if grouped else "random")
     clock = StepClock()
-    curve = Curve(job.get("curve_every"))
+    curve = Curve(job.get("curve_every"), job["batch_size"])
     curve.t0 = t
     collator = DataCollatorWithPadding(tokenizer)
 
@@ -307,6 +318,7 @@ def worker_hf(job: dict, work: Path, grouped: bool) -> dict:
     model_dir = work / "hf-model"
     trainer.save_model(str(model_dir))
     end_to_end = time.perf_counter() - t
+    curve.final(out.global_step, test["test_accuracy"])
     return {"train_seconds": clock.seconds, "samples_trained": len(ds["train"]) * job["epochs"],
             "end_to_end_seconds": end_to_end, "own_test_accuracy": test["test_accuracy"],
             "trainer_train_runtime": out.metrics["train_runtime"], "model_dir": str(model_dir),
@@ -438,7 +450,7 @@ def markdown_tta(report: dict) -> str:
              f"Job: {j['sizes']['train']} train / {j['sizes']['test']} test reviews; omnitune's shipped recipe "
              f"({RECIPE}) against the Trainer's documented recipe (lr {HF_DOCUMENTED['lr']:g}, "
              f"{HF_DOCUMENTED['epochs']} epochs, batch {j['batch_size']}, group_by_length); test accuracy every "
-             f"{j['curve_every']} steps; {report['rounds']} round(s).", ""]
+             f"{j['curve_every']} training samples and at each job's end; {report['rounds']} round(s).", ""]
     if s:
         ratio = (f"omnitune needs **{s['ratio']:.2f}x** of the Trainer's time to reach its final accuracy"
                  if s["ratio"] is not None
@@ -534,7 +546,8 @@ def main() -> None:
     p.add_argument("--mode", choices=["throughput", "time-to-accuracy"], default="throughput",
                    help="time-to-accuracy: omnitune's shipped recipe against the Trainer's documented one "
                         "(lr 2e-5, 3 epochs, grouped), test accuracy against wall time, one PNG")
-    p.add_argument("--curve-every", type=int, default=25, help="time-to-accuracy: optimiser steps between points")
+    p.add_argument("--curve-every", type=int, default=1600,
+                   help="time-to-accuracy: training samples between test-accuracy points")
     p.add_argument("--out", default=None, help="folder for the JSON and markdown (default: bench/results)")
     p.add_argument("--worker", choices=CONFIGS + TTA_CONFIGS, help=argparse.SUPPRESS)
     p.add_argument("--job", type=Path, help=argparse.SUPPRESS)
