@@ -14,6 +14,12 @@ activations quantised at run time). The export report compares the PyTorch, ONNX
 models on the run's test split through the task's own metrics, with batch-1 and batch-32 latency
 and file sizes. The folder is self-contained: graphs, tokenizer/processor, labels, the recipe and
 a manifest (``omnitune_export.json``) with the opset, inputs, outputs and dynamic axes.
+
+The text-to-speech generator (``runtime: waveform``) is traced through the task's own wrapper
+(speech/tts_export.py: Piper's inputs ``input``, ``input_lengths``, ``scales``); its parity check
+compares each held-out sentence's waveform with ``VitsModel.forward`` at noise scales 0 (equal
+lengths, max abs difference), and its report is synthesis time and real-time factor instead of
+task metrics (a generator graph has no posterior to score mel L1 with). int8 is refused for it.
 """
 
 from __future__ import annotations
