@@ -394,6 +394,7 @@ class Trainer:
         self.state = TrainerState(**state)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(extra["optimizer"] if name is None else extra["optimizer"][name])
+            match_param_layout(opt)
             self.schedules[name].load_state_dict(extra["schedule"] if name is None else extra["schedule"][name])
         if self.ema and extra.get("ema"):
             self.ema.load_state_dict(extra["ema"])
@@ -608,6 +609,17 @@ class Trainer:
             self.checkpoints.load("best", self._unwrapped)
             if self.ema:  # the best weights are the averaged ones: evaluate them as they are
                 self.ema = None
+
+
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded optimiser state the memory layout of its parameter. ``load_state_dict`` returns
+    contiguous tensors; a channels-last parameter's moments must be channels-last too, since fused
+    and foreach kernels walk parameter and state in memory order."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def split_optimizer(optimizer: torch.optim.Optimizer, parts: dict[str, list[nn.Parameter]]

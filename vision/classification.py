@@ -45,6 +45,9 @@ class VisionModelConfig(ModelConfig):
     # timm only: classifier dropout and stochastic depth (0.1 is a usual start for ViT/ConvNeXt).
     drop_rate: float | None = Field(default=None, ge=0, lt=1)
     drop_path_rate: float | None = Field(default=None, ge=0, lt=1)
+    # Channels-last (NHWC) weights and inputs: oneDNN's and cuDNN's fast convolution layout. Measured
+    # 3.6x on EfficientNet-Lite0's upper blocks (fp32, 2-core CPU; README, Performance).
+    channels_last: bool = True
 
 
 class AugmentConfig(Section):
@@ -164,7 +167,14 @@ class ImageClassificationTask:
         model, _, self._architecture = build_classifier(
             m.name, pretrained=m.pretrained, num_classes=len(names), drop_rate=m.drop_rate,
             drop_path_rate=m.drop_path_rate)
-        return model
+        return self._layout(model)
+
+    def _layout(self, x):
+        """A model or a 4-d batch in channels-last layout when ``model.channels_last`` (else as is)."""
+        if not self.model_cfg.channels_last or (isinstance(x, torch.Tensor) and x.dim() != 4):
+            return x
+        return x.to(memory_format=torch.channels_last) if isinstance(x, nn.Module) else \
+            x.contiguous(memory_format=torch.channels_last)
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         return image_layer_groups(model)
@@ -236,7 +246,7 @@ class ImageClassificationTask:
 
     # ------------------------------------------------------------------ loss and predictions
     def forward(self, model: nn.Module, batch: dict[str, Any], train: bool) -> dict[str, Any]:
-        x, y, reg = batch["pixel_values"], batch["labels"], self.reg
+        x, y, reg = self._layout(batch["pixel_values"]), batch["labels"], self.reg
         if train and (reg.mixup_alpha > 0 or reg.cutmix_alpha > 0):
             # generator=None: torch's global RNG, which the trainer seeds and checkpoints, so a
             # resumed run mixes exactly as an uninterrupted one.
@@ -287,7 +297,7 @@ class ImageClassificationTask:
         """Outputs of the first ``depth`` layer groups (core/feature_cache.py): a timm model's pre-logits
         (pooled features) when only the head trains, or an EfficientNet-style model's feature map after
         the stem and the first stages when the stages above train; None for other splits."""
-        x = batch["pixel_values"]
+        x = self._layout(batch["pixel_values"])
         head = len(self.layer_groups(model)) - 1
         if depth == head and hasattr(model, "forward_head"):
             feats = model.forward_head(model.forward_features(x), pre_logits=True)
@@ -302,7 +312,7 @@ class ImageClassificationTask:
 
     def forward_features(self, model: nn.Module, batch: dict[str, Any], depth: int, train: bool) -> dict[str, Any]:
         """:meth:`forward` from cached :meth:`frozen_features` (same loss, same dropout draws)."""
-        x, y = batch["features"], batch["labels"]
+        x, y = self._layout(batch["features"]), batch["labels"]
         if depth == len(self.layer_groups(model)) - 1:
             rate = float(getattr(model, "drop_rate", 0.0) or 0.0)
             if rate > 0:  # timm heads drop out the pooled features before the classifier
@@ -382,7 +392,7 @@ class ImageClassificationTask:
     def load_pretrained(self, model_dir: Path) -> nn.Module:
         model, pre, config = load_folder(Path(model_dir))
         self.label_names, self._pre, self._architecture = config["label_names"], pre, config["architecture"]
-        return model.eval()
+        return self._layout(model).eval()
 
     @staticmethod
     def _read_for_predict(path: str) -> np.ndarray:
