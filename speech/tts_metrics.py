@@ -34,10 +34,12 @@ def dtw_path(cost: np.ndarray) -> list[tuple[int, int]]:
     acc = np.full((n + 1, m + 1), np.inf)
     acc[0, 0] = 0.0
     for i in range(1, n + 1):
-        row, prev = acc[i], acc[i - 1]
-        diag_up = np.minimum(prev[:-1], prev[1:]) + cost[i - 1]  # from (i-1, j-1) or (i-1, j)
-        for j in range(1, m + 1):
-            row[j] = min(diag_up[j - 1], row[j - 1] + cost[i - 1, j - 1])
+        prev, c = acc[i - 1], cost[i - 1]
+        diag_up = np.minimum(prev[:-1], prev[1:]) + c  # from (i-1, j-1) or (i-1, j)
+        # From the left too: row[j] = min(diag_up[j-1], row[j-1] + c[j-1]) unrolls to
+        # P[j] + min_{k<=j}(diag_up[k-1] - P[k]) with P the running sum of c, one vector scan per row.
+        p = np.concatenate([[0.0], np.cumsum(c)])
+        acc[i, 1:] = p[1:] + np.minimum.accumulate(diag_up - p[1:])
     i, j, path = n, m, []
     while i > 0 and j > 0:
         path.append((i - 1, j - 1))
@@ -55,9 +57,9 @@ def mcd_dtw(synth: np.ndarray, ref: np.ndarray, sr: int) -> float:
 
 
 def f0_track(wave: np.ndarray, sr: int, fmin: float = 60.0, fmax: float = 400.0, threshold: float = 0.5) -> np.ndarray:
-    """F0 (Hz) of the voiced 40 ms frames (10 ms hop): the lag of the highest normalised
-    autocorrelation in [1/fmax, 1/fmin], kept when it exceeds ``threshold`` and the frame is not
-    quiet."""
+    """F0 (Hz) of the voiced 40 ms frames (10 ms hop): the lag of the first normalised
+    autocorrelation peak in [1/fmax, 1/fmin] within 5% of the highest, kept when it exceeds
+    ``threshold`` and the frame is not quiet."""
     wave = np.asarray(wave, dtype=np.float64)
     win, hop = int(0.04 * sr), int(0.01 * sr)
     lo, hi = int(sr / fmax), int(sr / fmin)
@@ -68,14 +70,22 @@ def f0_track(wave: np.ndarray, sr: int, fmin: float = 60.0, fmax: float = 400.0,
         x = frame[:win] - frame[:win].mean()
         if np.sqrt(np.mean(x ** 2)) < 0.03 * peak:
             continue
-        best, lag = 0.0, 0
-        for t in range(lo, hi + 1):
-            y = frame[t:t + win] - frame[t:t + win].mean()
-            r = float(np.dot(x, y) / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-12))
-            if r > best:
-                best, lag = r, t
-        if best > threshold and lag:
-            out.append(sr / lag)
+        # Every lag at once. x has zero mean, so a window's mean drops out of its dot product with x;
+        # the windows' mean-removed norms come from running sums.
+        seg = frame[lo:]
+        dots = np.correlate(seg, x, mode="valid")[: hi - lo + 1]
+        c1 = np.concatenate([[0.0], np.cumsum(seg)])
+        c2 = np.concatenate([[0.0], np.cumsum(seg ** 2)])
+        sums, squares = (c1[win:] - c1[:-win])[: hi - lo + 1], (c2[win:] - c2[:-win])[: hi - lo + 1]
+        norms = np.sqrt(np.maximum(squares - sums ** 2 / win, 0.0))
+        r = dots / (np.linalg.norm(x) * norms + 1e-12)
+        # The first peak within 5% of the highest: a periodic voice also peaks at 2, 3.. periods, as
+        # high (an octave low) give or take rounding.
+        peaks = np.flatnonzero((r[1:-1] >= r[:-2]) & (r[1:-1] >= r[2:])) + 1
+        near_top = peaks[r[peaks] >= 0.95 * r.max()]
+        k = int(near_top[0]) if len(near_top) else int(np.argmax(r))
+        if r[k] > threshold:
+            out.append(sr / (lo + k))
     return np.array(out)
 
 
