@@ -123,7 +123,7 @@ def speech_corpus(size: int, folder: Path) -> tuple[Path, int]:
     out = folder / f"asterisk_x{size}"
     if (out / "done").exists():
         return out, int((out / "done").read_text())
-    src = Path(assets.fetch("asterisk-prompts")) / "audio"
+    src = Path(assets.fetch("asterisk-prompts"))  # the audio folder with its transcripts.txt
     utts = local_utterances(src, None, None, "path", "text", DataReport(source=str(src)), "all")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "transcripts.csv", "w", newline="", encoding="utf-8") as f:

@@ -13,6 +13,9 @@ Sources (``data.source``):
 Every clip is decoded once, resampled to 16 kHz and checked. Unreadable, empty or silent files,
 clips longer than the model's window, missing audio files, audio files without a transcript and
 transcripts that are empty after normalisation are skipped and reported by file name.
+``data.storage: memory`` keeps the decoded waves in RAM; ``disk`` writes them once into a store
+under the cache folder (core/mmap_store.py, keyed by the audio files) and reads each clip back when
+it is used, so RSS stays flat as the corpus grows.
 """
 
 from __future__ import annotations
@@ -206,12 +209,12 @@ def audio_bytes(utts: Iterable[Utterance]) -> int:
     return sum(len(u.audio) if isinstance(u.audio, bytes) else os.path.getsize(u.audio) for u in utts)
 
 
-def stored_waves(utts: list[Utterance]) -> ArrayStore:
-    """Every utterance decoded and resampled to 16 kHz once, into a disk store; item i is the wave
-    of the i-th decodable utterance, and ``meta["problems"]`` maps the others' positions to their
-    AudioProblem. Keyed by the audio (file path, size and mtime; a hash of Hub bytes) and the sample
-    rate, so a later run over the same clips reads the store instead of decoding."""
-    key = ContentKey("speech-waves").add(SAMPLE_RATE)
+def stored_waves(utts: list[Utterance], sample_rate: int = SAMPLE_RATE) -> ArrayStore:
+    """Every utterance decoded and resampled to ``sample_rate`` once, into a disk store; item i is
+    the wave of the i-th decodable utterance, and ``meta["problems"]`` maps the others' positions to
+    their AudioProblem. Keyed by the audio (file path, size and mtime; a hash of Hub bytes) and the
+    sample rate, so a later run over the same clips reads the store instead of decoding."""
+    key = ContentKey("speech-waves").add(sample_rate)
     for u in utts:
         if isinstance(u.audio, bytes):
             key.add(hashlib.sha1(u.audio).hexdigest())
@@ -222,7 +225,7 @@ def stored_waves(utts: list[Utterance]) -> ArrayStore:
         problems: dict[str, str] = {}
         for i, u in enumerate(utts):
             try:
-                writer.append(load_clip(u.audio, SAMPLE_RATE))
+                writer.append(load_clip(u.audio, sample_rate))
             except AudioProblem as problem:
                 problems[str(i)] = str(problem)
         writer.meta["problems"] = problems
@@ -230,14 +233,15 @@ def stored_waves(utts: list[Utterance]) -> ArrayStore:
     return build_store(cache_root() / key.hexdigest(), np.float32, fill, ndim=1)
 
 
-def _decoded(utts: list[Utterance], storage: str):
-    """(utterance, wave or (store, index) or AudioProblem message) per utterance, decoding lazily in
-    memory mode so that clips with an empty transcript are never decoded there."""
+def decoded(utts: list[Utterance], storage: str, sample_rate: int = SAMPLE_RATE):
+    """(utterance, where its wave is) per utterance, for a task's cleaning loop: None in memory
+    mode (the caller decodes, only the clips it keeps), else (store, index) of the stored wave, or
+    the AudioProblem message of a clip that did not decode when the store was filled."""
     if storage != "disk":
         for u in utts:
             yield u, None
         return
-    store = stored_waves(utts)
+    store = stored_waves(utts, sample_rate)
     problems, next_item = store.meta.get("problems", {}), 0
     for i, u in enumerate(utts):
         if str(i) in problems:
@@ -257,14 +261,14 @@ def clean_clips(utts: Iterable[Utterance], split: str, report: DataReport, norma
     skipped: dict[str, list[str]] = {}
     utts = list(utts)
     report.rows_read[split] = report.rows_read.get(split, 0) + len(utts)
-    for u, decoded in _decoded(utts, storage):
+    for u, where in decoded(utts, storage):
         if not normalize(u.text):
             skipped.setdefault("empty transcript after normalisation", []).append(u.name)
             continue
-        if isinstance(decoded, str):  # a problem found when the store was filled
-            skipped.setdefault(decoded, []).append(u.name)
+        if isinstance(where, str):  # a problem found when the store was filled
+            skipped.setdefault(where, []).append(u.name)
             continue
-        if decoded is None:
+        if where is None:
             try:
                 wave = load_clip(u.audio, SAMPLE_RATE)
             except AudioProblem as problem:
@@ -272,7 +276,7 @@ def clean_clips(utts: Iterable[Utterance], split: str, report: DataReport, norma
                 continue
             clip = Clip(u.name, u.text, wave, u.speaker)
         else:
-            clip = Clip(u.name, u.text, None, u.speaker, store=decoded[0], index=decoded[1])
+            clip = Clip(u.name, u.text, None, u.speaker, store=where[0], index=where[1])
         seconds = clip.num_samples / SAMPLE_RATE
         if seconds > window_seconds:
             skipped.setdefault("longer than the model window", []).append(u.name)
