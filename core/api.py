@@ -353,9 +353,8 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     metrics["feature_cache"] = feature_cache
     if is_main:
         samples = sample_outputs(task, _task_model(trainer, peft_model), bundle, run_dir, "after")
-        if samples is not None:  # a task that shows samples (task.sample_outputs): before/after scores
-            metrics["samples"] = {**({"before": samples_at_start} if samples_at_start is not None else {}),
-                                  "after": samples}
+        if samples:  # a task that shows samples (task.sample_outputs) and had some: before/after scores
+            metrics["samples"] = {**({"before": samples_at_start} if samples_at_start else {}), "after": samples}
         extras = task.report_extras(run_dir, "test", preds, refs, bundle.test) if bundle.test is not None else []
         if getattr(task, "eval_set_results", None):  # extra evaluation sets a task scored (ASR: codec, noise)
             metrics["eval_sets"] = task.eval_set_results

@@ -211,7 +211,8 @@ class Task(Protocol):
     # the run shows a few of them from the starting model and from the trained one.
     # def sample_outputs(self, model: nn.Module, dataset: Any, out_dir: Path, stage: str) -> dict[str, float]:
     #     """Write what ``model`` makes of a few held-out samples of ``dataset`` (the test split, else
-    #     validation) under ``out_dir`` (the run folder), named by ``stage``, and return their scores.
+    #     validation) under ``out_dir`` (the run folder), named by ``stage``, and return their scores
+    #     ({} when there is nothing to show).
     #     The core calls it on the main process, RNG-neutral, with the starting model (stage "before",
     #     when eval.baseline is on, before the first update; kept in the run folder, so a resumed run
     #     does not score again) and with the final model (stage "after", before report_extras, which
