@@ -105,6 +105,9 @@ def _cmd_export(args) -> int:
         print(f"{row['model']:<10} {result.report['split']} {metric} {row['metrics'][metric]:.4f}  "
               f"latency b1 {row['latency_ms_batch1']:.2f} ms  b32 {row['latency_ms_batch32']:.2f} ms  "
               f"{row['size_bytes'] / 1e6:.2f} MB")
+    for r in result.report.get("synthesis", []):  # text-to-speech: speed instead of a metric
+        print(f"{r['model']:<10} synthesis {r['seconds']:.3f} s for {r['audio_seconds']:.2f} s of audio "
+              f"(real-time factor {r['real_time_factor']:.3f})  {r['size_bytes'] / 1e6:.2f} MB")
     print(f"export folder: {result.out_dir}" + ("  (report: export_report.md)" if result.report else ""))
     return 0
 

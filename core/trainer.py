@@ -181,16 +181,29 @@ class TrainLog:
 
 
 class TimeBudget:
-    """``train.time_budget_minutes``: after ``measure_steps`` optimiser steps, the steps that fit in
-    ``seconds`` of training at the speed seen so far. None when the plan already fits."""
+    """``train.time_budget_minutes``: once, after a representative stretch of steps, the number of
+    steps that fits in ``seconds`` of training at the speed seen. The stretch is one length group of
+    the sampler (``measure_steps``, its longest batches come first) or a quarter of a shorter plan;
+    the first step (warm-up: allocation, kernel selection) is left out of the speed."""
 
-    def __init__(self, seconds: float, measure_steps: int = 10) -> None:
+    def __init__(self, seconds: float, measure_steps: int = 50) -> None:
         self.seconds, self.measure_steps = seconds, measure_steps
+        self.first_step_seconds: float | None = None
+        self.per_step: float | None = None  # the speed the decision used
+
+    def measure_at(self, planned: int) -> int:
+        return max(2, min(self.measure_steps, planned // 4))
 
     def steps(self, done: int, seconds_so_far: float, planned: int) -> int | None:
-        if done != self.measure_steps or done >= planned:
+        """None when the plan fits (or it is not the step to decide)."""
+        if done != self.measure_at(planned) or done >= planned:
             return None
-        affordable = int(self.seconds / (seconds_so_far / done))
+        if self.first_step_seconds is not None:
+            per_step = (seconds_so_far - self.first_step_seconds) / (done - 1)
+        else:  # resumed between the first step and this one
+            per_step = seconds_so_far / done
+        self.per_step = per_step
+        affordable = int(self.seconds / per_step) if per_step > 0 else planned
         return max(affordable, done + 1) if affordable < planned else None
 
 
@@ -420,16 +433,17 @@ class Trainer:
 
     def _check_budget(self, bar) -> None:
         s = self.state
-        seconds = torch.tensor([s.train_seconds], dtype=torch.float64)
+        seconds = torch.tensor([s.train_seconds, self.budget.first_step_seconds or 0.0], dtype=torch.float64)
         if self.world > 1:  # every process must choose the same plan: the slowest one's
             seconds = self.accelerator.reduce(seconds.to(self.accelerator.device), "max").cpu()
-        steps = self.budget.steps(s.step, float(seconds), self.total_steps)
+        if self.budget.first_step_seconds is not None:
+            self.budget.first_step_seconds = float(seconds[1])
+        steps = self.budget.steps(s.step, float(seconds[0]), self.total_steps)
         if steps is None:
             return
-        planned = self.total_steps
+        planned, per_step = self.total_steps, self.budget.per_step
         self._replan(steps)
         bar.total = steps
-        per_step = float(seconds) / s.step
         self.log.event("time_budget", budget_seconds=self.budget.seconds, seconds_per_step=round(per_step, 4),
                        planned_steps=planned, chosen_steps=steps)
         if self.is_main:
@@ -538,8 +552,11 @@ class Trainer:
                     s.micro_in_epoch += len(group)
                     s.samples_seen += n_samples
                     s.train_seconds += time.perf_counter() - t0
-                    if self.budget and s.planned_steps is None and s.step == self.budget.measure_steps:
-                        self._check_budget(bar)
+                    if self.budget and s.planned_steps is None:
+                        if s.step == 1:
+                            self.budget.first_step_seconds = s.train_seconds
+                        if s.step == self.budget.measure_at(self.total_steps):
+                            self._check_budget(bar)
                     for schedule in self.schedules.values():
                         schedule.step_update(s.step)
                     rng_after_update = ckpt.rng_state()

@@ -124,35 +124,37 @@ def test_time_budget_plans_fewer_steps_by_hand():
     from omnitune.core.trainer import TimeBudget
 
     budget = TimeBudget(60.0, measure_steps=10)
+    assert budget.measure_at(100) == 10 and budget.measure_at(24) == 6 and budget.measure_at(4) == 2
     assert budget.steps(10, 20.0, 100) == 30     # 2 s per step: 60 s buy 30 steps
     assert budget.steps(10, 1.0, 100) is None    # 0.1 s per step: all 100 fit
-    assert budget.steps(5, 20.0, 100) is None    # decided once, after measure_steps
+    assert budget.steps(5, 20.0, 100) is None    # decided once, at the measuring step
     assert budget.steps(10, 1e6, 100) == 11      # at least one more step than already done
-    assert budget.steps(10, 20.0, 10) is None    # nothing left to cut
+    budget.first_step_seconds = 11.0             # a slow first step (warm-up) is left out:
+    assert budget.steps(10, 20.0, 100) == 60     # (20 - 11) / 9 = 1 s per step
+    assert budget.per_step == 1.0
 
 
 def test_time_budget_cuts_the_schedule_and_resumes_with_the_same_plan(tmp_path, tiny_bert, reviews_csv):
-    # 96 samples, batch 4, 1 epoch = 24 planned steps; a budget of 6 ms cannot hold them, so after the
-    # 10 measured steps the loop plans 11 and the linear schedule reaches 0 at step 11.
+    # 96 samples, batch 4, 1 epoch = 24 planned steps; a budget of 6 ms cannot hold them, so after a
+    # quarter of the plan (6 steps) the loop plans 7, and the linear schedule reaches 0 at step 7.
     sections = {"train": {"epochs": 1, "batch_size": 4, "log_every": 1, "time_budget_minutes": 1e-4},
                 "sched": {"name": "linear"}, "regularization": {"dropout": 0.1}, "data": {"max_samples": 96}}
     full = _run(tmp_path, tiny_bert, reviews_csv, "budget", **sections)
-    assert full.metrics["steps"] == 11
-    assert full.metrics["time_budget"]["chosen_steps"] == 11
+    assert full.metrics["steps"] == 7
+    assert full.metrics["time_budget"]["chosen_steps"] == 7
     assert "time_budget_minutes" in full.metrics["stop_reason"]
-    history = full.metrics["history"] if "history" in full.metrics else None
     events = [json.loads(l) for l in (full.run_dir / "events.jsonl").read_text().splitlines()]
     budget = [e for e in events if e["event"] == "time_budget"]
-    assert len(budget) == 1 and budget[0]["planned_steps"] == 24 and budget[0]["chosen_steps"] == 11
+    assert len(budget) == 1 and budget[0]["planned_steps"] == 24 and budget[0]["chosen_steps"] == 7
     lrs = [e["lr"] for e in events if e["event"] == "train" and "lr" in e]
-    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and lrs[9] > 0, (lrs, history)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and lrs[5] > 0, lrs
 
-    def stop_at_10(trainer):
-        if trainer.state.step == 10:
+    def stop_at_6(trainer):
+        if trainer.state.step == 6:
             trainer.request_stop()
 
     with pytest.raises(Interrupted):
-        _run(tmp_path, tiny_bert, reviews_csv, "budget-cut", callbacks=[stop_at_10], **sections)
+        _run(tmp_path, tiny_bert, reviews_csv, "budget-cut", callbacks=[stop_at_6], **sections)
     resumed = train(None, resume=tmp_path / "budget-cut")
-    assert resumed.metrics["steps"] == 11
+    assert resumed.metrics["steps"] == 7
     _assert_same(_weights(full.run_dir), _weights(resumed.run_dir), atol=1e-6)
