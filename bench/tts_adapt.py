@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sentences", type=int, default=6)
     ap.add_argument("--out", default="runs/bench-tts")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="more recipe overrides, e.g. finetune.unfreeze_every=5")
     args = ap.parse_args()
 
     import torch
@@ -38,6 +40,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     overrides = {"train.max_steps": args.steps, "train.threads": args.threads, "eval.baseline": True,
                  "model.sample_sentences": args.sentences, "output.dir": str(out), "output.run_name": "run"}
+    overrides = [f"{k}={v}" for k, v in overrides.items()] + list(args.set)
     t0 = time.perf_counter()
     result = train(RECIPE, overrides)
     wall = time.perf_counter() - t0
