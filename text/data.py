@@ -34,18 +34,24 @@ def load_splits(source: str, validation_source: str | None, test_source: str | N
     return splits
 
 
-def _load_folder(folder: Path) -> dict[str, Any]:
-    """A folder with train.* and optionally validation.* / test.* tables (or dev.*, val.*...)."""
+def split_files(folder: Path, what: str = "train.csv/.jsonl/.json/.parquet file") -> dict[str, Path]:
+    """A folder's train.* and optionally validation.* / test.* files (or dev.*, val.*...), by split;
+    a folder without a train file is a one-line error naming it."""
     found = {}
     for split, aliases in SPLIT_ALIASES.items():
         for alias in aliases:
             matches = sorted(p for p in folder.glob(f"{alias}.*") if p.is_file())
             if matches:
-                found[split] = read_table(matches[0])
+                found[split] = matches[0]
                 break
     if "train" not in found:
-        raise DataError(f"{folder}: folder has no train.csv/.jsonl/.json/.parquet file")
+        raise DataError(f"{folder}: folder has no {what}")
     return found
+
+
+def _load_folder(folder: Path) -> dict[str, Any]:
+    """A folder with train.* and optionally validation.* / test.* tables (or dev.*, val.*...)."""
+    return {split: read_table(path) for split, path in split_files(folder).items()}
 
 
 def _load_hub(ref: str) -> dict[str, Any]:
@@ -68,6 +74,15 @@ def _load_hub(ref: str) -> dict[str, Any]:
     return out
 
 
+def unknown_labels_mask(values, allowed: set[str], multi_label_sep: str | None):
+    """True where a label cell (a pandas Series) holds a value outside ``allowed``; a multi-label
+    cell is split on ``multi_label_sep`` and fails when any of its labels does."""
+    if multi_label_sep is not None:
+        return values.astype(str).map(
+            lambda v: any(x.strip() not in allowed for x in v.split(multi_label_sep) if x.strip()))
+    return ~values.astype(str).isin(allowed)
+
+
 def clean_frame(
     df, split: str, where: str, text_columns: list[str], label_column: str | None,
     labels: list[str] | None, unknown_labels: str, drop_duplicates: bool, multi_label_sep: str | None,
@@ -88,12 +103,7 @@ def clean_frame(
         report.drop(split, "missing label", int(missing.sum()), [f"row {i}" for i in df.index[missing][:5]])
         df = df[~missing]
         if labels is not None:
-            allowed = set(labels)
-            if multi_label_sep is not None:
-                bad = df[label_column].astype(str).map(
-                    lambda v: any(x.strip() not in allowed for x in v.split(multi_label_sep) if x.strip()))
-            else:
-                bad = ~df[label_column].astype(str).isin(allowed)
+            bad = unknown_labels_mask(df[label_column], set(labels), multi_label_sep)
             if bad.any():
                 values = sorted(set(df.loc[bad, label_column].astype(str)))
                 rows = [int(i) for i in df.index[bad][:5]]
@@ -307,15 +317,7 @@ def iter_sources(source: str, validation_source: str | None, test_source: str | 
         return _iter_hub(source)
     path = Path(source)
     if path.is_dir():
-        found = {}
-        for split, aliases in SPLIT_ALIASES.items():
-            for alias in aliases:
-                matches = sorted(p for p in path.glob(f"{alias}.*") if p.is_file())
-                if matches:
-                    found[split] = matches[0]
-                    break
-        if "train" not in found:
-            raise DataError(f"{path}: folder has no train.csv/.jsonl/.json/.parquet file")
+        found = split_files(path)
     else:
         found = {"train": path, "validation": validation_source, "test": test_source}
     return {s: (lambda p=p: iter_table(p, CHUNK_ROWS, as_text=True)) for s, p in found.items() if p}
@@ -468,11 +470,7 @@ def _clean_chunks(chunks, where, text_columns, label_column, labels, unknown_lab
                 drops.add("missing label", int(missing.sum()), [f"row {i}" for i in df.index[missing][:5]])
                 df = df[~missing]
                 if allowed is not None:
-                    if multi_label_sep is not None:
-                        bad = df[label_column].astype(str).map(
-                            lambda v: any(x.strip() not in allowed for x in v.split(multi_label_sep) if x.strip()))
-                    else:
-                        bad = ~df[label_column].astype(str).isin(allowed)
+                    bad = unknown_labels_mask(df[label_column], allowed, multi_label_sep)
                     if bad.any():
                         state["bad"] += int(bad.sum())
                         state["bad_values"].update(df.loc[bad, label_column].astype(str))

@@ -299,15 +299,8 @@ class TokenClassificationTask:
             return self._read_hub(source)
         path = Path(source)
         if path.is_dir():
-            found = {}
-            for split, aliases in SPLIT_ALIASES.items():
-                for alias in aliases:
-                    matches = sorted(p for p in path.glob(f"{alias}.*") if p.is_file())
-                    if matches:
-                        found[split] = self._read_file(matches[0])
-                        break
-            if "train" not in found:
-                raise DataError(f"{name}: folder has no train.* file (CoNLL, JSON, JSONL or Parquet)")
+            files = tdata.split_files(path, "train.* file (CoNLL, JSON, JSONL or Parquet)")
+            found = {split: self._read_file(f) for split, f in files.items()}
             return found
         splits = {"train": self._read_file(path)}
         if validation:
