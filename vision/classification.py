@@ -46,7 +46,7 @@ class VisionModelConfig(ModelConfig):
     drop_rate: float | None = Field(default=None, ge=0, lt=1)
     drop_path_rate: float | None = Field(default=None, ge=0, lt=1)
     # Channels-last (NHWC) weights and inputs: oneDNN's and cuDNN's fast convolution layout. Measured
-    # 3.6x on EfficientNet-Lite0's upper blocks (fp32, 2-core CPU; README, Performance).
+    # 2.7x on EfficientNet-Lite0's upper blocks (fp32, 2-core CPU; bench/vision_layout.py).
     channels_last: bool = True
 
 
