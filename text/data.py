@@ -83,6 +83,23 @@ def unknown_labels_mask(values, allowed: set[str], multi_label_sep: str | None):
     return ~values.astype(str).isin(allowed)
 
 
+def drop_missing(df, text_columns: list[str], label_column: str | None, drop):
+    """``df`` without rows whose text is missing or blank or whose label is missing; each reason is
+    passed to ``drop(reason, count, examples)`` (also when the count is 0)."""
+    for col in text_columns:
+        missing = df[col].isna()
+        drop(f"missing text ({col})", int(missing.sum()), [f"row {i}" for i in df.index[missing][:5]])
+        df = df[~missing]
+        empty = df[col].astype(str).str.strip() == ""
+        drop(f"empty text ({col})", int(empty.sum()), [f"row {i}" for i in df.index[empty][:5]])
+        df = df[~empty]
+    if label_column is not None:
+        missing = df[label_column].isna()
+        drop("missing label", int(missing.sum()), [f"row {i}" for i in df.index[missing][:5]])
+        df = df[~missing]
+    return df
+
+
 def clean_frame(
     df, split: str, where: str, text_columns: list[str], label_column: str | None,
     labels: list[str] | None, unknown_labels: str, drop_duplicates: bool, multi_label_sep: str | None,
@@ -91,28 +108,18 @@ def clean_frame(
     """Drop unusable rows, counting each reason in ``report``; returns the cleaned frame."""
     require_columns(df, [*text_columns, label_column], where)
     report.rows_read[split] = len(df)
-    for col in text_columns:
-        missing = df[col].isna()
-        report.drop(split, f"missing text ({col})", int(missing.sum()), [f"row {i}" for i in df.index[missing][:5]])
-        df = df[~missing]
-        empty = df[col].astype(str).str.strip() == ""
-        report.drop(split, f"empty text ({col})", int(empty.sum()), [f"row {i}" for i in df.index[empty][:5]])
-        df = df[~empty]
-    if label_column is not None:
-        missing = df[label_column].isna()
-        report.drop(split, "missing label", int(missing.sum()), [f"row {i}" for i in df.index[missing][:5]])
-        df = df[~missing]
-        if labels is not None:
-            bad = unknown_labels_mask(df[label_column], set(labels), multi_label_sep)
-            if bad.any():
-                values = sorted(set(df.loc[bad, label_column].astype(str)))
-                rows = [int(i) for i in df.index[bad][:5]]
-                if unknown_labels == "error":
-                    raise DataError(
-                        f"{where}: {int(bad.sum())} rows have labels not in the declared set {labels}: "
-                        f"{values[:5]} (first rows {rows}); set data.unknown_labels: drop to skip them")
-                report.drop(split, "label not in declared set", int(bad.sum()), [f"{v!r}" for v in values])
-                df = df[~bad]
+    df = drop_missing(df, text_columns, label_column, lambda *a: report.drop(split, *a))
+    if label_column is not None and labels is not None:
+        bad = unknown_labels_mask(df[label_column], set(labels), multi_label_sep)
+        if bad.any():
+            values = sorted(set(df.loc[bad, label_column].astype(str)))
+            rows = [int(i) for i in df.index[bad][:5]]
+            if unknown_labels == "error":
+                raise DataError(
+                    f"{where}: {int(bad.sum())} rows have labels not in the declared set {labels}: "
+                    f"{values[:5]} (first rows {rows}); set data.unknown_labels: drop to skip them")
+            report.drop(split, "label not in declared set", int(bad.sum()), [f"{v!r}" for v in values])
+            df = df[~bad]
     if drop_duplicates:
         key = text_columns + ([label_column] if label_column else [])
         dup = df.duplicated(subset=key, keep="first")
@@ -458,25 +465,15 @@ def _clean_chunks(chunks, where, text_columns, label_column, labels, unknown_lab
         for df in chunks():
             require_columns(df, columns, where)
             state["rows_read"] += len(df)
-            for col in text_columns:
-                missing = df[col].isna()
-                drops.add(f"missing text ({col})", int(missing.sum()), [f"row {i}" for i in df.index[missing][:5]])
-                df = df[~missing]
-                empty = df[col].astype(str).str.strip() == ""
-                drops.add(f"empty text ({col})", int(empty.sum()), [f"row {i}" for i in df.index[empty][:5]])
-                df = df[~empty]
-            if label_column is not None:
-                missing = df[label_column].isna()
-                drops.add("missing label", int(missing.sum()), [f"row {i}" for i in df.index[missing][:5]])
-                df = df[~missing]
-                if allowed is not None:
-                    bad = unknown_labels_mask(df[label_column], allowed, multi_label_sep)
-                    if bad.any():
-                        state["bad"] += int(bad.sum())
-                        state["bad_values"].update(df.loc[bad, label_column].astype(str))
-                        state["bad_rows"].extend(int(i) for i in df.index[bad][:5 - len(state["bad_rows"])])
-                        if unknown_labels != "error":
-                            df = df[~bad]
+            df = drop_missing(df, text_columns, label_column, drops.add)
+            if label_column is not None and allowed is not None:
+                bad = unknown_labels_mask(df[label_column], allowed, multi_label_sep)
+                if bad.any():
+                    state["bad"] += int(bad.sum())
+                    state["bad_values"].update(df.loc[bad, label_column].astype(str))
+                    state["bad_rows"].extend(int(i) for i in df.index[bad][:5 - len(state["bad_rows"])])
+                    if unknown_labels != "error":
+                        df = df[~bad]
             if state["bad"] and unknown_labels == "error":
                 continue  # counted to the end of the file, so the error names every bad label
             out = {c: df[c].astype(str).tolist() for c in columns}
