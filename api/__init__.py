@@ -23,15 +23,15 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     if name == "load_recipe":
-        from .core.recipe import load_recipe
+        from .core.base.recipe import load_recipe
 
         return load_recipe
     if name == "list_recipes":
-        from .core.recipe import list_shipped_recipes
+        from .core.base.recipe import list_shipped_recipes
 
         return list_shipped_recipes
     if name == "list_tasks":
-        from .core.registry import list_tasks
+        from .core.base.registry import list_tasks
 
         return list_tasks
     raise AttributeError(f"module 'omnitune' has no attribute {name!r}")

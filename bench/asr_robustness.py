@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from omnitune.core.api import train
-    from omnitune.core.assets import fetch
+    from omnitune.core.base.assets import fetch
     from omnitune.speech.assets import ALSA_VOICES
 
     out = Path(args.out)

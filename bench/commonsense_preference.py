@@ -38,7 +38,7 @@ RLOO = "text/smollm2-commonsense-rloo"
 
 def held_out_questions(n: int):
     """The test-split questions of the DPO recipe, with all their options."""
-    from omnitune.core import assets
+    from omnitune.core.base import assets
     from omnitune.core.api import as_recipe, build_task
     from omnitune.text import preference_data as pdata
 
@@ -92,7 +92,7 @@ def _train(recipe, overrides: dict) -> dict:
 
 def _run_model(run_dir: str):
     from omnitune.core.api import _load_run
-    from omnitune.core.peft import task_model
+    from omnitune.core.adapters.peft import task_model
 
     _, _, model = _load_run(run_dir)
     return task_model(model)
@@ -164,8 +164,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
-    from omnitune.core import assets
-    from omnitune.core.recipe import validate_recipe
+    from omnitune.core.base import assets
+    from omnitune.core.base.recipe import validate_recipe
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     report: dict = {"machine": {"cpu": cpu, "cores": torch.get_num_threads(), "python": platform.python_version(),

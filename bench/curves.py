@@ -49,8 +49,8 @@ def fmnist_imagefolder(out: Path, n: int = 3000, seed: int = 0) -> Path:
     """A stratified ``n``-image subset of the Fashion-MNIST training arrays as <out>/<class>/<i>.png."""
     from PIL import Image
 
-    from omnitune.core import assets
-    from omnitune.core.data import stratified_subsample
+    from omnitune.core.base import assets
+    from omnitune.core.base.data import stratified_subsample
 
     folder = Path(assets.fetch("fashion-mnist"))
     images = _idx(next(p for p in sorted(folder.rglob("train-images*")) if p.is_file()))

@@ -8,10 +8,10 @@ The recipe field (the same name and values in every domain's ``data`` section):
       disk    rows live in memory-mapped files under the cache folder ($OMNITUNE_CACHE, default
               ~/.cache/omnitune), keyed by a content hash of the source and the preparation
               settings; __getitem__ reads a row on demand, so RSS does not grow with the data
-      auto    disk when the source files hold more than omnitune.core.data.AUTO_DISK_BYTES
+      auto    disk when the source files hold more than omnitune.core.base.data.AUTO_DISK_BYTES
               (256 MiB), else memory; the choice is written to the DataReport notes
               ("data.storage auto: disk (...)") and so to metrics.json and the console
-    The helpers are in omnitune.core.data: ``Storage`` (the Literal type for a DataConfig field),
+    The helpers are in omnitune.core.base.data: ``Storage`` (the Literal type for a DataConfig field),
     ``AUTO_DISK_BYTES``, ``source_bytes(paths)``, ``choose_storage(storage, nbytes, report)``.
 
 Result rows (one per domain x size x storage), the same keys in every domain:
@@ -61,7 +61,7 @@ def text_corpus(size: int, folder: Path) -> tuple[Path, int]:
     an uncompressed CSV, as a user's file would be."""
     import pandas as pd
 
-    from omnitune.core import assets
+    from omnitune.core.base import assets
 
     base = pd.read_csv(assets.fetch("rotten-tomatoes"), keep_default_na=False,
                        na_values=[""])
@@ -80,7 +80,7 @@ def tiny_text_model(folder: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from omnitune.core import assets
+    from omnitune.core.base import assets
 
     if (folder / "config.json").exists():
         return folder

@@ -158,7 +158,7 @@ def main() -> None:
     rows = []
     for case in args.cases:
         if args.quick:
-            from omnitune.core.recipe import validate_recipe
+            from omnitune.core.base.recipe import validate_recipe
 
             raw = tiny_recipe(case, out / "tiny")
             raw["train"].update(epochs=args.epochs, save_checkpoints=False)

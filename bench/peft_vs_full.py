@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from omnitune.core.suite import run_entry_in_subprocess
+from omnitune.core.studies.suite import run_entry_in_subprocess
 
 COMMON = {"train.threads": 2, "train.save_checkpoints": False}
 MINILM = {"data.max_samples": 1000, "data.max_eval_samples": 500, "train.epochs": 1, "model.max_length": 64,

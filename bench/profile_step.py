@@ -203,7 +203,7 @@ def main() -> None:
         overrides["train.threads"] = args.threads
     recipe = args.recipe
     if args.quick:
-        from omnitune.core.recipe import validate_recipe
+        from omnitune.core.base.recipe import validate_recipe
         from omnitune.text.classification import TextClassificationTask
 
         recipe = validate_recipe(TextClassificationTask.tiny_recipe(work), where="tiny text-classification")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from omnitune.core import api
-from omnitune.core.metrics import compute
+from omnitune.core.base.metrics import compute
 
 RECIPE = "text/minilm-quac-qa"
 STOP = set("a an the of to in on at for and or but is was were are be been did do does had has have he she "

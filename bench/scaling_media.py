@@ -82,7 +82,7 @@ def vision_corpus(size: int, folder: Path) -> tuple[Path, int]:
 
     import numpy as np
 
-    from omnitune.core import assets
+    from omnitune.core.base import assets
     from omnitune.vision.data import _read_idx
 
     src = Path(assets.fetch("fashion-mnist"))
@@ -116,9 +116,9 @@ def speech_corpus(size: int, folder: Path) -> tuple[Path, int]:
     import numpy as np
     import soundfile as sf
 
-    from omnitune.core import assets
+    from omnitune.core.base import assets
     from omnitune.speech.data import local_utterances
-    from omnitune.core.task import DataReport
+    from omnitune.core.base.task import DataReport
 
     out = folder / f"asterisk_x{size}"
     if (out / "done").exists():

@@ -30,8 +30,8 @@ def interleaved_samples_per_s(rounds: int, batch_size: int = 8) -> dict[str, flo
     import torch
 
     from omnitune.core.api import build_task
-    from omnitune.core.recipe import load_recipe
-    from omnitune.core.trainer import mean_loss
+    from omnitune.core.base.recipe import load_recipe
+    from omnitune.core.loop.trainer import mean_loss
 
     setups = {}
     for label, recipe in RECIPES.items():

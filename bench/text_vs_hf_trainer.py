@@ -169,7 +169,7 @@ def _import_all() -> None:
     from transformers import Trainer  # noqa: F401
 
     import omnitune.core.api  # noqa: F401
-    import omnitune.core.trainer  # noqa: F401
+    import omnitune.core.loop.trainer  # noqa: F401
     import omnitune.text.classification  # noqa: F401
 
 
@@ -215,7 +215,7 @@ def worker_omnitune(job: dict, work: Path, shipped: bool = False) -> dict:
     """The benchmark's job; ``shipped``: the shipped recipe's own lr, epochs, batch and early stopping."""
     from omnitune.core.api import MODEL_DIR, train
 
-    from omnitune.core.recipe import load_recipe
+    from omnitune.core.base.recipe import load_recipe
 
     batch = job["batch_size"] if not shipped else load_recipe(RECIPE).train.batch_size
     curve = Curve(job.get("curve_every"), batch)
@@ -563,7 +563,7 @@ def main() -> None:
         p.error(f"--configs: unknown {sorted(unknown)}; choose from {CONFIGS}")
     if args.precision == "auto":
         args.precision = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    from omnitune.core import assets
+    from omnitune.core.base import assets
 
     assets_dir = assets.cache_root().resolve()  # unpacked once, shared by every run's fresh cache
     assets_dir.mkdir(parents=True, exist_ok=True)

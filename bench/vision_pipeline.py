@@ -28,8 +28,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from omnitune.core.api import as_recipe, build_task, seed_everything
-from omnitune.core.strategies import apply_trainable, frozen_parameter_ids
-from omnitune.core.trainer import mean_loss
+from omnitune.core.loop.strategies import apply_trainable, frozen_parameter_ids
+from omnitune.core.loop.trainer import mean_loss
 
 
 def make_photo_folder(root: Path, count: int, seed: int = 0) -> Path:

@@ -19,13 +19,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import assets
-from . import peft as peft_lib
-from .errors import OmnituneError, RecipeError
-from .recipe import (BaseRecipe, FinetuneConfig, apply_overrides, dump_recipe, load_recipe, read_yaml,
+from .base import assets
+from .adapters import peft as peft_lib
+from .base.errors import OmnituneError, RecipeError
+from .base.recipe import (BaseRecipe, FinetuneConfig, apply_overrides, dump_recipe, load_recipe, read_yaml,
                      task_finetune_config, validate_recipe)
-from .registry import TASKS
-from .report import learning_curves_png, write_json, write_model_card, write_report
+from .base.registry import TASKS
+from .evaluation.report import learning_curves_png, write_json, write_model_card, write_report
 
 RECIPE_FILE = "recipe.yaml"
 MODEL_DIR = "model"
@@ -64,7 +64,7 @@ def as_recipe(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[
 def _direction(metric: str, extra_metrics, section: str) -> str:
     """The registry's (or a user metric's declared) direction of ``metric``; an error names the
     recipe section whose ``metric``/``mode`` fields fix it."""
-    from .metrics import metric_mode
+    from .base.metrics import metric_mode
 
     try:
         return metric_mode(metric, extra_metrics)
@@ -85,7 +85,7 @@ def selection(recipe: BaseRecipe, task, extra_metrics=()) -> tuple[str, str]:
 
 def early_stopping(recipe: BaseRecipe, select_metric: str, select_mode: str, extra_metrics=()):
     """The recipe's early stopping as a hook (None when off); its metric's direction as selection's."""
-    from .trainer import EarlyStopping
+    from .loop.trainer import EarlyStopping
 
     es = recipe.early_stopping
     if not es.enabled:
@@ -96,7 +96,7 @@ def early_stopping(recipe: BaseRecipe, select_metric: str, select_mode: str, ext
 
 
 def user_extra_metrics(recipe: BaseRecipe) -> dict[str, Any]:
-    from .metrics import load_user_metric
+    from .base.metrics import load_user_metric
 
     loaded = [load_user_metric(spec) for spec in recipe.eval.extra_metrics]
     return {m.name: m for m in loaded}
@@ -106,7 +106,7 @@ def user_loss_fn(recipe: BaseRecipe) -> Callable | None:
     """``train.loss`` imported (a class is instantiated without arguments), or None."""
     import inspect
 
-    from .plugins import import_object
+    from .base.plugins import import_object
 
     if recipe.train.loss is None:
         return None
@@ -190,11 +190,11 @@ def build_trainer(rec: BaseRecipe, task, model, bundle, run_dir: Path, *, select
                   early_stop=None, loss_fn: Callable | None = None, extra_metrics: dict | None = None,
                   callbacks: list[Callable] = ()):
     """The recipe's strategy applied to ``model`` (PEFT, if any, already injected), its optimiser,
-    schedule and hooks, as a :class:`~omnitune.core.trainer.Trainer` (the boundary between recipe
+    schedule and hooks, as a :class:`~omnitune.core.loop.trainer.Trainer` (the boundary between recipe
     sections and the trainer's explicit arguments)."""
-    from .optim import LRSchedule, build_optimizer
-    from .strategies import apply_strategy, check_groups_cover, param_groups, set_dropout
-    from .trainer import LoopSettings, Trainer
+    from .loop.optim import LRSchedule, build_optimizer
+    from .loop.strategies import apply_strategy, check_groups_cover, param_groups, set_dropout
+    from .loop.trainer import LoopSettings, Trainer
 
     metric, mode = selection or (task.main_metric, task.main_metric_mode)
     groups = task.layer_groups(model)
@@ -248,7 +248,7 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     t_start = time.perf_counter()
     if resume is not None:
         run_dir = Path(resume)
-        from .checkpoint import recover_checkpoint
+        from .loop.checkpoint import recover_checkpoint
 
         recover_checkpoint(run_dir / "checkpoints" / "last")  # a kill -9 may have fallen mid-swap
         if not (run_dir / RECIPE_FILE).is_file() or not (run_dir / "checkpoints" / "last").is_dir():
@@ -290,7 +290,7 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     peft_model = build_peft_model(rec, task, model)  # None without finetune.peft; model trains either way
     checkpointing = None
     if rec.train.gradient_checkpointing:
-        from .strategies import enable_gradient_checkpointing
+        from .loop.strategies import enable_gradient_checkpointing
 
         checkpointing = enable_gradient_checkpointing(peft_model or model)
     trainer = build_trainer(rec, task, model, bundle, run_dir, selection=(metric, mode), early_stop=stopper,
@@ -301,7 +301,7 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
         procs = f", {trainer.world} processes" if trainer.world > 1 else ""
         print(f"run folder: {run_dir}  (precision {trainer.precision}{procs}, {len(bundle.train)} train / "
               f"{len(bundle.validation)} validation samples, {trainer.total_steps} steps)", flush=True)
-    from .feature_cache import describe, maybe_cache_features
+    from .loop.feature_cache import describe, maybe_cache_features
 
     feature_cache = maybe_cache_features(rec, task, trainer)  # swaps in cached trunk outputs when it may
     if is_main and (feature_cache["enabled"] or rec.finetune.strategy in ("feature_extraction", "partial")):
@@ -325,7 +325,7 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     if groups_from is not None:
         metrics["groups"] = group_evaluation(rec, task, trainer.evaluate, groups_from)
     if retention is not None:
-        from .retention import compare
+        from .evaluation.retention import compare
 
         metrics["retention"] = compare(retention.source, before, retention.run(trainer))
     eval_seconds = time.perf_counter() - t_eval
@@ -334,7 +334,7 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
     if state.planned_steps:  # train.time_budget_minutes cut the plan on this machine
         metrics["time_budget"] = {"minutes": rec.train.time_budget_minutes, "chosen_steps": state.planned_steps,
                                   "epochs": round(state.planned_steps / trainer.updates_per_epoch, 3)}
-    from .diagnosis import diagnose
+    from .evaluation.diagnosis import diagnose
 
     metrics["diagnosis"] = diagnose(state.history, metric, mode, strategy=rec.finetune.strategy,
                                     peft=rec.finetune.peft is not None)  # read from the run's own curves
@@ -369,7 +369,7 @@ def train(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
                          data_origin=_asset_origin(rec.data.source), metrics=metrics, recipe_yaml=dump_recipe(rec))
         write_json(run_dir / "metrics.json", metrics)
         if "groups" in metrics:
-            from .groups import fairness_png
+            from .evaluation.groups import fairness_png
 
             fairness_png(metrics["groups"], run_dir / "group_rates.png")
         curves = learning_curves_png(state.history, metric, run_dir / "learning_curves.png")
@@ -396,7 +396,7 @@ def peak_memory(device) -> dict[str, float]:
 
 def check_groups(rec: BaseRecipe, source: str | None = None, columns: list[str] | None = None) -> str | None:
     """The table ``eval.groups`` reads (or ``source``), with its group columns checked; None without groups."""
-    from .groups import group_source, read_group_table
+    from .evaluation.groups import group_source, read_group_table
 
     columns = columns if columns is not None else rec.eval.groups
     if not columns:
@@ -410,7 +410,7 @@ def group_evaluation(rec: BaseRecipe, task, evaluate_fn: Callable, source: str,
                      columns: list[str] | None = None) -> dict[str, Any]:
     """Per-group metrics of the model ``evaluate_fn(dataset) -> (metrics, preds, refs)`` scores
     (core/groups.py), with the recipe's minimum count, positive label and eval-sample cap."""
-    from .groups import evaluate_groups
+    from .evaluation.groups import evaluate_groups
 
     return evaluate_groups(task, task.label_names, source, columns or rec.eval.groups, evaluate_fn,
                            min_count=rec.eval.group_min_count, positive_label=rec.eval.positive_label,
@@ -422,7 +422,7 @@ def retention_check(rec: BaseRecipe, task):
     A linear probe reads the set with its own labels, through a task built on it."""
     if not rec.eval.retention:
         return None
-    from .retention import RetentionCheck
+    from .evaluation.retention import RetentionCheck
 
     columns = {f"data.{k}": v for k, v in rec.eval.retention_data.items()}
 
@@ -440,7 +440,7 @@ def retention_check(rec: BaseRecipe, task):
 def retention_before(retention, trainer, run_dir: Path, *, resumed: bool, is_main: bool):
     """The starting model's retention score: computed before the first update and kept in the run
     folder, so a resumed run compares against the same starting model."""
-    from .retention import load_before, save_before
+    from .evaluation.retention import load_before, save_before
 
     if retention is None:
         return None
@@ -466,7 +466,7 @@ def sample_outputs(task, model, bundle, run_dir: Path, stage: str) -> dict[str, 
     state is left as it was, so training draws the same numbers with or without samples."""
     import torch
 
-    from .checkpoint import rng_state, set_rng_state
+    from .loop.checkpoint import rng_state, set_rng_state
 
     hook = getattr(task, "sample_outputs", None)
     held_out = bundle.test if bundle.test is not None else bundle.validation
@@ -546,7 +546,7 @@ def evaluate(run_dir: str | Path, data: str | None = None, batch_size: int | Non
     columns of that table (or of the run's group table): the result then has per-group metrics."""
     import torch
 
-    from .trainer import default_eval_batch_size, evaluate_model, resolve_precision
+    from .loop.trainer import default_eval_batch_size, evaluate_model, resolve_precision
 
     rec, task, model = _load_run(run_dir, adapter)
     if data is not None:
@@ -596,7 +596,7 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, *, format: st
     against PyTorch on the run's validation samples, optionally quantise to int8, and write the
     export report (see core/export.py); returns the export folder and its manifest.
     ``all_adapters``: an adapter library as the base graph plus one weights file per adapter."""
-    from .export import export_adapters, export_run
+    from .deploy.export import export_adapters, export_run
 
     if all_adapters:
         return export_adapters(run_dir, out_dir, **{k: v for k, v in options.items() if k in ("atol", "opset")})
@@ -607,7 +607,7 @@ def predict_onnx(export_dir: str | Path, inputs: list[str], variant: str = "fp32
                  adapter: str | None = None) -> list[dict[str, Any]]:
     """Predictions of an exported model (``omnitune export``) with ONNX Runtime; ``adapter`` picks
     one adapter of an ``--all-adapters`` export."""
-    from .onnx_predict import predict_onnx as run
+    from .deploy.onnx_predict import predict_onnx as run
 
     return run(export_dir, inputs, variant, adapter)
 
@@ -617,7 +617,7 @@ def tune(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str] 
          study_dir: str | Path | None = None, callbacks: list[Callable] = (), enqueue: list[dict] = ()):
     """Hyper-parameter search over the recipe's ``tune.space`` (see core/tune.py); arguments given
     here win over the recipe's ``tune`` section. Re-running with the same study folder resumes."""
-    from .tune import check_space, run_study, study_dir_for
+    from .studies.tune import check_space, run_study, study_dir_for
 
     rec = as_recipe(recipe, overrides)
     check_space(rec, rec.tune.space, where=f"recipe {rec.name}")
@@ -631,7 +631,7 @@ def cross_validate(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | 
                    folds: int = 5, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Stratified K-fold cross-validation (see core/cv.py): each fold is a full run; returns the
     per-fold test metrics and their mean and standard deviation."""
-    from .cv import run_cv
+    from .studies.cv import run_cv
 
     rec = as_recipe(recipe, overrides)
     task = build_task(rec)
@@ -644,7 +644,7 @@ def curve(recipe: str | Path | BaseRecipe, overrides: dict[str, Any] | list[str]
           out_dir: str | Path | None = None) -> dict[str, Any]:
     """Test metric against training-set size (core/curve.py): pretrained vs scratch and the listed
     strategies, on nested stratified subsets; writes curve.md/.csv/.json/.png."""
-    from .curve import parse_sizes, parse_variants, run_curve
+    from .studies.curve import parse_sizes, parse_variants, run_curve
 
     rec = as_recipe(recipe, overrides)
     task = build_task(rec)

@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 
 def _cmd_train(args) -> int:
     if args.nproc > 1:
-        from .launch import launch_local
+        from .loop.launch import launch_local
 
         child = (["--debug"] if args.debug else []) + ["train"]
         child += ["--resume", args.resume] if args.resume else [args.recipe, *args.overrides]
@@ -43,7 +43,7 @@ def _cmd_eval(args) -> int:
     if groups:
         from pathlib import Path
 
-        from .groups import fairness_png, groups_md
+        from .evaluation.groups import fairness_png, groups_md
 
         print(groups_md(out["groups"]))
         if args.out:
@@ -79,7 +79,7 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_chat(args) -> int:
-    from .registry import TASKS
+    from .base.registry import TASKS
 
     # The terminal chat belongs to the chat task (text/chat_cli.py); the core reaches it through the
     # task registry, as it reaches every domain.
@@ -113,7 +113,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_recipes(args) -> int:
-    from .recipe import list_shipped_recipes
+    from .base.recipe import list_shipped_recipes
 
     rows = list_shipped_recipes()
     width = max((len(n) for n, _ in rows), default=0)
@@ -123,7 +123,7 @@ def _cmd_recipes(args) -> int:
 
 
 def _cmd_metrics(args) -> int:
-    from .metrics import METRICS, list_metrics
+    from .base.metrics import METRICS, list_metrics
 
     names = list_metrics()
     width = max(map(len, names), default=0)
@@ -134,7 +134,7 @@ def _cmd_metrics(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from .recipe import load_recipe, resolve_recipe_path
+    from .base.recipe import load_recipe, resolve_recipe_path
 
     recipe = load_recipe(args.recipe, args.overrides)
     print(f"{resolve_recipe_path(args.recipe)}: valid recipe {recipe.name!r} (task {recipe.task})")
@@ -142,7 +142,7 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_assets(args) -> int:
-    from . import assets
+    from .base import assets
 
     if args.action == "list":
         for a in assets.list_assets():
@@ -187,7 +187,7 @@ def _cmd_curve(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .suite import run_suite
+    from .studies.suite import run_suite
 
     out = run_suite(args.suite, out_dir=args.out, only=args.only, validate_only=args.validate_only)
     print(out)
@@ -197,7 +197,7 @@ def _cmd_bench(args) -> int:
 def _cmd_adapters(args) -> int:
     from pathlib import Path
 
-    from . import peft as peft_lib
+    from .adapters import peft as peft_lib
     from .api import MODEL_DIR, RECIPE_FILE, merge_adapter
 
     if args.action == "list":
@@ -354,7 +354,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import OmnituneError
+    from .base.errors import OmnituneError
 
     parser = build_parser()
     args = parse_args(parser, argv)
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     except OmnituneError as exc:
         if args.debug:
             raise
-        from .trainer import Interrupted
+        from .loop.trainer import Interrupted
 
         print(f"{'' if isinstance(exc, Interrupted) else 'error: '}{exc}", file=sys.stderr)
         return 130 if isinstance(exc, Interrupted) else 2

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from omnitune.core import assets
-from omnitune.core.data import (Storage, cap_splits, canonical_splits, choose_storage, drop_overlap, is_hub,
+from omnitune.core.base import assets
+from omnitune.core.base.data import (Storage, cap_splits, canonical_splits, choose_storage, drop_overlap, is_hub,
                                 require_rows, split_off)
-from omnitune.core.errors import DataError, OmnituneError
-from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
-from omnitune.core.task import DataBundle, DataReport, LayerGroup
+from omnitune.core.base.errors import DataError, OmnituneError
+from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig
+from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
 from . import data as sdata
 from . import metrics as smetrics
@@ -97,7 +97,7 @@ class SpeechDataConfig(DataConfig):
     # memory: every decoded, resampled clip held in RAM. disk: decoded once into a store under
     # $OMNITUNE_CACHE/arrays (keyed by the audio files and the sample rate) and read per item: flat
     # RSS as the data grows, no decoding on later runs. auto: disk above
-    # omnitune.core.data.AUTO_DISK_BYTES of audio files. Same clips, drops and batches either way.
+    # omnitune.core.base.data.AUTO_DISK_BYTES of audio files. Same clips, drops and batches either way.
     storage: Storage = "auto"
 
     @model_validator(mode="after")
@@ -396,7 +396,7 @@ class SpeechRecognitionTask:
 
     def compute_metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         """WER and CER in percent over already-normalised texts (see predict_batch)."""
-        from omnitune.core.metrics import compute
+        from omnitune.core.base.metrics import compute
 
         return {name: compute(name, predictions, references) for name in ("wer", "cer")}
 
@@ -439,7 +439,7 @@ class SpeechRecognitionTask:
 
     def _speaker_block(self, split: str, speakers: list[str | None], predictions: list, references: list) -> str:
         """Per-speaker WER/CER of the split (each speaker's clips scored together)."""
-        from omnitune.core.metrics import compute
+        from omnitune.core.base.metrics import compute
 
         rows = []
         for spk in sorted({s or "(missing)" for s in speakers}):
@@ -455,7 +455,7 @@ class SpeechRecognitionTask:
         """The dataset of ``data.eval_sets[name]``: its source (or the run's test clips), restricted to
         the test clips' names, with seeded real noise mixed at the stated SNR."""
         from .augment import mix_at_snr, noise_bank, noise_segment
-        from omnitune.core.seeding import item_rng
+        from omnitune.core.base.seeding import item_rng
 
         spec = self.data_cfg.eval_sets[name]
         report = DataReport(source=spec.source or "test split")
@@ -480,7 +480,7 @@ class SpeechRecognitionTask:
 
     def score_eval_sets(self, model: nn.Module, batch_size: int = 8) -> dict[str, dict[str, float]]:
         """WER/CER of ``model`` on every ``data.eval_sets`` set."""
-        from omnitune.core.trainer import evaluate_model
+        from omnitune.core.loop.trainer import evaluate_model
 
         device = next(model.parameters()).device
         out = {}

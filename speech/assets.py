@@ -14,7 +14,7 @@ import gzip
 import shutil
 from pathlib import Path
 
-from omnitune.core.assets import Asset, Package
+from omnitune.core.base.assets import Asset, Package
 
 WHISPER_CT2_FILES = ["model.bin", "tokenizer.json", "config.json"]
 

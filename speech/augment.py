@@ -2,7 +2,7 @@
 
 Waveform transforms (noise, speed, telephone) run before feature extraction; SpecAugment masks
 the log-mel features after it. Every function takes an explicit ``numpy.random.Generator``; the
-training dataset makes one per item from (seed, epoch, index) (``omnitune.core.seeding.item_rng``),
+training dataset makes one per item from (seed, epoch, index) (``omnitune.core.base.seeding.item_rng``),
 so a run is reproducible from its seed with any number of DataLoader workers, and after a resume.
 
 >>> import numpy as np
@@ -89,8 +89,8 @@ def noise_bank(source: str, sample_rate: int) -> list[np.ndarray]:
     if key not in _NOISE_BANKS:
         from pathlib import Path
 
-        from omnitune.core import assets
-        from omnitune.core.errors import DataError
+        from omnitune.core.base import assets
+        from omnitune.core.base.errors import DataError
 
         from .audio import AudioProblem, load_clip
 

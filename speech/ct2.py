@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omnitune.core.errors import AssetError
+from omnitune.core.base.errors import AssetError
 
 # CTranslate2 dtype codes -> numpy dtypes (bfloat16 is read as raw uint16, converted via torch).
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}

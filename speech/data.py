@@ -31,11 +31,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from omnitune.core.data import is_hub, load_hub, parse_hub
-from omnitune.core.errors import DataError
-from omnitune.core.mmap_store import ArrayStore, ContentKey, build_store, cache_root
-from omnitune.core.seeding import item_rng
-from omnitune.core.task import DataReport
+from omnitune.core.base.data import is_hub, load_hub, parse_hub
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.mmap_store import ArrayStore, ContentKey, build_store, cache_root
+from omnitune.core.base.seeding import item_rng
+from omnitune.core.base.task import DataReport
 
 from .audio import SAMPLE_RATE, AudioProblem, load_clip
 
@@ -310,7 +310,7 @@ class SpeechDataset:
     """Clips -> {"input_features", "labels", "text", "name"}; augmentation only when ``augment``.
 
     An item's augmentation is a pure function of (``seed``, epoch, index)
-    (:func:`omnitune.core.seeding.item_rng`), never of how often it was drawn or in which
+    (:func:`omnitune.core.base.seeding.item_rng`), never of how often it was drawn or in which
     DataLoader worker: a resumed run hears exactly the audio an uninterrupted one did. The trainer
     calls :meth:`set_epoch` before each epoch; without augmentation an item is fixed.
     """
@@ -373,7 +373,7 @@ def cv_rows(task) -> tuple[object, None]:
     Hub datasets have no files to list and are refused."""
     import pandas as pd
 
-    from omnitune.core.assets import resolve
+    from omnitune.core.base.assets import resolve
 
     cfg = task.data_cfg
     rows: list[tuple[str, str]] = []

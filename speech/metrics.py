@@ -13,7 +13,7 @@ from typing import Callable, Literal
 
 import jiwer
 
-from omnitune.core.metrics import compute
+from omnitune.core.base.metrics import compute
 
 NormalizerName = Literal["whisper_english", "whisper_basic", "lowercase", "none"]
 

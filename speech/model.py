@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor
 
-from omnitune.core.errors import OmnituneError
-from omnitune.core.task import LayerGroup
+from omnitune.core.base.errors import OmnituneError
+from omnitune.core.base.task import LayerGroup
 
 DEFAULT_WINDOW_SECONDS = 30
 FRAMES_PER_SECOND = 100  # 10 ms hop of Whisper's log-mel features

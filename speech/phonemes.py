@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import unicodedata
 
-from omnitune.core.errors import OmnituneError
+from omnitune.core.base.errors import OmnituneError
 
 BOS, EOS, PAD = "^", "$", "_"
 _CLAUSE = re.compile(r"([^,.;:!?]+)([,.;:!?]*)")

@@ -35,12 +35,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from omnitune.core import assets
-from omnitune.core.data import cap_splits, canonical_splits, require_rows, split_off
-from omnitune.core.errors import DataError, OmnituneError
-from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
-from omnitune.core.seeding import item_seed
-from omnitune.core.task import DataBundle, DataReport, LayerGroup
+from omnitune.core.base import assets
+from omnitune.core.base.data import cap_splits, canonical_splits, require_rows, split_off
+from omnitune.core.base.errors import DataError, OmnituneError
+from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig
+from omnitune.core.base.seeding import item_seed
+from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
 from . import data as sdata
 from . import vits_losses as L

@@ -106,7 +106,7 @@ class Transcriber:
     def __init__(self, model: str = "asset:whisper-tiny.en") -> None:
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-        from omnitune.core.assets import resolve
+        from omnitune.core.base.assets import resolve
 
         path = resolve(model)
         self.processor = WhisperProcessor.from_pretrained(path)

@@ -88,7 +88,7 @@ def voice_files(voice: str | Path) -> tuple[Path, Path]:
     asset name (``joe-piper-voice``)."""
     p = Path(str(voice).removeprefix("asset:"))
     if not p.exists():
-        from omnitune.core.assets import fetch
+        from omnitune.core.base.assets import fetch
 
         p = Path(fetch(str(voice).removeprefix("asset:")))
     if p.is_dir():

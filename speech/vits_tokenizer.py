@@ -25,7 +25,7 @@ def checkpoint_kind(src: str | Path) -> str | None:
     """"transformers" for a transformers VITS checkpoint (a local folder whose config.json says
     ``model_type: vits``, or a Hub id, which transformers downloads), None for anything else; a folder
     holding another model type is an error naming it."""
-    from omnitune.core.errors import OmnituneError
+    from omnitune.core.base.errors import OmnituneError
 
     path = Path(src)
     config = path / "config.json"

@@ -96,7 +96,7 @@ def kill_then_resume(recipe: Path, run_dir: Path, kill_at: int, timeout: float =
         finally:
             _kill(proc)
     assert proc.returncode == -signal.SIGKILL
-    from omnitune.core.checkpoint import recover_checkpoint
+    from omnitune.core.loop.checkpoint import recover_checkpoint
 
     recover_checkpoint(state_file.parent)  # what the resume does itself if the kill fell mid-swap
     killed = json.loads(state_file.read_text())

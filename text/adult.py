@@ -25,8 +25,8 @@ from typing import Any
 
 import pandas as pd
 
-from omnitune.core import assets
-from omnitune.core.errors import DataError
+from omnitune.core.base import assets
+from omnitune.core.base.errors import DataError
 
 COLUMNS = ["age", "workclass", "fnlwgt", "education", "education_num", "marital_status", "occupation",
            "relationship", "race", "sex", "capital_gain", "capital_loss", "hours_per_week", "native_country",
@@ -132,7 +132,7 @@ def flip_summary(pairs: pd.DataFrame, first: list[dict], second: list[dict]) -> 
 def counterfactual_flips(run_dir: str | Path, source: str = CROWS, batch: int = 64) -> dict[str, Any]:
     """CrowS-Pairs scored by a finished text-classification run (see the module docstring)."""
     from omnitune.core.api import _load_run
-    from omnitune.core.peft import task_model
+    from omnitune.core.adapters.peft import task_model
 
     pairs = crows_pairs(source)
     _, task, model = _load_run(run_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omnitune.core.assets import Asset, Package
+from omnitune.core.base.assets import Asset, Package
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HF_FOLDER = "hf"

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from omnitune.core import assets
-from omnitune.core.errors import DataError, OmnituneError
-from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
-from omnitune.core.task import DataBundle, DataReport, LayerGroup
+from omnitune.core.base import assets
+from omnitune.core.base.errors import DataError, OmnituneError
+from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig
+from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
 from . import data as tdata
 
@@ -215,7 +215,7 @@ class CausalLMTask:
 
     def compute_metrics(self, predictions: list[float], references: list[int]) -> dict[str, float]:
         # predictions: summed NLL per sequence, references: its labelled-token count
-        from omnitune.core.metrics import compute
+        from omnitune.core.base.metrics import compute
 
         return {name: compute(name, predictions, references) for name in ("perplexity", "token_nll")}
 

@@ -25,11 +25,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from omnitune.core import assets
-from omnitune.core.errors import DataError
-from omnitune.core.generation import GenerationConfig, fixed_subset, side_by_side
-from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
-from omnitune.core.task import DataBundle, DataReport
+from omnitune.core.base import assets
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.generation import GenerationConfig, fixed_subset, side_by_side
+from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig
+from omnitune.core.base.task import DataBundle, DataReport
 
 from . import chat_data as cd
 from . import data as tdata
@@ -284,7 +284,7 @@ class ChatTask(CausalLMTask):
         return preds, list(batch.get("reference", [None] * len(nll)))
 
     def compute_metrics(self, predictions: list[dict], references: list[str | None]) -> dict[str, float]:
-        from omnitune.core.metrics import compute
+        from omnitune.core.base.metrics import compute
 
         sums, counts = [p["nll_sum"] for p in predictions], [p["tokens"] for p in predictions]
         metrics = {name: compute(name, sums, counts) for name in ("perplexity", "token_nll")}

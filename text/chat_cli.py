@@ -16,7 +16,7 @@ from typing import Callable, TextIO
 
 import torch
 
-from omnitune.core.generation import GenerationConfig
+from omnitune.core.base.generation import GenerationConfig
 
 from . import chat_data as cd
 
@@ -26,8 +26,8 @@ HELP = "Type a message; /reset clears the conversation, /exit leaves."
 def load_chat_model(ref: str, adapter: str | None = None, template: str | None = None):
     """(model, tokenizer, generation settings, system prompt) for a run folder, a Hugging Face
     model folder or ``asset:NAME``."""
-    from omnitune.core import assets
-    from omnitune.core import peft as peft_lib
+    from omnitune.core.base import assets
+    from omnitune.core.adapters import peft as peft_lib
     from omnitune.core.api import RECIPE_FILE, _load_run
 
     if (Path(ref) / RECIPE_FILE).is_file():

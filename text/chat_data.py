@@ -24,8 +24,8 @@ import string
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from omnitune.core.errors import DataError, RecipeError
-from omnitune.core.task import DataReport
+from omnitune.core.base.errors import DataError, RecipeError
+from omnitune.core.base.task import DataReport
 
 IGNORE = -100  # label value cross entropy skips: system/user tokens, padding
 ROLES = ("system", "user", "assistant")

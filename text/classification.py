@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from omnitune.core import assets
-from omnitune.core.data import (Storage, cap_splits, check_classes, choose_storage, drop_overlap, require_rows,
+from omnitune.core.base import assets
+from omnitune.core.base.data import (Storage, cap_splits, check_classes, choose_storage, drop_overlap, require_rows,
                                 source_bytes, split_off)
-from omnitune.core.errors import DataError, OmnituneError
-from omnitune.core.metrics import compute as compute_metric
-from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
-from omnitune.core.report import confusion_matrix_png, per_class_table
-from omnitune.core.task import DataBundle, DataReport, LayerGroup
+from omnitune.core.base.errors import DataError, OmnituneError
+from omnitune.core.base.metrics import compute as compute_metric
+from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig
+from omnitune.core.evaluation.report import confusion_matrix_png, per_class_table
+from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
 from . import data as tdata
 from . import long_text

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from omnitune.core.errors import DataError
+from omnitune.core.base.errors import DataError
 
 DOCSTART = "-DOCSTART-"
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from omnitune.core.data import SPLIT_ALIASES, is_hub, load_hub, read_table, require_columns
-from omnitune.core.errors import DataError, OmnituneError
-from omnitune.core.task import DataReport
+from omnitune.core.base.data import SPLIT_ALIASES, is_hub, load_hub, read_table, require_columns
+from omnitune.core.base.errors import DataError, OmnituneError
+from omnitune.core.base.task import DataReport
 
 
 def load_splits(source: str, validation_source: str | None, test_source: str | None) -> dict[str, Any]:
@@ -213,8 +213,8 @@ def prepared_splits(d, seed: int, report: DataReport, clean, overlap_key, overla
     missing splits (seeded), cap them, drop evaluation items whose ``overlap_key`` also occurs in
     training (with ``data.drop_duplicates``), and require rows in every split. Every drop is counted
     in ``report``."""
-    from omnitune.core import assets
-    from omnitune.core.data import cap_splits, drop_overlap, require_rows, split_off
+    from omnitune.core.base import assets
+    from omnitune.core.base.data import cap_splits, drop_overlap, require_rows, split_off
 
     raw = load_splits(assets.resolve(d.source), d.validation_source and assets.resolve(d.validation_source),
                       d.test_source and assets.resolve(d.test_source))
@@ -318,7 +318,7 @@ class DiskRows:
 def iter_sources(source: str, validation_source: str | None, test_source: str | None) -> dict[str, Any]:
     """:func:`load_splits` for flat memory: ``{split: function returning an iterator of pandas
     chunks}`` (row numbers running on across chunks), read again on each call."""
-    from omnitune.core.data import iter_table
+    from omnitune.core.base.data import iter_table
 
     if is_hub(source):
         return _iter_hub(source)
@@ -450,7 +450,7 @@ def _clean_chunks(chunks, where, text_columns, label_column, labels, unknown_lab
                   path: Path) -> dict:
     import pyarrow as pa
 
-    from omnitune.core.data import require_columns
+    from omnitune.core.base.data import require_columns
 
     reasons = [r for c in text_columns for r in (f"missing text ({c})", f"empty text ({c})")]
     if label_column is not None:

@@ -26,7 +26,7 @@ import random
 import subprocess
 from pathlib import Path
 
-from omnitune.core.errors import DataError, OmnituneError
+from omnitune.core.base.errors import DataError, OmnituneError
 
 MIRROR = "http://deb.debian.org/debian"
 SAMPLE = Path(__file__).with_name("ddtp_en_de_sample.jsonl")

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from omnitune.core.errors import RecipeError
+from omnitune.core.base.errors import RecipeError
 
 # More than this share of a split cut by max_length prints a warning (the 5%).
 WARN_SHARE = 0.05

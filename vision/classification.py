@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from omnitune.core.data import Storage, check_classes, require_rows
-from omnitune.core.errors import DataError, OmnituneError
-from omnitune.core.mixing import mix_batch, soft_target_cross_entropy
-from omnitune.core.recipe import DataConfig, ModelConfig, RegularizationConfig, Section
-from omnitune.core.report import confusion_matrix_png, per_class_table
-from omnitune.core.task import DataBundle, DataReport, LayerGroup
+from omnitune.core.base.data import Storage, check_classes, require_rows
+from omnitune.core.base.errors import DataError, OmnituneError
+from omnitune.core.loop.mixing import mix_batch, soft_target_cross_entropy
+from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig, Section
+from omnitune.core.evaluation.report import confusion_matrix_png, per_class_table
+from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
 from . import sources
 from .augment import AugmentSpec, Augmenter, validate_spec
@@ -88,7 +88,7 @@ class VisionDataConfig(DataConfig):
     # memory: IDX arrays read whole into RAM, image files decoded on every read. disk: decoded images
     # (RGB uint8, before augmentation) go once into a store under $OMNITUNE_CACHE/arrays, keyed by
     # the files and settings, and are read back item by item: flat RSS as the data grows, no repeat
-    # decoding. auto: disk above omnitune.core.data.AUTO_DISK_BYTES of source files. Hub datasets
+    # decoding. auto: disk above omnitune.core.base.data.AUTO_DISK_BYTES of source files. Hub datasets
     # stay in datasets' memory-mapped Arrow files either way.
     storage: Storage = "auto"
 
@@ -340,7 +340,7 @@ class ImageClassificationTask:
         return [p["label"] for p in predictions], list(references)
 
     def compute_metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
-        from omnitune.core.metrics import compute
+        from omnitune.core.base.metrics import compute
 
         refs = [int(r) for r in references]
         if not refs:

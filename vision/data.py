@@ -21,10 +21,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from omnitune.core.data import SPLIT_ALIASES, is_hub, read_table, require_columns, table_suffix
-from omnitune.core.errors import DataError
-from omnitune.core.mmap_store import ArrayStore, ContentKey, build_store, cache_root
-from omnitune.core.seeding import item_seed
+from omnitune.core.base.data import SPLIT_ALIASES, is_hub, read_table, require_columns, table_suffix
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.mmap_store import ArrayStore, ContentKey, build_store, cache_root
+from omnitune.core.base.seeding import item_seed
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 SPLIT_DIRS = SPLIT_ALIASES  # split folders: train/, val/ (or validation/, valid/, dev/), test/
@@ -166,7 +166,7 @@ class ImageDataset(torch.utils.data.Dataset):
     """Items are {"pixel_values": float32 3xSxS, "label": int, "index": int}.
 
     ``augment(image, seed)`` is an :class:`~omnitune.vision.augment.Augmenter`. A training item's
-    seed is a pure function of (``seed``, epoch, index) (:func:`omnitune.core.seeding.item_seed`),
+    seed is a pure function of (``seed``, epoch, index) (:func:`omnitune.core.base.seeding.item_seed`),
     so it is the same in any DataLoader worker and after a resume; the trainer calls
     :meth:`set_epoch` before each epoch. Evaluation uses the index alone, so it is the same every
     time. No item consumes a global RNG.

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from omnitune.core.assets import resolve as resolve_asset
-from omnitune.core.errors import OmnituneError
-from omnitune.core.peft import is_adapter_wrapper
-from omnitune.core.task import LayerGroup
+from omnitune.core.base.assets import resolve as resolve_asset
+from omnitune.core.base.errors import OmnituneError
+from omnitune.core.adapters.peft import is_adapter_wrapper
+from omnitune.core.base.task import LayerGroup
 
 TV_PREFIX = "tv:"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

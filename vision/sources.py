@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from omnitune.core.assets import resolve as resolve_asset
-from omnitune.core.data import cap_splits, choose_storage, drop_overlap, load_hub, parse_hub, source_bytes, split_off
-from omnitune.core.errors import DataError
-from omnitune.core.task import DataReport
+from omnitune.core.base.assets import resolve as resolve_asset
+from omnitune.core.base.data import cap_splits, choose_storage, drop_overlap, load_hub, parse_hub, source_bytes, split_off
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.task import DataReport
 
 from .data import (Records, _ArrayLoader, _HubLoader, array_records, find_unreadable, hub_records, path_records,
                    read_idx_folder, read_manifest, scan_image_folder, source_kind, split_dirs, store_files)

@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
-from omnitune.core import assets
-from omnitune.core.errors import AssetError
+from omnitune.core.base import assets
+from omnitune.core.base.errors import AssetError
 
 
 def _wheel(tmp_path):

@@ -9,10 +9,10 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from omnitune.core import curve as curve_mod
+from omnitune.core.studies import curve as curve_mod
 from omnitune.core.api import curve
-from omnitune.core.curve import crossover, nested_subsets, parse_variants, stratified_order
-from omnitune.core.errors import DataError, OmnituneError
+from omnitune.core.studies.curve import crossover, nested_subsets, parse_variants, stratified_order
+from omnitune.core.base.errors import DataError, OmnituneError
 
 from ..conftest import text_recipe, write_recipe
 
@@ -48,7 +48,7 @@ def test_crossover_and_variants():
 
 def test_written_subsets_nested_per_repeat_with_fixed_test(tmp_path, tiny_bert, reviews_csv):
     from omnitune.core.api import build_task
-    from omnitune.core.recipe import validate_recipe
+    from omnitune.core.base.recipe import validate_recipe
 
     rec = validate_recipe(text_recipe(tiny_bert, reviews_csv, tmp_path))
     data = curve_mod.write_curve_data(rec, build_task(rec), [40, 80], 2, tmp_path / "d")

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from omnitune.core.api import build_task, cross_validate
-from omnitune.core.cv import stratified_folds, summarise, write_folds
-from omnitune.core.recipe import load_recipe
+from omnitune.core.studies.cv import stratified_folds, summarise, write_folds
+from omnitune.core.base.recipe import load_recipe
 
 from ..conftest import text_recipe, write_recipe
 

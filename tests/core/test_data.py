@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from omnitune.core.data import BatchOrder, read_table, stratified_split
-from omnitune.core.errors import DataError
+from omnitune.core.base.data import BatchOrder, read_table, stratified_split
+from omnitune.core.base.errors import DataError
 
 
 def test_stratified_split_is_disjoint_covering_and_stratified():

@@ -12,10 +12,10 @@ import pytest
 import soundfile as sf
 
 from omnitune.core.api import build_task
-from omnitune.core.data import HubRef, canonical_split, canonical_splits, drop_overlap, parse_hub
-from omnitune.core.errors import DataError
-from omnitune.core.recipe import validate_recipe
-from omnitune.core.task import DataReport
+from omnitune.core.base.data import HubRef, canonical_split, canonical_splits, drop_overlap, parse_hub
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.recipe import validate_recipe
+from omnitune.core.base.task import DataReport
 from omnitune.speech.asr import SpeechRecognitionTask
 from omnitune.speech.testing import tone
 from omnitune.text.classification import TextClassificationTask

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import doctest
 
-from omnitune.core import diagnosis
-from omnitune.core.diagnosis import diagnose, diagnosis_md
+from omnitune.core.evaluation import diagnosis
+from omnitune.core.evaluation.diagnosis import diagnose, diagnosis_md
 
 
 def _h(train: list[float], val: list[tuple[int, float]], metric: list[tuple[int, float]] = ()) -> list[dict]:
@@ -66,7 +66,7 @@ def test_doctest():
 
 def test_every_run_report_ends_with_the_verdict(tmp_path, tiny_bert, reviews_csv):
     from omnitune.core.api import train
-    from omnitune.core.recipe import validate_recipe
+    from omnitune.core.base.recipe import validate_recipe
 
     from ..conftest import text_recipe
 

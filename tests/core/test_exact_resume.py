@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_model
 
-from omnitune.core import checkpoint as ckpt
-from omnitune.core.errors import OmnituneError
+from omnitune.core.loop import checkpoint as ckpt
+from omnitune.core.base.errors import OmnituneError
 
 from ..conftest import text_recipe
 from ..resume_check import full_and_killed_runs_agree

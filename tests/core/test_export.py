@@ -14,10 +14,10 @@ import yaml
 
 from omnitune.core import api
 from omnitune.core.cli import main
-from omnitune.core.errors import OmnituneError
-from omnitune.core.export import EXPORTS, export_run, parity, parity_problems, _modules_and_examples
-from omnitune.core.onnx_predict import MANIFEST, predict_onnx, session
-from omnitune.core.registry import TASKS
+from omnitune.core.base.errors import OmnituneError
+from omnitune.core.deploy.export import EXPORTS, export_run, parity, parity_problems, _modules_and_examples
+from omnitune.core.deploy.onnx_predict import MANIFEST, predict_onnx, session
+from omnitune.core.base.registry import TASKS
 
 
 def tiny_run(task_name: str, folder: Path, *, lora: bool = False, steps: int = 2, lr: float | None = None,
@@ -193,8 +193,8 @@ def test_predict_onnx_on_a_folder_without_manifest(tmp_path):
 
 
 def test_adapter_library_exports_base_once_and_switches_adapters(tmp_path):
-    from omnitune.core import peft as peft_lib
-    from omnitune.core.export import export_adapters
+    from omnitune.core.adapters import peft as peft_lib
+    from omnitune.core.deploy.export import export_adapters
 
     library = tmp_path / "library"
     for name, lr in (("calm", 3e-3), ("bold", 2e-2)):

@@ -13,9 +13,9 @@ import torch
 
 import omnitune
 from omnitune.core.api import build_task, seed_everything
-from omnitune.core.feature_cache import CachedFeatures, FeatureCacheTask, FeatureStore, frozen_depth
-from omnitune.core.recipe import validate_recipe
-from omnitune.core.task import LayerGroup
+from omnitune.core.loop.feature_cache import CachedFeatures, FeatureCacheTask, FeatureStore, frozen_depth
+from omnitune.core.base.recipe import validate_recipe
+from omnitune.core.base.task import LayerGroup
 from omnitune.text.classification import TextClassificationTask
 from omnitune.vision.classification import ImageClassificationTask
 

@@ -11,11 +11,11 @@ import pytest
 from torch import nn
 
 from omnitune.core.api import build_task, seed_everything, train
-from omnitune.core.errors import OmnituneError
-from omnitune.core.recipe import validate_recipe
-from omnitune.core.registry import TASKS, list_tasks
-from omnitune.core.strategies import enable_gradient_checkpointing
-from omnitune.core.tracking import read_events
+from omnitune.core.base.errors import OmnituneError
+from omnitune.core.base.recipe import validate_recipe
+from omnitune.core.base.registry import TASKS, list_tasks
+from omnitune.core.loop.strategies import enable_gradient_checkpointing
+from omnitune.core.loop.tracking import read_events
 
 
 def _checkpointing_on(model: nn.Module) -> bool:

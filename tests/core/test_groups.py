@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from omnitune.core.api import evaluate, train
-from omnitune.core.errors import DataError, RecipeError
-from omnitune.core.groups import evaluate_groups, groups_md
-from omnitune.core.metrics import compute
-from omnitune.core.recipe import validate_recipe
-from omnitune.core.task import DataReport
+from omnitune.core.base.errors import DataError, RecipeError
+from omnitune.core.evaluation.groups import evaluate_groups, groups_md
+from omnitune.core.base.metrics import compute
+from omnitune.core.base.recipe import validate_recipe
+from omnitune.core.base.task import DataReport
 
 from ..conftest import make_reviews, text_recipe
 
@@ -132,7 +132,7 @@ def test_training_run_and_eval_cli_report_groups(tmp_path, tiny_bert, reviews_cs
 def test_model_card_metadata_groups_retention_and_export_table(tmp_path, table):
     import yaml
 
-    from omnitune.core.report import hub_metadata, update_model_card
+    from omnitune.core.evaluation.report import hub_metadata, update_model_card
 
     groups = evaluate_groups(TableTask(), LABELS, str(table), ["sex"], _evaluate)
     retention = {"source": "gen.csv", "mode": "metrics", "samples": 10, "before": {"loss": 2.0},

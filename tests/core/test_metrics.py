@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from omnitune.core.cli import main
-from omnitune.core.errors import RecipeError
-from omnitune.core.metrics import (METRICS, Metric, UserMetric, compute, list_metrics, load_user_metric,
+from omnitune.core.base.errors import RecipeError
+from omnitune.core.base.metrics import (METRICS, Metric, UserMetric, compute, list_metrics, load_user_metric,
                                    metric_mode)
-from omnitune.core.plugins import import_object
+from omnitune.core.base.plugins import import_object
 
 # Single-label case used by accuracy/precision/recall/f1 (supports 3, 2, 1):
 #   refs  0 0 0 1 1 2

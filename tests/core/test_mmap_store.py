@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from omnitune.core.mmap_store import ArrayStore, ContentKey, StoreWriter, build_store
+from omnitune.core.base.mmap_store import ArrayStore, ContentKey, StoreWriter, build_store
 
 
 def test_round_trip_variable_lengths_and_dtype(tmp_path):
@@ -76,7 +76,7 @@ def test_empty_store(tmp_path):
 
 CRASH = """
 import os, sys, numpy as np
-from omnitune.core.mmap_store import StoreWriter
+from omnitune.core.base.mmap_store import StoreWriter
 w = StoreWriter(sys.argv[1], np.float32)
 for i in range(50):
     w.append(np.ones(100) * i)

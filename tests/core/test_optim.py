@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from omnitune.core.optim import LRSchedule, build_optimizer, lr_factor
+from omnitune.core.loop.optim import LRSchedule, build_optimizer, lr_factor
 
 
 @pytest.mark.parametrize("step,expected", [(0, 0.1), (4, 0.5), (9, 1.0), (10, 1.0), (60, 0.5), (110, 0.0), (200, 0.0)])

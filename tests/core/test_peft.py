@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from omnitune.core import peft as peft_lib
+from omnitune.core.adapters import peft as peft_lib
 from omnitune.core.api import _load_run, evaluate, train
 from omnitune.core.cli import main as cli_main
-from omnitune.core.errors import OmnituneError
-from omnitune.core.trainer import Interrupted
+from omnitune.core.base.errors import OmnituneError
+from omnitune.core.loop.trainer import Interrupted
 
 from ..conftest import make_tokenizer_and_model, text_recipe, write_recipe
 
@@ -221,8 +221,8 @@ def test_qlora_on_cpu_fails_before_any_work(tmp_path, base, reviews_csv):
 
 
 def test_peft_needs_full_strategy(tmp_path, base, reviews_csv):
-    from omnitune.core.errors import RecipeError
-    from omnitune.core.recipe import load_recipe
+    from omnitune.core.base.errors import RecipeError
+    from omnitune.core.base.recipe import load_recipe
 
     recipe = text_recipe(base, reviews_csv, tmp_path,
                          finetune={"peft": LORA, "strategy": "feature_extraction"})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from omnitune.core.errors import RecipeError
-from omnitune.core.recipe import list_shipped_recipes, load_recipe, parse_override
+from omnitune.core.base.errors import RecipeError
+from omnitune.core.base.recipe import list_shipped_recipes, load_recipe, parse_override
 
 from ..conftest import text_recipe, write_recipe
 

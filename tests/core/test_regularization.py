@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from omnitune.core.api import train
-from omnitune.core.ema import EMA
-from omnitune.core.trainer import mean_loss
+from omnitune.core.loop.ema import EMA
+from omnitune.core.loop.trainer import mean_loss
 
 from ..conftest import text_recipe, write_recipe
 
@@ -54,14 +54,14 @@ def test_ema_run_saves_averaged_best_weights(tmp_path, tiny_bert, reviews_csv):
     last = load_file(str(result.run_dir / "checkpoints" / "last" / "model.safetensors"))
     # `last` holds the raw weights, `best` the averaged ones: they differ where training moved.
     assert any(not torch.equal(best[k], last[k]) for k in best)
-    from omnitune.core.checkpoint import read_state
+    from omnitune.core.loop.checkpoint import read_state
 
     state = read_state(result.run_dir / "checkpoints" / "last")
     assert state["ema"]["decay"] == 0.5
 
 
 def test_label_smoothing_raises_the_training_loss_floor():
-    from omnitune.core.recipe import RegularizationConfig
+    from omnitune.core.base.recipe import RegularizationConfig
     from omnitune.text.classification import TextClassificationTask, TextDataConfig, TextModelConfig
 
     def loss(smoothing):

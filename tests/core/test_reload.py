@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from omnitune.core.api import _load_run, evaluate, predict, train
-from omnitune.core.errors import OmnituneError
+from omnitune.core.base.errors import OmnituneError
 from omnitune.text.classification import TextClassificationTask
 from omnitune.text.testing import make_reviews
 from omnitune.vision.classification import ImageClassificationTask

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from omnitune.core.api import build_task, evaluate, train
-from omnitune.core.recipe import validate_recipe
-from omnitune.core.retention import compare, pool, probe_accuracy, retention_md
-from omnitune.core.trainer import evaluate_model
+from omnitune.core.base.recipe import validate_recipe
+from omnitune.core.evaluation.retention import compare, pool, probe_accuracy, retention_md
+from omnitune.core.loop.trainer import evaluate_model
 
 from ..conftest import FILLER, text_recipe
 
@@ -94,7 +94,7 @@ def test_linear_probe_reads_its_own_labels(tmp_path, tiny_bert, reviews_csv):
     from sklearn.preprocessing import StandardScaler
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from omnitune.core.data import stratified_split
+    from omnitune.core.base.data import stratified_split
 
     model = AutoModelForSequenceClassification.from_pretrained(result.run_dir / "model").eval()
     tok = AutoTokenizer.from_pretrained(result.run_dir / "model")

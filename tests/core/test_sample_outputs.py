@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from omnitune.core.api import SAMPLES_BEFORE, train
-from omnitune.core.recipe import validate_recipe
-from omnitune.core.report import samples_md
+from omnitune.core.base.recipe import validate_recipe
+from omnitune.core.evaluation.report import samples_md
 from omnitune.text.classification import TextClassificationTask
 from omnitune.text.testing import tiny_classification_recipe
 
@@ -68,7 +68,7 @@ def test_no_baseline_means_after_only(tmp_path, monkeypatch):
 
 
 def test_resumed_run_keeps_the_starting_models_scores(tmp_path, monkeypatch):
-    from omnitune.core.trainer import Interrupted
+    from omnitune.core.loop.trainer import Interrupted
 
     calls: list[str] = []
     monkeypatch.setattr(TextClassificationTask, "sample_outputs", _hook(calls), raising=False)
@@ -95,7 +95,7 @@ def test_samples_table_by_hand():
 
 def test_hook_leaves_the_random_state_and_falls_back_to_validation(tmp_path):
     from omnitune.core.api import sample_outputs
-    from omnitune.core.task import DataBundle, DataReport
+    from omnitune.core.base.task import DataBundle, DataReport
 
     seen = []
 

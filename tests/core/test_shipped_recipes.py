@@ -16,10 +16,10 @@ import math
 import pytest
 import torch
 
-from omnitune.core import assets
+from omnitune.core.base import assets
 from omnitune.core.api import build_task, evaluate, predict, seed_everything, train
-from omnitune.core.recipe import list_shipped_recipes, load_recipe
-from omnitune.core.registry import TASKS, list_tasks
+from omnitune.core.base.recipe import list_shipped_recipes, load_recipe
+from omnitune.core.base.registry import TASKS, list_tasks
 
 SHIPPED = [name for name, _ in list_shipped_recipes()]
 # Fetched once into the omnitune cache (tens of MB); the others are hundreds of MB or on the Hub.

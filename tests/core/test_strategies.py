@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from omnitune.core.api import train
-from omnitune.core.errors import OmnituneError
-from omnitune.core.recipe import RegularizationConfig
-from omnitune.core.strategies import (GradualUnfreezer, check_groups_cover, frozen_norm_modules,
+from omnitune.core.base.errors import OmnituneError
+from omnitune.core.base.recipe import RegularizationConfig
+from omnitune.core.loop.strategies import (GradualUnfreezer, check_groups_cover, frozen_norm_modules,
                                       frozen_parameter_ids, param_groups, set_dropout)
-from omnitune.core.task import LayerGroup
+from omnitune.core.base.task import LayerGroup
 from omnitune.text.classification import TextClassificationTask, TextDataConfig, TextModelConfig
 
 from ..conftest import text_recipe, write_recipe
@@ -105,7 +105,7 @@ def test_gradual_unfreezing_follows_schedule(task_and_model):
     task, model = task_and_model
     groups = task.layer_groups(model)
     unfreezer = GradualUnfreezer(model, groups, every=2, unit="epoch")
-    from omnitune.core.strategies import apply_trainable
+    from omnitune.core.loop.strategies import apply_trainable
 
     apply_trainable(model, unfreezer.frozen_ids())
 

@@ -7,8 +7,8 @@ import csv
 import pytest
 import yaml
 
-from omnitune.core.errors import RecipeError
-from omnitune.core.suite import load_suite, run_suite, validate_suite
+from omnitune.core.base.errors import RecipeError
+from omnitune.core.studies.suite import load_suite, run_suite, validate_suite
 
 from ..conftest import text_recipe, write_recipe
 

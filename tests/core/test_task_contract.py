@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from omnitune.core import peft as peft_lib
+from omnitune.core.adapters import peft as peft_lib
 from omnitune.core.api import build_peft_model, build_task, load_adapter_model, seed_everything
-from omnitune.core.recipe import validate_recipe
-from omnitune.core.registry import TASKS, list_tasks
-from omnitune.core.strategies import apply_strategy
+from omnitune.core.base.recipe import validate_recipe
+from omnitune.core.base.registry import TASKS, list_tasks
+from omnitune.core.loop.strategies import apply_strategy
 
 TASK_NAMES = list_tasks()
 

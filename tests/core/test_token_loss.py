@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from omnitune.core.api import as_recipe, build_task, seed_everything, train
-from omnitune.core.registry import TASKS, list_tasks
-from omnitune.core.trainer import evaluate_model
+from omnitune.core.base.registry import TASKS, list_tasks
+from omnitune.core.loop.trainer import evaluate_model
 
 
 def _tiny(task_name: str, folder, **overrides):
@@ -26,7 +26,7 @@ def _tiny(task_name: str, folder, **overrides):
 
 
 def _validated(raw):
-    from omnitune.core.recipe import validate_recipe
+    from omnitune.core.base.recipe import validate_recipe
 
     return validate_recipe(raw)
 

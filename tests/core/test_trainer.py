@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from omnitune.core.api import train
-from omnitune.core.errors import TrainingDiverged
-from omnitune.core.trainer import Interrupted
+from omnitune.core.base.errors import TrainingDiverged
+from omnitune.core.loop.trainer import Interrupted
 
 from ..conftest import text_recipe, write_recipe
 
@@ -121,7 +121,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_bert, revi
 
 
 def test_time_budget_plans_fewer_steps_by_hand():
-    from omnitune.core.trainer import TimeBudget
+    from omnitune.core.loop.trainer import TimeBudget
 
     budget = TimeBudget(60.0, measure_steps=10)
     assert budget.measure_at(100) == 10 and budget.measure_at(24) == 6 and budget.measure_at(4) == 2

@@ -6,9 +6,9 @@ import optuna
 import pytest
 
 from omnitune.core.api import tune
-from omnitune.core.errors import RecipeError
-from omnitune.core.recipe import load_recipe
-from omnitune.core.trainer import Interrupted
+from omnitune.core.base.errors import RecipeError
+from omnitune.core.base.recipe import load_recipe
+from omnitune.core.loop.trainer import Interrupted
 
 from ..conftest import text_recipe, write_recipe
 
@@ -103,7 +103,7 @@ def test_trial_of_a_killed_process_is_failed_and_rerun(tmp_path, tiny_bert, revi
     process on the study fails that trial and runs its parameters again."""
     import time
 
-    from omnitune.core.tune import suggest
+    from omnitune.core.studies.tune import suggest
 
     space = {"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}}
     rec = _recipe(tmp_path, tiny_bert, reviews_csv, space, epochs=1, sampler="random", pruner="none",

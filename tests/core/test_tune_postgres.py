@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from omnitune.core.recipe import load_recipe
+from omnitune.core.base.recipe import load_recipe
 
 from ..conftest import text_recipe, write_recipe
 from ..pg import pg_url, postgres_server  # noqa: F401  (fixtures)
@@ -58,7 +58,7 @@ def _trained_lr(trial: optuna.trial.FrozenTrial) -> float:
 # --- The pieces, on one shared storage with a Study object per "process" (no server needed) ---
 
 def _tune_config(sampler: str):
-    from omnitune.core.recipe import TuneConfig
+    from omnitune.core.base.recipe import TuneConfig
 
     return TuneConfig(space=LR, sampler=sampler, n_trials=4)
 
@@ -67,7 +67,7 @@ def _tune_config(sampler: str):
 def test_processes_with_one_seed_sample_different_points(sampler):
     """Two processes built from the same recipe (same seed) must not sample the same values; one
     process alone still gets the same values for the same trial numbers."""
-    from omnitune.core.tune import make_sampler, suggest
+    from omnitune.core.studies.tune import make_sampler, suggest
 
     def lrs(studies, n):
         out = []
@@ -96,7 +96,7 @@ def _holders(storage, n_running: int) -> optuna.Study:
 
 
 def test_budget_counts_the_trials_other_processes_are_running():
-    from omnitune.core.tune import SurplusTrial, TrialBudget
+    from omnitune.core.studies.tune import SurplusTrial, TrialBudget
 
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(study_name="s", storage=storage)
@@ -116,7 +116,7 @@ def test_budget_counts_the_trials_other_processes_are_running():
 
 
 def test_the_loser_of_a_race_for_the_last_place_runs_nothing():
-    from omnitune.core.tune import SURPLUS, SurplusTrial, TrialBudget
+    from omnitune.core.studies.tune import SURPLUS, SurplusTrial, TrialBudget
 
     storage = optuna.storages.InMemoryStorage()
     optuna.create_study(study_name="s", storage=storage)

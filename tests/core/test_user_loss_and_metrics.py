@@ -11,8 +11,8 @@ import textwrap
 import pytest
 
 from omnitune.core.api import train
-from omnitune.core.errors import RecipeError
-from omnitune.core.trainer import Interrupted
+from omnitune.core.base.errors import RecipeError
+from omnitune.core.loop.trainer import Interrupted
 
 from ..conftest import text_recipe, write_recipe
 
@@ -128,7 +128,7 @@ def test_a_metric_without_direction_is_a_recipe_error(tmp_path, tiny_bert, revie
 
 def test_token_nll_selects_the_lowest(tmp_path):
     # Directions come from the registry: a name with no "loss"-like substring is still "min".
-    from omnitune.core.metrics import metric_mode
+    from omnitune.core.base.metrics import metric_mode
 
     assert metric_mode("token_nll") == "min" and metric_mode("bleu") == "max"
     with pytest.raises(RecipeError):

@@ -10,11 +10,11 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from omnitune.core.errors import DataError
-from omnitune.core.recipe import RegularizationConfig
-from omnitune.core.strategies import check_groups_cover
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.recipe import RegularizationConfig
+from omnitune.core.loop.strategies import check_groups_cover
 from omnitune.speech.asr import SpeechDataConfig, SpeechModelConfig, SpeechRecognitionTask
-from omnitune.core.trainer import mean_loss
+from omnitune.core.loop.trainer import mean_loss
 
 from .conftest import tone
 
@@ -176,7 +176,7 @@ def test_hub_audio_dataset_without_ffmpeg(tiny_whisper, tmp_path):
 def test_language_and_task_tokens(tiny_whisper):
     from transformers import GenerationConfig, WhisperProcessor
 
-    from omnitune.core.errors import OmnituneError
+    from omnitune.core.base.errors import OmnituneError
     from omnitune.speech.model import configure_language
 
     tok = WhisperProcessor.from_pretrained(tiny_whisper).tokenizer

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from omnitune.core.api import build_task, cross_validate
-from omnitune.core.cv import write_folds
-from omnitune.core.errors import DataError
-from omnitune.core.recipe import load_recipe
+from omnitune.core.studies.cv import write_folds
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.recipe import load_recipe
 
 
 def _recipe(tmp_path: Path, model: Path, source) -> Path:

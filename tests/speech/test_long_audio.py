@@ -6,7 +6,7 @@ import numpy as np
 import soundfile as sf
 
 from omnitune.core.api import build_task
-from omnitune.core.recipe import validate_recipe
+from omnitune.core.base.recipe import validate_recipe
 from omnitune.speech.audio import chunk_bounds
 from omnitune.speech.testing import tiny_asr_recipe, tone
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from omnitune.core.api import build_task
-from omnitune.core.errors import OmnituneError
-from omnitune.core.recipe import validate_recipe
+from omnitune.core.base.errors import OmnituneError
+from omnitune.core.base.recipe import validate_recipe
 from omnitune.speech.audio import load_clip
 from omnitune.speech.model import RepeatGuard
 from omnitune.speech.testing import make_tiny_whisper, tiny_asr_recipe

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from omnitune.core.api import build_task, train
-from omnitune.core.recipe import validate_recipe
+from omnitune.core.base.recipe import validate_recipe
 from omnitune.speech.augment import NoiseAug, augment_wave, measured_snr_db, noise_segment
 from omnitune.speech.testing import make_audio_folder, tiny_asr_recipe, tone
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def task():
-    from omnitune.core.recipe import RegularizationConfig
+    from omnitune.core.base.recipe import RegularizationConfig
     from omnitune.speech.asr import SpeechDataConfig, SpeechModelConfig, SpeechRecognitionTask
 
     return SpeechRecognitionTask(model=SpeechModelConfig(name="asset:whisper-tiny.en", max_new_tokens=48),
@@ -21,7 +21,7 @@ def task():
 
 
 def test_asterisk_asset_layout():
-    from omnitune.core.assets import resolve
+    from omnitune.core.base.assets import resolve
 
     folder = Path(resolve("asset:asterisk-prompts"))
     assert len(list(folder.rglob("*.wav"))) == 568
@@ -35,7 +35,7 @@ def test_asterisk_asset_layout():
     ("digits/7", "seven"),
 ])
 def test_converted_tiny_en_transcribes_real_clips(task, clip, expected):
-    from omnitune.core.assets import resolve
+    from omnitune.core.base.assets import resolve
 
     model = task.build_model().eval()
     wav = Path(resolve("asset:asterisk-prompts")) / f"{clip}.wav"

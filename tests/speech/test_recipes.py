@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from omnitune.core.recipe import load_recipe
+from omnitune.core.base.recipe import load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes" / "speech").glob("*.yaml"))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 
 from omnitune.core.api import build_task
-from omnitune.core.data import group_split
-from omnitune.core.recipe import validate_recipe
+from omnitune.core.base.data import group_split
+from omnitune.core.base.recipe import validate_recipe
 from omnitune.speech.testing import tiny_asr_recipe
 
 

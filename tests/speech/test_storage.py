@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from omnitune.core.mmap_store import ArrayStore
+from omnitune.core.base.mmap_store import ArrayStore
 
 from ..conftest import write_recipe
 from .conftest import tone

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from omnitune.core.errors import DataError, OmnituneError
+from omnitune.core.base.errors import DataError, OmnituneError
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_checkpoint_trains_saves_front_end_and_predicts(tmp_path, hf_vits):
     from safetensors.torch import load_file
 
     from omnitune.core.api import build_task, predict, train
-    from omnitune.core.recipe import validate_recipe
+    from omnitune.core.base.recipe import validate_recipe
 
     rec = validate_recipe(_raw(tmp_path, hf_vits))
     task = build_task(rec)
@@ -90,7 +90,7 @@ def test_checkpoint_trains_saves_front_end_and_predicts(tmp_path, hf_vits):
 
 def test_phonemizer_field_is_refused_for_a_checkpoint(tmp_path, hf_vits):
     from omnitune.core.api import build_task
-    from omnitune.core.recipe import validate_recipe
+    from omnitune.core.base.recipe import validate_recipe
 
     raw = _raw(tmp_path, hf_vits)
     raw["model"]["phonemizer"] = "characters"

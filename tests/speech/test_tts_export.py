@@ -17,9 +17,9 @@ from torch import nn
 
 from omnitune.core import api
 from omnitune.core.cli import main
-from omnitune.core.errors import OmnituneError
-from omnitune.core.export import export_run, waveform_feeds
-from omnitune.core.onnx_predict import MANIFEST, run_session, session
+from omnitune.core.base.errors import OmnituneError
+from omnitune.core.deploy.export import export_run, waveform_feeds
+from omnitune.core.deploy.onnx_predict import MANIFEST, run_session, session
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -182,7 +182,7 @@ def test_joe_voice_exports_and_matches_pytorch_and_piper(tmp_path):
     matches PyTorch on held-out Allison sentences and Piper's own ONNX file on the same phoneme ids."""
     import yaml
 
-    from omnitune.core.recipe import read_yaml, validate_recipe
+    from omnitune.core.base.recipe import read_yaml, validate_recipe
     from omnitune.core.api import build_task
     from omnitune.speech.vits_piper import run_onnx, voice_files
 

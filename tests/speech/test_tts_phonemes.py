@@ -27,7 +27,7 @@ def test_ids_interleave_pads_between_bos_and_eos():
 
 
 def test_missing_bos_in_the_map_is_an_error():
-    from omnitune.core.errors import OmnituneError
+    from omnitune.core.base.errors import OmnituneError
     from omnitune.speech.phonemes import PhonemeIds
 
     with pytest.raises(OmnituneError, match="'\\^'"):

@@ -114,7 +114,7 @@ def test_mapped_voice_speaks_a_fixed_sentence_whisper_understands(tmp_path):
     import subprocess
     from pathlib import Path
 
-    from omnitune.core.recipe import RegularizationConfig
+    from omnitune.core.base.recipe import RegularizationConfig
     from omnitune.speech.metrics import get_normalizer
     from omnitune.speech.tts import TextToSpeechTask, TTSDataConfig, TTSModelConfig
     from omnitune.speech.tts_metrics import Transcriber

@@ -50,7 +50,7 @@ def test_f0_of_sines_and_their_distance():
 
 def _train(tmp_path, **model):
     from omnitune.core.api import train
-    from omnitune.core.recipe import validate_recipe
+    from omnitune.core.base.recipe import validate_recipe
     from omnitune.speech.testing_tts import tiny_tts_recipe
 
     raw = tiny_tts_recipe(tmp_path / "fixture")

@@ -53,7 +53,7 @@ def test_alignment_scores_are_gaussian_log_likelihoods():
 
 def _tiny_task(folder: Path, **model):
     from omnitune.core.api import build_task
-    from omnitune.core.recipe import validate_recipe
+    from omnitune.core.base.recipe import validate_recipe
     from omnitune.speech.testing_tts import tiny_tts_recipe
 
     raw = tiny_tts_recipe(folder)
@@ -94,8 +94,8 @@ def test_alternating_optimisers_resume_in_process(tmp_path):
     from safetensors.torch import load_file
 
     from omnitune.core.api import train
-    from omnitune.core.recipe import validate_recipe
-    from omnitune.core.trainer import Interrupted
+    from omnitune.core.base.recipe import validate_recipe
+    from omnitune.core.loop.trainer import Interrupted
     from omnitune.speech.testing_tts import tiny_tts_recipe
 
     raw = tiny_tts_recipe(tmp_path / "fixture")
@@ -120,7 +120,7 @@ def test_alternating_optimisers_resume_in_process(tmp_path):
 
 @pytest.mark.slow
 def test_alternating_optimisers_resume_exactly(tmp_path):
-    from omnitune.core.checkpoint import read_state
+    from omnitune.core.loop.checkpoint import read_state
     from omnitune.speech.testing_tts import tiny_tts_recipe
 
     recipe = tiny_tts_recipe(tmp_path / "fixture")

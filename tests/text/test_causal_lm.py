@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from omnitune.core.api import _load_run, build_task, predict, train
-from omnitune.core.recipe import load_recipe, validate_recipe
+from omnitune.core.base.recipe import load_recipe, validate_recipe
 from omnitune.text.testing import make_qa_rows, make_tiny_llama, write_csv
 
 from ..conftest import write_recipe
@@ -90,7 +90,7 @@ def test_lora_lowers_perplexity_and_saves_adapter_only(tmp_path, tiny_llama, qa_
 
 
 def test_layer_groups_keep_tied_head_once(tiny_llama, qa_csv, tmp_path):
-    from omnitune.core.strategies import check_groups_cover
+    from omnitune.core.loop.strategies import check_groups_cover
 
     task = build_task(validate_recipe(lm_recipe(tiny_llama, qa_csv, tmp_path)))
     model = task.build_model()

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import torch
 
-from omnitune.core import assets
+from omnitune.core.base import assets
 from omnitune.core.api import build_task, predict, train
-from omnitune.core.errors import DataError, RecipeError
-from omnitune.core.recipe import validate_recipe
-from omnitune.core.task import DataReport
+from omnitune.core.base.errors import DataError, RecipeError
+from omnitune.core.base.recipe import validate_recipe
+from omnitune.core.base.task import DataReport
 from omnitune.text import chat_data as cd
 from omnitune.text.chat import ChatTask
 from omnitune.text.testing_chat import write_jsonl
@@ -204,7 +204,7 @@ def test_conversations_file_with_json_string_cells(tmp_path, fixture):
                                      {"role": "assistant", "content": "yes"}])}] * 3
     pd.DataFrame(rows).to_csv(path, index=False)
     report = DataReport(source=str(path))
-    from omnitune.core.data import read_table
+    from omnitune.core.base.data import read_table
 
     convs = cd.rows_to_conversations(read_table(path), layout="messages", messages_column="messages",
                                      prompt_template="", response_template="", system_prompt=None, split="train",
@@ -268,7 +268,7 @@ def test_smollm2_commonsenseqa_chat_sft_benchmark(tmp_path):
     (zero-shot) to 0.10, option log-likelihood accuracy from 0.23 to 0.19 (README), so the figures
     are printed, not asserted."""
     from omnitune.core.api import _load_run
-    from omnitune.core import peft as peft_lib
+    from omnitune.core.adapters import peft as peft_lib
     from omnitune.text.mc_eval import mc_accuracy, read_mc_items
 
     result = train("text/smollm2-commonsenseqa-chat-sft", {**BENCH, "output.dir": str(tmp_path)})

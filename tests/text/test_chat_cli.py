@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from omnitune.core.api import predict, train
-from omnitune.core.generation import GenerationConfig
-from omnitune.core.recipe import validate_recipe
+from omnitune.core.base.generation import GenerationConfig
+from omnitune.core.base.recipe import validate_recipe
 from omnitune.text.chat import ChatTask
 from omnitune.text.chat_cli import ChatSession, chat_loop, load_chat_model
 

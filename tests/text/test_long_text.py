@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from omnitune.core.api import build_task, predict, train
-from omnitune.core.recipe import validate_recipe
-from omnitune.core.task import DataReport
-from omnitune.core.tracking import read_events
+from omnitune.core.base.recipe import validate_recipe
+from omnitune.core.base.task import DataReport
+from omnitune.core.loop.tracking import read_events
 from omnitune.text import long_text
 from omnitune.text.testing import FILLER, NEGATIVE, POSITIVE, make_tokenizer_and_model, write_csv
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from omnitune.core.api import as_recipe, build_peft_model, build_task, seed_everything, train
-from omnitune.core.errors import DataError
-from omnitune.core.recipe import validate_recipe
-from omnitune.core.task import DataReport
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.recipe import validate_recipe
+from omnitune.core.base.task import DataReport
 from omnitune.text import preference_data as pdata
 from omnitune.text import preference_losses as L
 from omnitune.text.preference import adapter_layers, adapters_disabled

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from omnitune.core.api import build_task, predict, train
-from omnitune.core.errors import DataError
-from omnitune.core.metrics import compute
-from omnitune.core.recipe import validate_recipe
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.metrics import compute
+from omnitune.core.base.recipe import validate_recipe
 from omnitune.text.quac import read_quac, split_spans
 from omnitune.text.question_answering import best_answers, make_windows, parse_answers
 from omnitune.text.testing_qa import make_qa_tokenizer_and_model, tiny_qa_recipe, write_jsonl
@@ -242,7 +242,7 @@ def test_untrained_head_scores_low_on_the_same_split(qa_folder, tmp_path):
     task = build_task(validate_recipe(raw))
     bundle = task.build_datasets()
     from omnitune.core.api import seed_everything
-    from omnitune.core.trainer import evaluate_model
+    from omnitune.core.loop.trainer import evaluate_model
 
     seed_everything(0)
     metrics = evaluate_model(task, task.build_model(), bundle.test, 8, torch.device("cpu"))[0]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from omnitune.core.api import as_recipe, build_peft_model, build_task, seed_everything, train
-from omnitune.core.errors import RecipeError
-from omnitune.core.recipe import validate_recipe
+from omnitune.core.base.errors import RecipeError
+from omnitune.core.base.recipe import validate_recipe
 from omnitune.text.rl import gold_option_reward
 from omnitune.text.testing_preference import tiny_preference_recipe
 
@@ -98,7 +98,7 @@ def test_gold_option_rule():
 
 def test_rloo_scores_samples_with_a_reward_model_run(tmp_path):
     from omnitune.core.api import _load_run
-    from omnitune.core.peft import task_model
+    from omnitune.core.adapters.peft import task_model
     from omnitune.text.testing_preference import tiny_reward_recipe
 
     rm = train(as_recipe(validate_recipe(tiny_reward_recipe(tmp_path / "fx")),

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from omnitune.core.api import build_task, seed_everything, train
-from omnitune.core.metrics import compute
-from omnitune.core.recipe import validate_recipe
-from omnitune.core.strategies import apply_strategy
+from omnitune.core.base.metrics import compute
+from omnitune.core.base.recipe import validate_recipe
+from omnitune.core.loop.strategies import apply_strategy
 from omnitune.text import ddtp
 from omnitune.text.causal_lm import IGNORE
 from omnitune.text.testing_seq2seq import make_summaries, tiny_seq2seq_recipe, write_jsonl
@@ -176,7 +176,7 @@ def test_encoder_decoder_groups_of_t5_bart_marian(arch):
     from transformers import (BartConfig, BartForConditionalGeneration, MarianConfig, MarianMTModel, T5Config,
                               T5ForConditionalGeneration)
 
-    from omnitune.core.strategies import check_groups_cover
+    from omnitune.core.loop.strategies import check_groups_cover
     from omnitune.text.seq2seq import encoder_decoder_groups, freeze_fixed, shift_right
 
     torch.manual_seed(0)

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from omnitune.core.api import train
-from omnitune.core.data import choose_storage
-from omnitune.core.errors import DataError
-from omnitune.core.recipe import RegularizationConfig
-from omnitune.core.task import DataReport
+from omnitune.core.base.data import choose_storage
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.recipe import RegularizationConfig
+from omnitune.core.base.task import DataReport
 from omnitune.text import data as tdata
 from omnitune.text.classification import TextClassificationTask, TextDataConfig, TextModelConfig
 

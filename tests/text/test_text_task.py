@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from omnitune.core.api import predict, train
-from omnitune.core.recipe import RegularizationConfig
+from omnitune.core.base.recipe import RegularizationConfig
 from omnitune.text.classification import TextClassificationTask, TextDataConfig, TextModelConfig
 
 from ..conftest import FILLER, NEGATIVE, POSITIVE, make_reviews, text_recipe, write_recipe

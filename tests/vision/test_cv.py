@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from omnitune.core.api import build_task, cross_validate
-from omnitune.core.cv import write_folds
-from omnitune.core.errors import DataError
-from omnitune.core.recipe import load_recipe
+from omnitune.core.studies.cv import write_folds
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.recipe import load_recipe
 
 from .conftest import make_idx_folder, make_image_folder
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omnitune.core.errors import DataError
-from omnitune.core.recipe import RegularizationConfig
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.recipe import RegularizationConfig
 from omnitune.vision.classification import ImageClassificationTask, VisionDataConfig, VisionModelConfig
 
 from .conftest import make_image_folder

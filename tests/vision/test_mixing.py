@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from omnitune.core.mixing import mix_batch, smooth_one_hot, soft_target_cross_entropy
+from omnitune.core.loop.mixing import mix_batch, smooth_one_hot, soft_target_cross_entropy
 
 
 def constant_images(values: list[float], size: int = 16) -> torch.Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from omnitune.core.api import evaluate, predict, train
-from omnitune.core.recipe import shipped_recipes_dir
+from omnitune.core.base.recipe import shipped_recipes_dir
 
 
 @pytest.mark.parametrize("method", ["lora", "bottleneck"])

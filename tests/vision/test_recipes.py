@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from omnitune.core.api import train
-from omnitune.core.recipe import load_recipe, shipped_recipes_dir
+from omnitune.core.base.recipe import load_recipe, shipped_recipes_dir
 
 RECIPES = sorted((shipped_recipes_dir() / "vision").glob("*.yaml"))
 

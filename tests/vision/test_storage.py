@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from omnitune.core.errors import DataError
-from omnitune.core.mmap_store import ArrayStore
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.mmap_store import ArrayStore
 from omnitune.vision.data import _ArrayLoader, _StoredFiles
 
 from .conftest import make_idx_folder, make_image_folder

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from omnitune.core.api import build_task, build_trainer
-from omnitune.core.recipe import validate_recipe
+from omnitune.core.base.recipe import validate_recipe
 
 GROUPS = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
 

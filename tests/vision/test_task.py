@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omnitune.core.errors import DataError
-from omnitune.core.recipe import RegularizationConfig
-from omnitune.core.task import Task
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.recipe import RegularizationConfig
+from omnitune.core.base.task import Task
 from omnitune.vision.classification import ImageClassificationTask, VisionDataConfig, VisionModelConfig
-from omnitune.core.trainer import mean_loss
+from omnitune.core.loop.trainer import mean_loss
 
 from .test_data import make_task
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Hashable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 
-from .errors import DataError
+from ..base.errors import DataError
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 

@@ -7,7 +7,7 @@ else ``data.test_source``, else the test table of a source folder, or ``omnitune
 splits its rows into cells by the values of the group columns (sex x race...), writes each cell as
 a table of the same format into a temporary folder, and reads each cell back through the task's own
 ``load_eval_dataset(cell, label_names)``. Each cell is scored by the run's evaluation
-(:func:`omnitune.core.trainer.evaluate_model`), and the metrics of a group value are the task's
+(:func:`omnitune.core.loop.trainer.evaluate_model`), and the metrics of a group value are the task's
 ``compute_metrics`` over the predictions of its cells together; so a group's metrics are exactly
 what ``omnitune eval --data`` would report on that group's rows alone. The task's cleaning applies
 per cell (a row it drops is counted in the merged data report). Columns whose values are relative
@@ -26,10 +26,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import assets
-from .data import SPLIT_ALIASES, read_table, require_columns, table_suffix
-from .errors import DataError, RecipeError
-from .task import DataReport
+from ..base import assets
+from ..base.data import SPLIT_ALIASES, read_table, require_columns, table_suffix
+from ..base.errors import DataError, RecipeError
+from ..base.task import DataReport
 
 MISSING = "(missing)"
 FAIRNESS_RATES = ("selection_rate", "tpr", "fpr")
@@ -170,7 +170,7 @@ def fairness_view(task: Any, cells: dict, columns: Sequence[str], positive: int)
                                    equalized_odds_difference, false_positive_rate, selection_rate,
                                    true_positive_rate)
 
-    from .trainer import metric_inputs
+    from ..loop.trainer import metric_inputs
 
     y_true, y_pred, sensitive = [], [], []
     for key, (_, preds, refs) in cells.items():
@@ -288,7 +288,7 @@ def fairness_png(result: dict[str, Any], path: Path) -> Path | None:
     fair = result.get("fairness")
     if not fair:
         return None
-    from .report import _plt
+    from ..evaluation.report import _plt
 
     plt = _plt()
     cols = list(fair["columns"])

@@ -5,7 +5,7 @@ code: with the model as training starts (the pretrained model, strategy and adap
 any update) and with the best checkpoint after training. The change goes into ``metrics.json``
 (``retention``), the report and the model card. It works for every task through the contract alone:
 the set is read by the task's ``load_eval_dataset(source, label_names)`` and scored by
-:func:`omnitune.core.trainer.evaluate_model`, like ``omnitune eval --data``.
+:func:`omnitune.core.loop.trainer.evaluate_model`, like ``omnitune eval --data``.
 
 Two probes (``eval.retention_mode``):
 
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import RecipeError
+from ..base.errors import RecipeError
 
 BEFORE_FILE = "retention_before.json"
 MODES = ("auto", "metrics", "linear_probe")
@@ -92,7 +92,7 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int) -> dict[
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from .data import stratified_split
+    from ..base.data import stratified_split
 
     rest, held = stratified_split(labels, [0.5], seed)
     if len(set(labels[rest].tolist())) < 2 or len(held) == 0:
@@ -135,7 +135,7 @@ def _gather_rows(feats: np.ndarray, n: int) -> np.ndarray:
     """This process's rows (samples rank, rank+world, ...) -> all n rows in dataset order."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return feats
-    from .trainer import gather_objects
+    from ..loop.trainer import gather_objects
 
     world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
     mine = list(zip(range(rank, n, world), feats))
@@ -194,7 +194,7 @@ class RetentionCheck:
         self.dataset, self.report = self.task.load_eval_dataset(source, labels)
 
     def run(self, trainer: Any) -> dict[str, Any]:
-        from .trainer import evaluate_model
+        from ..loop.trainer import evaluate_model
 
         # evaluate_model puts the model in eval mode; fit() sets its own train mode when it starts.
         model = trainer.accelerator.unwrap_model(trainer.model)

@@ -41,13 +41,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import checkpoint as ckpt
-from .data import BatchOrder
-from .ema import EMA
-from .errors import OmnituneError, RecipeError, TrainingDiverged
-from .strategies import GradualUnfreezer, frozen_norm_modules
-from .task import DataBundle, LayerGroup
-from .tracking import RunLog
+from ..loop import checkpoint as ckpt
+from ..base.data import BatchOrder
+from ..loop.ema import EMA
+from ..base.errors import OmnituneError, RecipeError, TrainingDiverged
+from ..loop.strategies import GradualUnfreezer, frozen_norm_modules
+from ..base.task import DataBundle, LayerGroup
+from ..loop.tracking import RunLog
 
 
 class Interrupted(OmnituneError):

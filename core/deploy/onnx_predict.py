@@ -6,7 +6,7 @@ task's ``forward``, ``predict_batch``, ``compute_metrics`` and ``predict`` run u
 exported graphs: the export report's metrics and ``omnitune predict --onnx`` go through exactly
 the code that evaluates and serves the PyTorch model.
 
->>> from omnitune.core.onnx_predict import predict_onnx  # doctest: +SKIP
+>>> from omnitune.core.deploy.onnx_predict import predict_onnx  # doctest: +SKIP
 >>> predict_onnx("runs/my-run/export-onnx", ["a fine film"])  # doctest: +SKIP
 [{'input': 'a fine film', 'label': 'pos', 'score': 0.93, 'scores': {...}}]
 """
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import OmnituneError
+from ..base.errors import OmnituneError
 
 MANIFEST = "omnitune_export.json"
 RECIPE = "recipe.yaml"
@@ -307,8 +307,8 @@ def load_ort_model(export_dir: str | Path, manifest: dict[str, Any], variant: st
 def load_export(export_dir: str | Path, variant: str = "fp32", adapter: str | None = None):
     """(recipe, task, ORT model) of an export folder alone: the task is rebuilt from the copied
     recipe and restored from the copied tokenizer/processor and labels."""
-    from .api import build_task
-    from .recipe import read_yaml, validate_recipe
+    from ..api import build_task
+    from ..base.recipe import read_yaml, validate_recipe
 
     export_dir = export_folder(export_dir)
     manifest = read_manifest(export_dir)

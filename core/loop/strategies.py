@@ -18,8 +18,8 @@ from typing import Iterable
 
 from torch import nn
 
-from .errors import OmnituneError
-from .task import LayerGroup
+from ..base.errors import OmnituneError
+from ..base.task import LayerGroup
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 

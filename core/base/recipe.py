@@ -18,8 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from .errors import RecipeError
-from .registry import TASKS
+from ..base.errors import RecipeError
+from ..base.registry import TASKS
 
 
 class Section(BaseModel):

@@ -35,8 +35,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import OmnituneError, RecipeError
-from .recipe import BaseRecipe, SearchParam, TuneConfig, apply_overrides, dump_recipe, validate_recipe
+from ..base.errors import OmnituneError, RecipeError
+from ..base.recipe import BaseRecipe, SearchParam, TuneConfig, apply_overrides, dump_recipe, validate_recipe
 
 STUDY_FILE = "study.db"
 INTERRUPTED = "interrupted"  # user attribute set on a trial whose run was interrupted
@@ -237,7 +237,7 @@ def run_study(recipe: BaseRecipe, *, study_dir: Path, storage: str | None, n_tri
     returns a RunResult. ``selection`` is (metric, "max"|"min") from the task."""
     import optuna
 
-    from .trainer import Interrupted
+    from ..loop.trainer import Interrupted
 
     tune = recipe.tune
     metric, mode = selection

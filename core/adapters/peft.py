@@ -27,8 +27,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from . import bottleneck
-from .errors import OmnituneError
+from ..adapters import bottleneck
+from ..base.errors import OmnituneError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

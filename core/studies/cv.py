@@ -30,10 +30,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import assets
-from .data import SPLIT_ALIASES, is_hub, read_table
-from .errors import DataError, OmnituneError
-from .recipe import BaseRecipe
+from ..base import assets
+from ..base.data import SPLIT_ALIASES, is_hub, read_table
+from ..base.errors import DataError, OmnituneError
+from ..base.recipe import BaseRecipe
 
 
 def stratified_folds(labels: list[Any] | None, n_rows: int, k: int, seed: int) -> list[np.ndarray]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .errors import OmnituneError
+from ..base.errors import OmnituneError
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.json"

@@ -143,19 +143,19 @@ def write_report(run_dir: Path, *, recipe_name: str, task: str, model_name: str,
     if extras:
         parts += ["## Error analysis (test split)", "", *[b + "\n" for b in extras]]
     if isinstance(metrics.get("groups"), dict):
-        from .groups import groups_md
+        from ..evaluation.groups import groups_md
 
         chart = "group_rates.png" if (Path(run_dir) / "group_rates.png").is_file() else None
         parts += ["## Metrics by group", "", groups_md(metrics["groups"], chart), ""]
     if isinstance(metrics.get("retention"), dict):
-        from .retention import retention_md
+        from ..evaluation.retention import retention_md
 
         parts += ["## Retention", "", retention_md(metrics["retention"]), ""]
     parts += ["## Data", "", data_report_md(data_report), "",
               "## Timing and throughput", "", "| quantity | value |", "|---|---|"]
     parts += [f"| {k} | {_fmt(v)} |" for k, v in timing.items()]
     if isinstance(metrics.get("diagnosis"), dict):  # the verdict ends every report
-        from .diagnosis import diagnosis_md
+        from ..evaluation.diagnosis import diagnosis_md
 
         parts += ["", "## Diagnosis", "", diagnosis_md(metrics["diagnosis"])]
     path = Path(run_dir) / "report.md"
@@ -181,8 +181,8 @@ def hub_metadata(*, recipe_name: str, task: str, base_model: str, data_source: s
     one ("sentence-transformers/all-MiniLM-L6-v2: ..."), a ``hub:`` dataset its id; local paths none."""
     import re
 
-    from . import assets
-    from .data import is_hub, parse_hub
+    from ..base import assets
+    from ..base.data import is_hub, parse_hub
 
     library = {"image-classification": "timm", "text-to-speech": "omnitune"}.get(task, "transformers")
     meta: dict[str, Any] = {"library_name": library if task in PIPELINE_TAGS else "omnitune",
@@ -246,11 +246,11 @@ def write_model_card(model_dir: Path, *, recipe_name: str, task: str, base_model
              "## Test metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(test.items())]
     if isinstance(metrics.get("groups"), dict):
-        from .groups import groups_md
+        from ..evaluation.groups import groups_md
 
         lines += ["", "## Metrics by group", "", groups_md(metrics["groups"])]
     if isinstance(metrics.get("retention"), dict):
-        from .retention import retention_md
+        from ..evaluation.retention import retention_md
 
         lines += ["", "## Retention", "", retention_md(metrics["retention"])]
     if isinstance(metrics.get("samples"), dict):
@@ -267,7 +267,7 @@ def update_model_card(run_dir: Path) -> Path:
     ``omnitune export`` calls it after writing its report, so the card gains the export table."""
     import yaml
 
-    from .api import MODEL_DIR, RECIPE_FILE, _asset_origin
+    from ..api import MODEL_DIR, RECIPE_FILE, _asset_origin
 
     run_dir = Path(run_dir)
     raw = yaml.safe_load((run_dir / RECIPE_FILE).read_text())

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import OmnituneError
+from ..base.errors import OmnituneError
 
 PEFT_TYPE = "BOTTLENECK"
 CHILD = "omnitune_bottleneck"  # the attribute each adapted layer gets

@@ -10,7 +10,7 @@ A suite is a YAML file::
         recipe: text/minilm-rotten-tomatoes
         overrides: {finetune.peft: {method: lora}, train.lr: 1.0e-3}
 
-Every entry runs in its own Python process (``python -m omnitune.core.suite RUN_SPEC``), so its peak
+Every entry runs in its own Python process (``python -m omnitune.core.studies.suite RUN_SPEC``), so its peak
 memory (max RSS) is its own and one entry's failure does not stop the others. The leaderboard
 (markdown, CSV and a bar chart of each entry's main metric) lists the test metrics, training time,
 samples/s, the trainable parameter share and the peak RSS. Entries whose task is not installed
@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from .errors import OmnituneError, RecipeError
+from ..base.errors import OmnituneError, RecipeError
 
 
 class SuiteEntry(BaseModel):
@@ -67,8 +67,8 @@ def entry_overrides(suite: Suite, entry: SuiteEntry, runs_dir: Path) -> dict[str
 
 def validate_suite(suite: Suite) -> dict[str, str]:
     """entry name -> "ok", "skipped: ..." or the recipe error; runs nothing."""
-    from .api import as_recipe
-    from .registry import TASKS
+    from ..api import as_recipe
+    from ..base.registry import TASKS
 
     status = {}
     for entry in suite.entries:
@@ -88,7 +88,7 @@ def run_entry_in_subprocess(recipe: str, overrides: dict[str, Any], result_file:
     spec = result_file.with_suffix(".spec.json")
     spec.write_text(json.dumps({"recipe": recipe, "overrides": overrides, "result": str(result_file)}))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "omnitune.core.suite", str(spec)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "omnitune.core.studies.suite", str(spec)], capture_output=True, text=True,
                           timeout=timeout_s)
     if proc.returncode != 0 or not result_file.is_file():
         lines = (proc.stderr or proc.stdout).strip().splitlines()
@@ -101,7 +101,7 @@ def run_entry_in_subprocess(recipe: str, overrides: dict[str, Any], result_file:
 
 def _child(spec_file: str) -> None:
     """Runs inside the entry's own process: train, then write the row with this process's peak RSS."""
-    from .api import train
+    from ..api import train
 
     spec = json.loads(Path(spec_file).read_text())
     result = train(spec["recipe"], spec["overrides"])

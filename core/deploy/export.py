@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import OmnituneError
-from .onnx_predict import MANIFEST, RECIPE, CachedDecoder, greedy_decode, run_session, session
+from ..base.errors import OmnituneError
+from ..deploy.onnx_predict import MANIFEST, RECIPE, CachedDecoder, greedy_decode, run_session, session
 
 OPSET = 17  # ORT 1.32 runs it fully; the TorchScript exporter's best-tested opset
 FORMATS = ("onnx",)
@@ -440,7 +440,7 @@ def synthesis_report(module: nn.Module, sessions: dict[str, Any], sizes: dict[st
 
 def write_synthesis_report(out: Path, report: dict[str, Any], manifest: dict[str, Any]) -> None:
     """export_report.json and export_report.md for a waveform (TTS) export."""
-    from .report import write_json
+    from ..evaluation.report import write_json
 
     write_json(out / "export_report.json", {**report, "manifest": manifest})
     lines = [f"# ONNX export of `{manifest['recipe']}` ({manifest['task']})", "",
@@ -570,10 +570,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, fmt: s
                calibration_samples: int = 64, evaluate: bool = True, latency_repeats: int = 10) -> ExportResult:
     """Export a finished run's model to ONNX, check parity, optionally quantise, and write the
     export report. Returns the folder and its manifest; raises OmnituneError on a parity failure."""
-    from . import peft as peft_lib
-    from .api import MODEL_DIR, RECIPE_FILE, _load_run, user_extra_metrics
-    from .report import write_json
-    from .trainer import default_eval_batch_size, evaluate_model
+    from ..adapters import peft as peft_lib
+    from ..api import MODEL_DIR, RECIPE_FILE, _load_run, user_extra_metrics
+    from ..evaluation.report import write_json
+    from ..loop.trainer import default_eval_batch_size, evaluate_model
 
     if fmt not in FORMATS:
         raise OmnituneError(f"omnitune export: --format {fmt!r} is not supported (formats: {', '.join(FORMATS)})")
@@ -582,7 +582,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, fmt: s
     run_dir = Path(run_dir)
     if not (run_dir / RECIPE_FILE).is_file():
         raise OmnituneError(f"{run_dir}: not a run folder (no {RECIPE_FILE})")
-    from .recipe import read_yaml
+    from ..base.recipe import read_yaml
 
     spec = export_spec(read_yaml(run_dir / RECIPE_FILE).get("task", ""))  # fails before any model loads
     if quantize == "int8" and spec.int8 == "none":
@@ -678,7 +678,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, fmt: s
         split = "test" if bundle.test is not None else "validation"
         batch_size = default_eval_batch_size(rec.train.batch_size, rec.train.eval_batch_size)
         extra = user_extra_metrics(rec)
-        from .onnx_predict import load_ort_model
+        from ..deploy.onnx_predict import load_ort_model
 
         candidates: list[tuple[str, Any, int]] = [("pytorch", model, _model_bytes(model))]
         for variant, names in files.items():
@@ -699,7 +699,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, *, fmt: s
                          "rows": rows, "parity": manifest["parity"]}
         write_export_report(out, result.report, manifest)
         if out.resolve().parent == run_dir.resolve() and (run_dir / "metrics.json").is_file():
-            from .report import update_model_card
+            from ..evaluation.report import update_model_card
 
             update_model_card(run_dir)  # the run's model card gains the export table
     return result
@@ -713,7 +713,7 @@ def write_export_report(out: Path, report: dict[str, Any], manifest: dict[str, A
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import write_json
+    from ..evaluation.report import write_json
 
     write_json(out / "export_report.json", {**report, "manifest": manifest})
     metric, split = report["main_metric"], report["split"]
@@ -800,10 +800,10 @@ def export_adapters(source: str | Path, out_dir: str | Path | None = None, *, op
     import onnxruntime
     from safetensors.numpy import save_file
 
-    from . import peft as peft_lib
-    from .api import MODEL_DIR, RECIPE_FILE, _load_run
-    from .recipe import read_yaml
-    from .report import write_json
+    from ..adapters import peft as peft_lib
+    from ..api import MODEL_DIR, RECIPE_FILE, _load_run
+    from ..base.recipe import read_yaml
+    from ..evaluation.report import write_json
 
     source = Path(source)
     if not (source / RECIPE_FILE).is_file():
@@ -863,7 +863,7 @@ def export_adapters(source: str | Path, out_dir: str | Path | None = None, *, op
         "tolerance": {"atol": atol, "min_agreement": min_agreement}, "parity": {}}
     batches = _first_batches(task, bundle.validation, parity_samples, 8)
     failures = []
-    from .onnx_predict import adapter_session
+    from ..deploy.onnx_predict import adapter_session
 
     for name in names:
         peft_lib.switch_adapter(model, name)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
-from .recipe import Section
+from ..base.recipe import Section
 
 
 class GenerationConfig(Section):

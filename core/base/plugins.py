@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-from .errors import RecipeError
+from ..base.errors import RecipeError
 
 
 def _import_module(module: str):

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any, Literal
 
-from ..errors import RecipeError
-from ..plugins import import_object
-from ..registry import Registry
+from ..base.errors import RecipeError
+from ..base.plugins import import_object
+from ..base.registry import Registry
 
 Direction = Literal["max", "min"]
 _DIRECTIONS = ("max", "min")

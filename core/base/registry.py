@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, TypeVar
 
-from .errors import OmnituneError
+from ..base.errors import OmnituneError
 
 T = TypeVar("T")
 

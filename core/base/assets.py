@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import AssetError
-from .registry import Registry
+from ..base.errors import AssetError
+from ..base.registry import Registry
 
 ASSET_PREFIX = "asset:"
 

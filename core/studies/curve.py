@@ -35,8 +35,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import DataError, OmnituneError
-from .recipe import BaseRecipe
+from ..base.errors import DataError, OmnituneError
+from ..base.recipe import BaseRecipe
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "pretrained": {},
@@ -97,7 +97,7 @@ def nested_subsets(labels: Sequence[Any] | None, n: int, sizes: Sequence[int], s
 # ----------------------------------------------------------------------------- data
 def _rows(recipe: BaseRecipe, task):
     """The recipe's rows (as cross-validation reads them) and the column to stratify by."""
-    from .cv import _table_rows
+    from ..studies.cv import _table_rows
 
     hook = getattr(task, "cv_rows", None)
     frame, stratify = hook() if hook is not None else _table_rows(recipe)
@@ -116,7 +116,7 @@ def _rows(recipe: BaseRecipe, task):
 
 def write_curve_data(recipe: BaseRecipe, task, sizes: Sequence[int], repeats: int, out: Path) -> dict[str, Any]:
     """Write validation.csv, test.csv (fixed) and r{r}/n{size}.csv subsets; returns what the runs need."""
-    from .data import stratified_split
+    from ..base.data import stratified_split
 
     frame, stratify = _rows(recipe, task)
     labels = frame[stratify].tolist() if stratify else ["_"] * len(frame)
@@ -184,7 +184,7 @@ def crossovers(summary: dict, mode: str) -> dict[str, Any]:
 
 
 def curve_png(summary: dict, metric: str, path: Path, title: str) -> Path:
-    from .report import _plt
+    from ..evaluation.report import _plt
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))

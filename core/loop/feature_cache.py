@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .task import DataBundle, LayerGroup
+from ..base.task import DataBundle, LayerGroup
 
 CACHED = "cached_features"  # marks a batch collated from the cache
 # Above this many bytes the features go to a memory-mapped file instead of RAM.

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Iterator, Protocol, Sequence, runtime_checkabl
 import torch
 from torch import nn
 
-from .recipe import DataConfig, ModelConfig, RegularizationConfig
+from ..base.recipe import DataConfig, ModelConfig, RegularizationConfig
 
 
 @dataclass
