@@ -96,7 +96,10 @@ class DataBundle:
 
 @runtime_checkable
 class Task(Protocol):
-    """The contract. See text/classification.py for a complete implementation."""
+    """The required contract. See text/classification.py for a complete implementation.
+
+    Everything else a task may do is one of the small optional protocols below; the core checks them
+    with ``isinstance(task, Protocol)`` and never looks a method up by name."""
 
     name: ClassVar[str]
     ModelConfig: ClassVar[type[ModelConfig]]
@@ -107,10 +110,6 @@ class Task(Protocol):
     # The class names the model's head is sized for (None for tasks without a label set): declared,
     # restored from a saved model, or resolved from the training data by resolve_labels().
     label_names: list[str] | None
-
-    # Optional: a subclass of core.recipe.FinetuneConfig adding the task's training-objective fields
-    # (e.g. ``objective: dpo``, ``beta``); a task that declares one is also built with ``finetune=``.
-    # FinetuneConfig: ClassVar[type[FinetuneConfig]]
 
     def __init__(
         self, *, model: ModelConfig, data: DataConfig, regularization: RegularizationConfig, seed: int
@@ -158,12 +157,6 @@ class Task(Protocol):
     def compute_metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         """Metrics over a whole split; must contain main_metric."""
 
-    def report_extras(
-        self, out_dir: Path, split: str, predictions: list[Any], references: list[Any], dataset: Any
-    ) -> list[str]:
-        """Write task-specific plots/tables (confusion matrix, error analysis) into out_dir and
-        return markdown blocks for the run report."""
-
     def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
         """Save the model in Hugging Face layout, with its tokenizer/processor and label names. A PEFT
         wrapper (it has ``peft_config``) saves adapter-only files through its ``save_pretrained``."""
@@ -174,56 +167,134 @@ class Task(Protocol):
     def predict(self, model: nn.Module, inputs: list[str]) -> list[dict[str, Any]]:
         """Predictions for raw user inputs (texts, file paths), one dict each."""
 
-    # Optional, for the contract tests (tests/core/test_task_contract.py) and the tiny run of every
-    # shipped recipe (tests/core/test_shipped_recipes.py):
-    # @classmethod
-    # def tiny_recipe(cls, folder: Path, like: BaseRecipe | None = None) -> dict:
-    #     """A raw recipe for a tiny model built from a config and tiny generated data, written
-    #     into ``folder``; nothing downloaded. With ``like`` (a shipped recipe of this task), a
-    #     tiny model and data of the same kind, so that recipe's other settings apply unchanged."""
-    # @classmethod
-    # def tiny_inputs(cls, folder: Path) -> list[str]:
-    #     """Raw inputs (texts, file paths) for predict() on the tiny recipe's model."""
 
-    # Optional, for tasks that train with several optimisers (a GAN's discriminator and generator):
-    # def optimizer_parts(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    #     """Every trained parameter in exactly one part, in step order (e.g. discriminator, then
-    #     generator). The trainer gives each part its own copy of the recipe's optimiser and schedule,
-    #     runs ``forward(model, batch, train=True, part=name)`` for each part in turn within one
-    #     optimiser step (the parts see the same batch dict: a part may leave tensors in it for the
-    #     next), and checkpoints every part's state. Evaluation calls forward without ``part``."""
+# ---- optional capabilities --------------------------------------------------------------------
+# Each is a protocol a task class may satisfy; the core asks ``isinstance(task, X)``. Results travel
+# as return values: the core never reads an attribute that a task set on itself as a side effect.
 
-    # Optional, for the frozen-trunk feature cache (core/feature_cache.py, train.cache_features): with
-    # the bottom ``depth`` layer groups frozen, their outputs are computed once per sample and the
-    # rest trains from them. A task without these methods is simply never cached.
-    # def frozen_features(self, model: nn.Module, batch: dict, depth: int) -> dict[str, torch.Tensor] | None:
-    #     """For a collated batch (model in eval mode, no grad): the outputs of the first ``depth``
-    #     groups plus whatever forward_features needs (labels, sample indices), each with the batch on
-    #     dim 0 and the same shape for every sample. None when the model cannot be split there."""
-    # def forward_features(self, model: nn.Module, batch: dict, depth: int, train: bool) -> dict:
-    #     """What ``forward`` returns, from a batch of stacked frozen_features values; the same loss
-    #     and, in train mode, the same random draws (dropout) as forward above the split."""
-    # def feature_cache_train_set(self, bundle: DataBundle) -> tuple[torch.utils.data.Dataset, list[str]]:
-    #     """The training set without input randomness (augmentation, mixing), and a line for each
-    #     thing that turned off ([] when there was none: then the cache needs no cache_features: true)."""
 
-    # Optional, for tasks whose outputs are judged as samples (synthesised speech, generated images):
-    # the run shows a few of them from the starting model and from the trained one.
-    # def sample_outputs(self, model: nn.Module, dataset: Any, out_dir: Path, stage: str) -> dict[str, float]:
-    #     """Write what ``model`` makes of a few held-out samples of ``dataset`` (the test split, else
-    #     validation) under ``out_dir`` (the run folder), named by ``stage``, and return their scores
-    #     ({} when there is nothing to show).
-    #     The core calls it on the main process, RNG-neutral, with the starting model (stage "before",
-    #     when eval.baseline is on, before the first update; kept in the run folder, so a resumed run
-    #     does not score again) and with the final model (stage "after", before report_extras, which
-    #     may link the files). The scores go in metrics.json as ``samples: {"before": .., "after": ..}``
-    #     and in report.md as a before/after table."""
+@runtime_checkable
+class HasObjective(Protocol):
+    """A task with its own training-objective fields (``objective: dpo``, ``beta``): a subclass of
+    core.base.recipe.FinetuneConfig; the task is then also built with ``finetune=``."""
 
-    # Optional, for user metrics (eval.extra_metrics); without it they get what predict_batch returned:
-    # def metric_inputs(self, predictions: list, references: list) -> tuple[list, list]:
-    #     """Predictions and references as plain values (e.g. label indices)."""
+    FinetuneConfig: ClassVar[type]
 
-    # Optional, for tasks whose data are files rather than table rows (core/cv.py):
-    # def cv_rows(self) -> tuple[pandas.DataFrame, str | None]:
-    #     """The source as manifest rows this task reads back from a CSV (absolute paths + label or
-    #     transcript column), and the column to stratify folds by (None: unstratified)."""
+
+@runtime_checkable
+class ReportsExtras(Protocol):
+    def report_extras(
+        self, out_dir: Path, split: str, predictions: list[Any], references: list[Any], dataset: Any
+    ) -> list[str]:
+        """Write task-specific plots/tables (confusion matrix, error analysis) into out_dir and
+        return markdown blocks for the run report."""
+
+
+@runtime_checkable
+class ExtraEvaluation(Protocol):
+    def extra_evaluations(self, model: nn.Module, out_dir: Path) -> tuple[dict[str, Any], list[str]]:
+        """Score evaluation sets beyond validation/test (ASR: codec and noise conditions) with the
+        trained ``model``, after the final evaluation, on the main process. Returns the results
+        (metrics.json ``eval_sets``) and markdown blocks for report.md."""
+
+
+@runtime_checkable
+class SampleOutputs(Protocol):
+    """For tasks whose outputs are judged as samples (synthesised speech, generated images)."""
+
+    def sample_outputs(self, model: nn.Module, dataset: Any, out_dir: Path, stage: str) -> dict[str, float]:
+        """Write what ``model`` makes of a few held-out samples of ``dataset`` (the test split, else
+        validation) under ``out_dir`` (the run folder), named by ``stage``, and return their scores
+        ({} when there is nothing to show). Called on the main process, RNG-neutral, with the starting
+        model (stage "before", with eval.baseline, before the first update; kept in the run folder so a
+        resumed run does not score again) and the final model (stage "after", before report_extras).
+        The scores go in metrics.json as ``samples: {"before": .., "after": ..}`` and in report.md."""
+
+
+@runtime_checkable
+class MetricInputs(Protocol):
+    """For user metrics (eval.extra_metrics); without it they get what predict_batch returned."""
+
+    def metric_inputs(self, predictions: list, references: list) -> tuple[list, list]:
+        """Predictions and references as plain values (e.g. label indices)."""
+
+
+@runtime_checkable
+class CrossValidatable(Protocol):
+    """For tasks whose data are files rather than table rows (core/studies/cv.py, curve.py)."""
+
+    def cv_rows(self) -> tuple[Any, str | None]:
+        """The source as manifest rows (a pandas DataFrame) this task reads back from a CSV (absolute
+        paths + label or transcript column), and the column to stratify folds by (None: unstratified)."""
+
+
+@runtime_checkable
+class MultiOptimizer(Protocol):
+    """For tasks that train with several optimisers (a GAN's discriminator and generator)."""
+
+    def optimizer_parts(self, model: nn.Module) -> dict[str, list[nn.Parameter]]:
+        """Every trained parameter in exactly one part, in step order (e.g. discriminator, then
+        generator). The trainer gives each part its own copy of the recipe's optimiser and schedule,
+        runs ``forward(model, batch, train=True, part=name)`` for each part in turn within one
+        optimiser step (the parts see the same batch dict: a part may leave tensors in it for the
+        next), and checkpoints every part's state. Evaluation calls forward without ``part``."""
+
+
+@runtime_checkable
+class InnerLoop(Protocol):
+    """For tasks that take several optimiser steps on one batch of generated samples (PPO)."""
+
+    def inner_batches(self, model: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Turn one collated batch into the batches of the inner optimiser steps (PPO: roll out and
+        score once, without gradients, then ``epochs x minibatches`` batches). The trainer runs
+        ``forward`` + backward + an optimiser step on each, in order, and counts them as steps."""
+
+
+@runtime_checkable
+class FeatureCacheable(Protocol):
+    """For the frozen-trunk feature cache (core/loop/feature_cache.py, train.cache_features): with the
+    bottom ``depth`` layer groups frozen, their outputs are computed once per sample and the rest
+    trains from them. A task without these methods is simply never cached."""
+
+    def frozen_features(self, model: nn.Module, batch: dict, depth: int) -> dict[str, torch.Tensor] | None:
+        """For a collated batch (model in eval mode, no grad): the outputs of the first ``depth``
+        groups plus whatever forward_features needs (labels, sample indices), each with the batch on
+        dim 0 and the same shape for every sample. None when the model cannot be split there."""
+
+    def forward_features(self, model: nn.Module, batch: dict, depth: int, train: bool) -> dict:
+        """What ``forward`` returns, from a batch of stacked frozen_features values; the same loss
+        and, in train mode, the same random draws (dropout) as forward above the split."""
+
+
+@runtime_checkable
+class FeatureCacheTrainSet(Protocol):
+    def feature_cache_train_set(self, bundle: DataBundle) -> tuple[torch.utils.data.Dataset, list[str]]:
+        """The training set without input randomness (augmentation, mixing), and a line for each thing
+        that turned off ([] when there was none: then the cache needs no cache_features: true)."""
+
+
+# ---- what a task declares about itself (export, model card, chat, metrics) -----------------------
+
+
+@runtime_checkable
+class Exportable(Protocol):
+    """A task that can be exported to ONNX (core/deploy): it says which graphs, how they run and how
+    their outputs are checked against the PyTorch model."""
+
+    def export_spec(self) -> Any:
+        """An ``ExportSpec`` (core/base/exporting.py) describing the graphs to export."""
+
+
+@runtime_checkable
+class ModelCardInfo(Protocol):
+    """The Hugging Face model-card metadata for this task's models."""
+
+    pipeline_tag: ClassVar[str]  # e.g. "text-classification", "automatic-speech-recognition"
+    card_library: ClassVar[str]  # the library that loads the saved model: "transformers", "timm", ...
+
+
+@runtime_checkable
+class DeclaresMetrics(Protocol):
+    """Metrics this task computes that the core's registry does not already know, with directions."""
+
+    metric_definitions: ClassVar[tuple[Any, ...]]  # core.base.metrics.Metric objects
