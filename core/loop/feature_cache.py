@@ -13,10 +13,11 @@ equal an uncached run's up to float rounding), ``true`` also caches when it does
 randomness off (the trunk runs in eval mode, the training images get the evaluation transform) and
 saying so in the run log and ``metrics.json``, ``false`` never caches.
 
-The task opts in through two optional contract methods (core/task.py): ``frozen_features`` (the
-outputs of the first ``depth`` groups for a collated batch, plus what the loss needs) and
-``forward_features`` (the task's ``forward`` from those), and optionally
-``feature_cache_train_set`` (the training set without input randomness, and what was turned off).
+The task opts in by satisfying :class:`~omnitune.core.base.task.FeatureCacheable`: ``frozen_features``
+(the outputs of the first ``depth`` groups for a collated batch, plus what the loss needs),
+``forward_features`` (the task's ``forward`` from those) and ``feature_cache_eval`` (whether the
+validation set is cached too), and optionally :class:`~omnitune.core.base.task.FeatureCacheTrainSet`
+(the training set without input randomness, and what was turned off).
 
 The cache is wired in after the trainer is built (:func:`maybe_cache_features`): the trainer's task
 becomes a :class:`FeatureCacheTask` that runs cached batches through ``forward_features`` and any
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..base.task import DataBundle, LayerGroup
+from ..base.task import DataBundle, FeatureCacheable, FeatureCacheTrainSet, InnerLoop, LayerGroup, MetricInputs
 
 CACHED = "cached_features"  # marks a batch collated from the cache
 # Above this many bytes the features go to a memory-mapped file instead of RAM.
@@ -131,6 +132,12 @@ class FeatureCacheTask:
             return self.task.forward_features(model, batch, self.depth, train)
         return self.task.forward(model, batch, train=train, **kw)
 
+    def metric_inputs(self, predictions: list, references: list) -> tuple[list, list]:
+        # Spelt out, not left to __getattr__: evaluation asks isinstance(task, MetricInputs).
+        if isinstance(self.task, MetricInputs):
+            return self.task.metric_inputs(predictions, references)
+        return predictions, references
+
 
 # ----------------------------------------------------------------------------------- planning
 def frozen_depth(groups: list[LayerGroup]) -> int:
@@ -172,8 +179,10 @@ def plan(rec: Any, task: Any, trainer: Any) -> tuple[int, list[str], str | None]
         return 0, [], f"strategy {ft.strategy!r} trains the bottom layers"
     if ft.peft is not None:
         return 0, [], "adapters train inside the frozen layers"
-    if not (hasattr(task, "frozen_features") and hasattr(task, "forward_features")):
-        return 0, [], f"task {task.name} does not implement frozen_features/forward_features"
+    if not isinstance(task, FeatureCacheable):
+        return 0, [], f"task {task.name} does not implement FeatureCacheable (frozen_features/forward_features)"
+    if isinstance(task, InnerLoop):
+        return 0, [], f"task {task.name} makes its training batches in an inner loop"
     if trainer.world > 1:
         return 0, [], "several processes (the cache is per process; not implemented)"
     if trainer.loss_fn is not None:
@@ -183,7 +192,7 @@ def plan(rec: Any, task: Any, trainer: Any) -> tuple[int, list[str], str | None]
         return 0, [], "the bottom layer group trains"
     trainer._train_mode()
     turned_off = trunk_randomness(trainer.groups, depth)
-    if hasattr(task, "feature_cache_train_set"):
+    if isinstance(task, FeatureCacheTrainSet):
         turned_off += task.feature_cache_train_set(trainer.bundle)[1]
     if turned_off and mode == "auto":
         return depth, turned_off, ("random before the first trained group: " + "; ".join(turned_off)
@@ -223,14 +232,14 @@ def maybe_cache_features(rec: Any, task: Any, trainer: Any, max_ram_bytes: int =
     note: dict[str, Any] = {"enabled": False, "setting": rec.train.cache_features}
     if reason is None:
         t0 = time.perf_counter()
-        train_set = task.feature_cache_train_set(trainer.bundle)[0] if hasattr(task, "feature_cache_train_set") \
+        train_set = task.feature_cache_train_set(trainer.bundle)[0] if isinstance(task, FeatureCacheTrainSet) \
             else trainer.bundle.train
         model, device = trainer._unwrapped, trainer.accelerator.device
         batch = trainer.cfg.eval_batch
         train_store = extract(task, model, train_set, depth, batch, device, trainer.accelerator.autocast,
                               max_ram_bytes)
         # A task whose evaluation needs more than the cached values (texts to decode) opts out.
-        cache_eval = getattr(task, "feature_cache_eval", True)
+        cache_eval = task.feature_cache_eval
         val_store = None if train_store is None or not cache_eval else extract(
             task, model, trainer.bundle.validation, depth, batch, device, trainer.accelerator.autocast, max_ram_bytes)
         trainer._train_mode()

@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
+
+from ..base.errors import OmnituneError
 
 
 def build_optimizer(
@@ -102,3 +105,38 @@ class LRSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         self.plateau_scale, self._best, self._bad = state["plateau_scale"], state["best"], state["bad"]
+
+
+# ---- several optimisers, resumed state ------------------------------------------------------
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded optimiser state the memory layout of its parameter. ``load_state_dict`` returns
+    contiguous tensors; a channels-last parameter's moments must be channels-last too, since fused
+    and foreach kernels walk parameter and state in memory order."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
+def split_optimizer(optimizer: torch.optim.Optimizer, parts: dict[str, list[nn.Parameter]]
+                    ) -> dict[str, torch.optim.Optimizer]:
+    """One optimiser per part, of ``optimizer``'s kind and settings, each over the part's share of
+    every parameter group (LR scales, weight decay kept). A part with nothing to train is left out."""
+    owner: dict[int, str] = {}
+    for name, params in parts.items():
+        for p in params:
+            if owner.setdefault(id(p), name) != name:
+                raise OmnituneError(f"optimizer_parts: a parameter is in parts {owner[id(p)]!r} and {name!r}")
+    stray = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in owner)
+    if stray:
+        raise OmnituneError(f"optimizer_parts: {stray} trained parameters are in no part")
+    out = {}
+    for name in parts:
+        groups = [{**{k: v for k, v in g.items() if k != "params"},
+                   "params": [p for p in g["params"] if owner[id(p)] == name]} for g in optimizer.param_groups]
+        groups = [g for g in groups if g["params"]]
+        if groups:  # each group already carries every hyper-parameter of the recipe's optimiser
+            out[name] = type(optimizer)(groups)
+            out[name].defaults = dict(optimizer.defaults)
+    return out

@@ -24,6 +24,16 @@ generator) gets one optimiser per part, each a copy of the recipe's optimiser ov
 of the parameter groups, with its own schedule. One optimiser step then runs the parts in order over
 the step's micro-batches (``task.forward(..., part=name)``), each followed by its own normalise,
 clip and update; checkpoints hold every part's optimiser and schedule.
+
+Inner loop. An :class:`~omnitune.core.base.task.InnerLoop` task (PPO) turns each collated batch into
+``inner_steps_per_batch`` batches (``inner_batches(model, batch)``), and each is one optimiser step:
+forward, backward, normalise, clip, update, schedule, EMA, unfreezing, logging, callbacks. Step counts
+(schedule, max_steps, time budget, eval_every) are in these steps, taken in whole batches; evaluation,
+checkpoints and stopping happen at a batch's end only, so a resume starts at a batch and draws the
+same inner batches again. No gradient accumulation (``train.grad_accum`` must be 1), one process.
+
+The loop's parts live beside it: state.py (settings, checkpointed state), hooks.py, budget.py,
+evaluate.py, optim.py (several optimisers), user_loss.py; their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,192 +51,25 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..loop import checkpoint as ckpt
 from ..base.data import BatchOrder
-from ..loop.ema import EMA
 from ..base.errors import OmnituneError, RecipeError, TrainingDiverged
+from ..base.task import DataBundle, InnerLoop, LayerGroup, MultiOptimizer
+from ..loop import checkpoint as ckpt
+from ..loop.budget import TimeBudget
+from ..loop.ema import EMA
+from ..loop.evaluate import default_eval_batch_size, evaluate_model, gather_objects, mean_loss, metric_inputs
+from ..loop.hooks import Checkpointer, EarlyStopping, TrainLog, better
+from ..loop.optim import match_param_layout, split_optimizer
+from ..loop.state import Interrupted, LoopSettings, TrainerState, resolve_precision
 from ..loop.strategies import GradualUnfreezer, frozen_norm_modules
-from ..base.task import DataBundle, LayerGroup
 from ..loop.tracking import RunLog
+from ..loop.user_loss import batch_size, user_loss
 
-
-class Interrupted(OmnituneError):
-    """Training was stopped by Ctrl-C / SIGTERM (after saving a checkpoint, when checkpoints are on)."""
-
-    def __init__(self, run_dir: Path, saved: bool = True) -> None:
-        if saved:
-            message = f"interrupted; checkpoint saved. Resume with: omnitune train --resume {run_dir}"
-        else:
-            message = ("interrupted; train.save_checkpoints is false, so nothing was kept to resume from: "
-                       "this run cannot be resumed")
-        super().__init__(message)
-        self.run_dir, self.saved = run_dir, saved
-
-
-@dataclass
-class LoopSettings:
-    """What the loop needs of the recipe's ``train`` section (see core/recipe.py for each field)."""
-
-    epochs: int
-    batch_size: int
-    max_steps: int | None = None
-    eval_batch_size: int | None = None
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
-    precision: str = "auto"
-    eval_every: int | None = None
-    log_every: int = 10
-    group_by_length: bool = True
-    num_workers: int = 0
-    save_checkpoints: bool = True
-    time_budget: float | None = None  # seconds of optimiser steps (TimeBudget)
-
-    @property
-    def eval_batch(self) -> int:
-        return default_eval_batch_size(self.batch_size, self.eval_batch_size)
-
-
-def default_eval_batch_size(batch_size: int, eval_batch_size: int | None) -> int:
-    """One rule for training-time and ``omnitune eval`` evaluation: eval_batch_size, else 2 x batch."""
-    return eval_batch_size or batch_size * 2
-
-
-@dataclass
-class TrainerState:
-    epoch: int = 0
-    micro_in_epoch: int = 0  # micro-batches (of this process) of `epoch` consumed at the last update
-    step: int = 0  # optimiser updates done
-    samples_seen: int = 0  # over all processes
-    train_seconds: float = 0.0
-    best_metric: float | None = None
-    best_step: int | None = None
-    finished: bool = False
-    stop_reason: str = ""
-    unfreezer: dict | None = None
-    early_stopping: dict | None = None
-    baseline: dict | None = None
-    history: list[dict] = field(default_factory=list)
-    planned_steps: int | None = None  # the steps a time budget chose (kept on resume)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto -> bf16 where the hardware has a fast bf16 path, else fp32 ("no")."""
-    if precision == "fp32":
-        return "no"
-    if device.type == "cpu" and precision == "fp16":
-        raise RecipeError("train.precision: fp16 needs a CUDA GPU; use bf16 or auto on a CPU")
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
-    return precision
-
-
-def better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
-    if best is None:
-        return True
-    return value > best + min_delta if mode == "max" else value < best - min_delta
-
-
-# ---------------------------------------------------------------------------------------- hooks
-class EarlyStopping:
-    """Stop after ``patience`` evaluations without an improvement of ``metric`` by ``min_delta``."""
-
-    def __init__(self, metric: str, mode: str, patience: int, min_delta: float = 0.0) -> None:
-        self.metric, self.mode, self.patience, self.min_delta = metric, mode, patience, min_delta
-        self.best: float | None = None
-        self.bad = 0
-
-    def update(self, metrics: dict[str, float], task_name: str) -> bool:
-        """Record one evaluation; True when training should stop."""
-        if self.metric not in metrics:
-            raise RecipeError(f"early_stopping.metric: {self.metric!r} is not a metric of task {task_name} "
-                              f"(known: {', '.join(sorted(metrics))})")
-        if better(metrics[self.metric], self.best, self.mode, self.min_delta):
-            self.best, self.bad = metrics[self.metric], 0
-        else:
-            self.bad += 1
-        return self.bad >= self.patience
-
-    def state_dict(self) -> dict:
-        return {"best": self.best, "bad": self.bad}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.bad = state["best"], state["bad"]
-
-
-class TrainLog:
-    """Averages the training loss over a window of steps and writes it every ``every`` steps."""
-
-    def __init__(self, log: RunLog, every: int) -> None:
-        self.log, self.every = log, every
-        self._reset()
-
-    def _reset(self) -> None:
-        self.loss_sum, self.items, self.samples, self.t0 = 0.0, 0.0, 0, time.perf_counter()
-
-    def add(self, loss_sum: float, items: float, samples: int) -> None:
-        self.loss_sum, self.items, self.samples = self.loss_sum + loss_sum, self.items + items, self.samples + samples
-
-    def maybe_write(self, step: int, epoch: int, lr: float, last: bool) -> dict | None:
-        if step % self.every and not last:
-            return None
-        elapsed = time.perf_counter() - self.t0
-        logged = {"loss": self.loss_sum / max(self.items, 1e-12), "lr": lr,
-                  "samples_per_s": self.samples / max(elapsed, 1e-9), "epoch": epoch}
-        self.log.event("train", step=step, **logged)
-        self.log.scalars("train", logged, step)
-        self._reset()
-        return logged
-
-
-class TimeBudget:
-    """``train.time_budget_minutes``: once, after a representative stretch of steps, the number of
-    steps that fits in ``seconds`` of training at the speed seen. The stretch is one length group of
-    the sampler (``measure_steps``, its longest batches come first) or a quarter of a shorter plan;
-    the first step (warm-up: allocation, kernel selection) is left out of the speed."""
-
-    def __init__(self, seconds: float, measure_steps: int = 50) -> None:
-        self.seconds, self.measure_steps = seconds, measure_steps
-        self.first_step_seconds: float | None = None
-        self.per_step: float | None = None  # the speed the decision used
-
-    def measure_at(self, planned: int) -> int:
-        return max(2, min(self.measure_steps, planned // 4))
-
-    def steps(self, done: int, seconds_so_far: float, planned: int) -> int | None:
-        """None when the plan fits (or it is not the step to decide)."""
-        if done != self.measure_at(planned) or done >= planned:
-            return None
-        if self.first_step_seconds is not None:
-            per_step = (seconds_so_far - self.first_step_seconds) / (done - 1)
-        else:  # resumed between the first step and this one
-            per_step = seconds_so_far / done
-        self.per_step = per_step
-        affordable = int(self.seconds / per_step) if per_step > 0 else planned
-        return max(affordable, done + 1) if affordable < planned else None
-
-
-class Checkpointer:
-    """Atomic checkpoints in ``folder``; only the main process writes, every process may read."""
-
-    def __init__(self, folder: Path, enabled: bool, is_main: bool, adapter_names: set[str] | None) -> None:
-        self.folder, self.enabled, self.is_main, self.adapter_names = Path(folder), enabled, is_main, adapter_names
-
-    def save(self, name: str, model: nn.Module, state: dict, extra: dict | None) -> bool:
-        """Write checkpoint ``name`` ("last" is skipped when checkpoints are off; "best" always is
-        written, since the final evaluation loads it). Returns whether it was written."""
-        if name != "best" and not self.enabled:
-            return False
-        if self.is_main:
-            ckpt.save_checkpoint(self.folder / name, model, state, extra, names=self.adapter_names)
-        return True
-
-    def load(self, name: str, model: nn.Module) -> tuple[dict, dict]:
-        return ckpt.load_checkpoint(self.folder / name, model, names=self.adapter_names)
-
-    def exists(self, name: str) -> bool:
-        return (self.folder / name).is_dir()
+# Names other modules and tests import from here; they live in the modules above.
+__all__ = ["Checkpointer", "EarlyStopping", "Interrupted", "LoopSettings", "TimeBudget", "TrainLog", "Trainer",
+           "TrainerState", "batch_size", "better", "check_user_loss", "default_eval_batch_size", "evaluate_model",
+           "gather_objects", "match_param_layout", "mean_loss", "metric_inputs", "resolve_precision",
+           "split_optimizer", "user_loss"]
 
 
 # ---------------------------------------------------------------------------------------- trainer
@@ -276,9 +119,14 @@ class Trainer:
         self.train_log = TrainLog(self.log, loop.log_every)
         self.checkpoints = Checkpointer(self.run_dir / "checkpoints", loop.save_checkpoints, self.is_main,
                                         adapter_names)
-        parts = task.optimizer_parts(model) if hasattr(task, "optimizer_parts") else None
+        parts = task.optimizer_parts(model) if isinstance(task, MultiOptimizer) else None
         if parts and self.world > 1:
             raise RecipeError(f"task {task.name}: several optimisers ({', '.join(parts)}) run in one process only")
+        # Optimiser steps per collated batch: an InnerLoop task's inner batches, else 1.
+        self.inner_loop = isinstance(task, InnerLoop)
+        self.inner_steps = task.inner_steps_per_batch if self.inner_loop else 1
+        if self.inner_loop:
+            check_inner_loop(task, loop, bool(parts), self.world, loss_fn is not None)
         optimizers = split_optimizer(optimizer, parts) if parts else {None: optimizer}
         self.model, *prepared = self.accelerator.prepare(model, *optimizers.values())
         # Part name (None for a task without parts) -> optimiser; the last one is the main one (its
@@ -296,13 +144,15 @@ class Trainer:
         if self.micro_per_epoch == 0:
             raise OmnituneError(
                 f"the training set ({len(bundle.train)} samples) is smaller than one batch per process")
-        self.updates_per_epoch = math.ceil(self.micro_per_epoch / loop.grad_accum)
+        # Optimiser steps; an InnerLoop task takes them in whole batches (max_steps rounds up to one).
+        k = self.inner_steps
+        self.updates_per_epoch = math.ceil(self.micro_per_epoch / loop.grad_accum) * k
         self.total_steps = loop.epochs * self.updates_per_epoch
         if loop.max_steps:
-            self.total_steps = min(self.total_steps, loop.max_steps)
+            self.total_steps = min(self.total_steps, math.ceil(loop.max_steps / k) * k)
         self.schedules = {name: make_schedule(opt, self.total_steps) for name, opt in self.optimizers.items()}
         self.schedule = list(self.schedules.values())[-1]
-        self.budget = TimeBudget(loop.time_budget) if loop.time_budget else None
+        self.budget = TimeBudget(loop.time_budget, unit=k) if loop.time_budget else None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -346,6 +196,19 @@ class Trainer:
         if self.loss_fn is not None and train:
             out["loss_sum"], out["num_items"] = user_loss(self.loss_fn, out, batch)
         return out
+
+    def _inner_batches(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """An InnerLoop task's batches for the optimiser steps of one collated batch: made under
+        autocast from the model in train mode, which is put back in train mode after."""
+        from accelerate.utils import send_to_device
+
+        with self.accelerator.autocast():
+            inner = list(self.task.inner_batches(self.model, send_to_device(batch, self.accelerator.device)))
+        self._train_mode()
+        if len(inner) != self.inner_steps:
+            raise OmnituneError(f"task {self.task.name}: inner_batches gave {len(inner)} batches, but "
+                                f"inner_steps_per_batch is {self.inner_steps}")
+        return inner
 
     def _diverged(self, loss: torch.Tensor) -> TrainingDiverged:
         s = self.state
@@ -537,6 +400,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=s.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not (sys.stderr.isatty() and self.is_main))
         rng_after_update = ckpt.rng_state()
+        mid_batch = False  # between the inner steps of an InnerLoop task's batch
         try:
             self._train_mode()
             while s.epoch < cfg.epochs and not s.finished:
@@ -546,40 +410,51 @@ class Trainer:
                 loader = iter(self._loader([b for group in steps[first:] for b in group], s.epoch))
                 for group in steps[first:]:
                     t0 = time.perf_counter()
-                    loss_sum, items = self._train_step(group, loader)
-                    n_samples = sum(len(b) for b in group) * self.world
-                    s.step += 1
-                    s.micro_in_epoch += len(group)
-                    s.samples_seen += n_samples
-                    s.train_seconds += time.perf_counter() - t0
-                    if self.budget and s.planned_steps is None:
-                        if s.step == 1:
-                            self.budget.first_step_seconds = s.train_seconds
-                        if s.step == self.budget.measure_at(self.total_steps):
-                            self._check_budget(bar)
-                    for schedule in self.schedules.values():
-                        schedule.step_update(s.step)
-                    rng_after_update = ckpt.rng_state()
-                    bar.update(1)
+                    # An InnerLoop task makes the batches of several optimiser steps from this one;
+                    # evaluation, checkpoints and stopping wait for the last (resume stays exact).
+                    inner = self._inner_batches(next(loader)) if self.inner_loop else None
+                    mid_batch = inner is not None
+                    for i in range(self.inner_steps):
+                        t0 = t0 if i == 0 else time.perf_counter()
+                        loss_sum, items = self._train_step(group, loader if inner is None else iter(inner[i:i + 1]))
+                        last_inner = i == self.inner_steps - 1
+                        n_samples = sum(len(b) for b in group) * self.world if last_inner else 0
+                        s.step += 1
+                        s.micro_in_epoch += len(group) if last_inner else 0
+                        s.samples_seen += n_samples
+                        s.train_seconds += time.perf_counter() - t0
+                        mid_batch = mid_batch and not last_inner
+                        if self.budget and s.planned_steps is None:
+                            if s.step == 1:
+                                self.budget.first_step_seconds = s.train_seconds
+                            if s.step == self.budget.measure_at(self.total_steps):
+                                self._check_budget(bar)
+                        for schedule in self.schedules.values():
+                            schedule.step_update(s.step)
+                        rng_after_update = ckpt.rng_state()
+                        bar.update(1)
 
-                    # --- hooks, in order
-                    if self.ema:
-                        self.ema.update(self._unwrapped)
-                    if self.unfreezer and self.unfreezer.maybe_unfreeze(s.step, "step"):
-                        self.log.event("unfreeze", step=s.step, groups=self.unfreezer.unfrozen)
-                        self._train_mode()
-                    self.train_log.add(loss_sum, items, n_samples)
-                    logged = self.train_log.maybe_write(s.step, s.epoch, self.optimizer.param_groups[-1]["lr"],
-                                                        last=s.step == self.total_steps)
-                    if logged:
-                        s.history.append({"step": s.step, "epoch": s.epoch, "train_loss": logged["loss"],
-                                          "lr": logged["lr"]})
-                        bar.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{logged['lr']:.2e}")
-                    for callback in self.callbacks:
-                        callback(self)
+                        # --- hooks, in order
+                        if self.ema:
+                            self.ema.update(self._unwrapped)
+                        if self.unfreezer and self.unfreezer.maybe_unfreeze(s.step, "step"):
+                            self.log.event("unfreeze", step=s.step, groups=self.unfreezer.unfrozen)
+                            self._train_mode()
+                        self.train_log.add(loss_sum, items, n_samples)
+                        logged = self.train_log.maybe_write(s.step, s.epoch, self.optimizer.param_groups[-1]["lr"],
+                                                            last=s.step == self.total_steps)
+                        if logged:
+                            s.history.append({"step": s.step, "epoch": s.epoch, "train_loss": logged["loss"],
+                                              "lr": logged["lr"]})
+                            bar.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{logged['lr']:.2e}")
+                        for callback in self.callbacks:
+                            callback(self)
+                    # --- at the end of the batch (of all its inner steps)
                     at_max = s.step >= self.total_steps
                     end_of_epoch = s.micro_in_epoch >= len(batches)
-                    periodic = cfg.eval_every and s.step % cfg.eval_every == 0
+                    # Whether this batch's steps reached a multiple of eval_every.
+                    periodic = cfg.eval_every and (s.step // cfg.eval_every
+                                                   > (s.step - self.inner_steps) // cfg.eval_every)
                     # Stopping at max_steps mid-epoch still evaluates; at an epoch's end the
                     # epoch-end evaluation below does it.
                     if periodic or (at_max and (cfg.eval_every or not end_of_epoch)):
@@ -610,7 +485,9 @@ class Trainer:
             s.finished = True
             self._save("last", rng=rng_after_update)
         except KeyboardInterrupt:
-            saved = self._save("last", rng=rng_after_update)
+            # Between an InnerLoop task's inner steps nothing is saved (its batches are not kept): the
+            # last checkpoint, at a batch's end, stays the one to resume from.
+            saved = self.checkpoints.exists("last") if mid_batch else self._save("last", rng=rng_after_update)
             self.log.event("interrupted", step=s.step, epoch=s.epoch, checkpoint_saved=saved)
             raise Interrupted(self.run_dir, saved=saved) from None
         finally:
@@ -626,60 +503,6 @@ class Trainer:
             self.checkpoints.load("best", self._unwrapped)
             if self.ema:  # the best weights are the averaged ones: evaluate them as they are
                 self.ema = None
-
-
-def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
-    """Give loaded optimiser state the memory layout of its parameter. ``load_state_dict`` returns
-    contiguous tensors; a channels-last parameter's moments must be channels-last too, since fused
-    and foreach kernels walk parameter and state in memory order."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for key, value in optimizer.state.get(p, {}).items():
-                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
-                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
-
-
-def split_optimizer(optimizer: torch.optim.Optimizer, parts: dict[str, list[nn.Parameter]]
-                    ) -> dict[str, torch.optim.Optimizer]:
-    """One optimiser per part, of ``optimizer``'s kind and settings, each over the part's share of
-    every parameter group (LR scales, weight decay kept). A part with nothing to train is left out."""
-    owner: dict[int, str] = {}
-    for name, params in parts.items():
-        for p in params:
-            if owner.setdefault(id(p), name) != name:
-                raise OmnituneError(f"optimizer_parts: a parameter is in parts {owner[id(p)]!r} and {name!r}")
-    stray = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in owner)
-    if stray:
-        raise OmnituneError(f"optimizer_parts: {stray} trained parameters are in no part")
-    out = {}
-    for name in parts:
-        groups = [{**{k: v for k, v in g.items() if k != "params"},
-                   "params": [p for p in g["params"] if owner[id(p)] == name]} for g in optimizer.param_groups]
-        groups = [g for g in groups if g["params"]]
-        if groups:  # each group already carries every hyper-parameter of the recipe's optimiser
-            out[name] = type(optimizer)(groups)
-            out[name].defaults = dict(optimizer.defaults)
-    return out
-
-
-# ---------------------------------------------------------------------------------------- losses
-def user_loss(loss_fn: Callable, out: dict[str, Any], batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-    """A recipe's ``train.loss``: ``loss_fn(outputs, batch)`` returns a scalar mean over the batch's
-    samples, or ``(summed_loss, num_items)`` for a loss averaged over other items (tokens)."""
-    value = loss_fn(out["outputs"], batch)
-    if isinstance(value, tuple):
-        return value[0], value[1]
-    n = batch_size(batch)
-    return value * n, n
-
-
-def batch_size(batch: dict[str, Any]) -> int:
-    for v in batch.values():
-        if isinstance(v, torch.Tensor) and v.ndim > 0:
-            return v.shape[0]
-        if isinstance(v, list):
-            return len(v)
-    raise OmnituneError("cannot tell the batch size: the batch holds no tensor or list")
 
 
 def check_user_loss(trainer: Trainer) -> None:
@@ -707,72 +530,22 @@ def check_user_loss(trainer: Trainer) -> None:
     trainer.optimizer.zero_grad(set_to_none=True)
 
 
-# ---------------------------------------------------------------------------------------- evaluation
-def gather_objects(items: list, world: int) -> list:
-    """Every process's list, concatenated in rank order, on every process."""
-    if world == 1:
-        return list(items)
-    import torch.distributed as dist
-
-    parts: list[list] = [None] * world  # type: ignore[list-item]
-    dist.all_gather_object(parts, list(items))
-    return [x for part in parts for x in part]
-
-
-@torch.no_grad()
-def evaluate_model(task: Any, model: nn.Module, dataset, batch_size: int, device: torch.device,
-                   autocast: Callable = nullcontext, num_workers: int = 0,
-                   extra_metrics: dict[str, Callable] | None = None) -> tuple[dict[str, float], list, list]:
-    """Loss (summed over the task's items, divided by their count: independent of the batch size)
-    and the task's metrics over ``dataset``, in dataset order; leaves the global RNG as it was.
-
-    Under several processes each takes every n-th sample; predictions are gathered so that each
-    sample counts exactly once, uneven tails included, and every process gets the same metrics.
-    """
-    from accelerate.utils import send_to_device
-
-    world, rank = 1, 0
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
-    model.eval()
-    mine = list(range(rank, len(dataset), world))
-    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=task.collate, num_workers=num_workers,
-                        generator=torch.Generator().manual_seed(0))
-    loss_sum, items, records = 0.0, 0.0, []
-    with torch.random.fork_rng(devices=[]):
-        for indices, batch in zip(batches, loader):
-            batch = send_to_device(batch, device)
-            with autocast():
-                out = task.forward(model, batch, train=False)
-            p, r = task.predict_batch(model, batch, out)
-            loss_sum += float(out["loss_sum"])
-            items += float(out["num_items"])
-            records.extend(zip(indices, p, r))
+def check_inner_loop(task: InnerLoop, loop: LoopSettings, parts: bool, world: int, user_loss: bool) -> None:
+    """Refuse what an InnerLoop task's optimiser steps do not combine with: each inner batch is one
+    whole step, so there is nothing to accumulate, and the batches are the task's, not a recipe loss's."""
+    steps = task.inner_steps_per_batch
+    if not (isinstance(steps, int) and steps >= 1):
+        raise OmnituneError(f"task {task.name}: inner_steps_per_batch must be a positive int, got {steps!r}")
+    if loop.grad_accum > 1:
+        raise RecipeError(f"train.grad_accum: task {task.name} takes {steps} optimiser steps per batch "
+                          "(inner loop); set train.grad_accum: 1 and size the batch with train.batch_size")
+    if user_loss:
+        raise RecipeError(f"train.loss: task {task.name} makes its own training batches (inner loop); "
+                          "a recipe loss does not apply")
+    if parts:
+        raise OmnituneError(f"task {task.name}: an inner loop with several optimisers is not supported")
     if world > 1:
-        totals = torch.tensor([loss_sum, items], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(totals)
-        loss_sum, items = float(totals[0]), float(totals[1])
-        records = sorted(gather_objects(records, world), key=lambda rec: rec[0])
-    preds, refs = [p for _, p, _ in records], [r for _, _, r in records]
-    metrics = dict(task.compute_metrics(preds, refs))
-    for name, fn in (extra_metrics or {}).items():
-        value = fn(*metric_inputs(task, preds, refs))
-        metrics.update(value if isinstance(value, dict) else {name: float(value)})
-    metrics["loss"] = loss_sum / max(items, 1e-12)
-    return metrics, preds, refs
-
-
-def metric_inputs(task: Any, predictions: list, references: list) -> tuple[list, list]:
-    """Predictions and references as plain values for a user's metric (the task's optional
-    ``metric_inputs``; otherwise as ``predict_batch`` returned them)."""
-    convert = getattr(task, "metric_inputs", None)
-    return convert(predictions, references) if convert else (predictions, references)
-
-
-def mean_loss(out: dict[str, Any]) -> torch.Tensor:
-    """A forward's loss as a mean over its items (for tests and benchmarks that step by hand)."""
-    return out["loss_sum"] / max(float(out["num_items"]), 1.0)
+        raise RecipeError(f"task {task.name}: the inner loop runs in one process only")
 
 
 def _main_thread() -> bool:
