@@ -6,9 +6,16 @@ direction, is a :class:`RecipeError`, never a guess from the name. ``omnitune me
 registry. The libraries are imported when a metric is computed, so importing this module stays
 cheap (the CLI lists metrics without scikit-learn or torch).
 
+Where metrics come from: the generic ones (classification, regression, the loss, likelihoods) are
+registered here; a domain's (WER, BLEU, seqeval, ...) are :class:`Metric` objects that its package
+registers by name through the ``omnitune.metrics`` entry-point group (pyproject.toml), loaded when
+first used; a task may also declare metrics of its own (``DeclaresMetrics.metric_definitions``,
+core/base/task.py), whose directions :func:`metric_mode` honours when the run passes them in
+(:func:`declared_metrics`).
+
 >>> compute("accuracy", [1, 0, 1, 1], [1, 1, 1, 1])
 0.75
->>> metric_mode("wer"), metric_mode("f1_macro")
+>>> metric_mode("mse"), metric_mode("f1_macro")
 ('min', 'max')
 
 A recipe's ``eval.extra_metrics`` entries load with :func:`load_user_metric`: ``"pkg.mod:f2"``
@@ -44,17 +51,46 @@ class Metric:
     fn: Callable[..., float]
     description: str = ""
 
+    def __post_init__(self) -> None:
+        if self.direction not in (*_DIRECTIONS, None):
+            raise ValueError(f"metric {self.name!r}: direction must be 'max', 'min' or None, not {self.direction!r}")
 
-METRICS: Registry[Metric] = Registry("metric")
+    def __call__(self, predictions: Sequence[Any], references: Sequence[Any], **kwargs: Any) -> float:
+        return self.fn(predictions, references, **kwargs)
 
 
-def register_metric(name: str, direction: Direction | None, library: str, description: str = ""):
-    """Decorator: register ``fn(predictions, references, **kwargs) -> float`` as metric ``name``."""
+# Domain metrics arrive through the entry-point group, one entry point per metric name.
+METRICS: Registry[Metric] = Registry("metric", entry_point_group="omnitune.metrics")
+
+
+def define_metric(name: str, direction: Direction | None, library: str, description: str = ""
+                  ) -> Callable[[Callable[..., float]], Metric]:
+    """Decorator: ``fn(predictions, references, **kwargs) -> float`` as a :class:`Metric` named
+    ``name``, not registered: what a domain's ``omnitune.metrics`` entry point or a task's
+    ``metric_definitions`` holds. The Metric is callable like ``fn``.
+
+    >>> @define_metric("hits", "max", "omnitune", "number of exact hits")
+    ... def hits(predictions, references):
+    ...     return sum(p == r for p, r in zip(predictions, references))
+    >>> hits([1, 2], [1, 3]), hits.direction
+    (1, 'max')
+    """
     if direction not in (*_DIRECTIONS, None):
         raise ValueError(f"metric {name!r}: direction must be 'max', 'min' or None, not {direction!r}")
 
+    def decorator(fn: Callable[..., float]) -> Metric:
+        return Metric(name, direction, library, fn, description)
+
+    return decorator
+
+
+def register_metric(name: str, direction: Direction | None, library: str, description: str = ""):
+    """Decorator: register ``fn(predictions, references, **kwargs) -> float`` as metric ``name``
+    in this process (a package outside omnitune may also use the ``omnitune.metrics`` group)."""
+    metric = define_metric(name, direction, library, description)
+
     def decorator(fn: Callable[..., float]) -> Callable[..., float]:
-        METRICS.register(name)(Metric(name, direction, library, fn, description))
+        METRICS.register(name)(metric(fn))
         return fn
 
     return decorator
@@ -169,188 +205,11 @@ def _perplexity(predictions, references):
     return math.exp(min(_item_mean(predictions, references), 50.0))
 
 
-# ---- jiwer: speech recognition -------------------------------------------------------------------
-
-@register_metric("wer", "min", "jiwer",
-                 "corpus word error rate in percent, (S + D + I) / reference words (jiwer.wer); texts already normalised")
-def _wer(predictions, references):
-    import jiwer
-
-    return 100.0 * jiwer.wer(list(references), list(predictions))
-
-
-@register_metric("cer", "min", "jiwer", "corpus character error rate in percent (jiwer.cer)")
-def _cer(predictions, references):
-    import jiwer
-
-    return 100.0 * jiwer.cer(list(references), list(predictions))
-
-
-# ---- torchmetrics: extractive question answering (SQuAD) ------------------------------------------
-# predictions: answer strings; references: per question a list of accepted answers (or one string).
-# An empty list is an unanswerable question (SQuAD 2.0): only the empty answer scores 100 there.
-
-def _squad(predictions, references) -> dict:
-    from torchmetrics.functional.text.squad import squad
-
-    refs = [[r] if isinstance(r, str) else [str(a) for a in r] or [""] for r in references]
-    preds = [{"prediction_text": str(p), "id": str(i)} for i, p in enumerate(predictions)]
-    targets = [{"answers": {"text": r, "answer_start": [0] * len(r)}, "id": str(i)} for i, r in enumerate(refs)]
-    return squad(preds, targets) if preds else {"exact_match": 0.0, "f1": 0.0}
-
-
-@register_metric("squad_exact_match", "max", "torchmetrics",
-                 "SQuAD exact match, 0-100: the answer equals one of the references after SQuAD normalisation "
-                 "(case, punctuation, articles, spaces) (torchmetrics squad)")
-def _squad_exact_match(predictions, references):
-    return float(_squad(predictions, references)["exact_match"])
-
-
-@register_metric("squad_f1", "max", "torchmetrics",
-                 "SQuAD F1, 0-100: token overlap F1 of the answer with the best-matching reference after SQuAD "
-                 "normalisation, averaged over questions (torchmetrics squad)")
-def _squad_f1(predictions, references):
-    return float(_squad(predictions, references)["f1"])
-
-
-# ---- sacrebleu: translation ----------------------------------------------------------------------
-
-def _reference_streams(references) -> list[list[str]]:
-    """Per-sample references (a string, or a list of strings for several) -> sacrebleu's streams."""
-    if all(isinstance(r, str) for r in references):
-        return [list(references)]
-    counts = {len(r) for r in references}
-    if len(counts) != 1:
-        raise ValueError("every sample needs the same number of references for sacrebleu")
-    return [list(stream) for stream in zip(*references)]
-
-
-@register_metric("bleu", "max", "sacrebleu", "corpus BLEU, 0-100 (sacrebleu.corpus_bleu, default 13a tokeniser)")
-def _bleu(predictions, references, **kwargs):
-    import sacrebleu
-
-    return sacrebleu.corpus_bleu(list(predictions), _reference_streams(references), **kwargs).score
-
-
-@register_metric("chrf", "max", "sacrebleu", "corpus chrF (character n-gram F-score), 0-100 (sacrebleu.corpus_chrf)")
-def _chrf(predictions, references, **kwargs):
-    import sacrebleu
-
-    return sacrebleu.corpus_chrf(list(predictions), _reference_streams(references), **kwargs).score
-
-
-# ---- rouge-score: summarisation ------------------------------------------------------------------
-
-def _register_rouge(kind: str) -> None:
-    def fn(predictions, references, use_stemmer: bool = False):
-        from rouge_score import rouge_scorer
-
-        scorer = rouge_scorer.RougeScorer([kind], use_stemmer=use_stemmer)
-        scores = [scorer.score_multi([r] if isinstance(r, str) else list(r), p)[kind].fmeasure
-                  for p, r in zip(predictions, references, strict=True)]
-        return sum(scores) / len(scores) if scores else 0.0
-
-    what = {"rouge1": "unigram", "rouge2": "bigram", "rougeL": "longest-common-subsequence"}[kind]
-    register_metric(kind, "max", "rouge-score",
-                    f"mean {what} ROUGE F-measure per sample, 0-1 (rouge_score; best of several references)")(fn)
-
-
-for _kind in ("rouge1", "rouge2", "rougeL"):
-    _register_rouge(_kind)
-
-
-def split_sentences(text: str) -> str:
-    """One sentence per line, as rougeLsum expects: kept as is when the text already has line breaks,
-    else split after ., ! or ? followed by white space and a capital letter, digit or quote (a plain
-    rule: rouge-score's own splitter needs NLTK's punkt data, which is not installed offline)."""
-    import re
-
-    if "\n" in text:
-        return text
-    return "\n".join(s for s in re.split(r"(?<=[.!?])\s+(?=[\"'A-Z0-9])", text.strip()) if s)
-
-
-@register_metric("rougeLsum", "max", "rouge-score",
-                 "mean summary-level LCS ROUGE F-measure per sample, 0-1: the LCS over sentences (one per line; "
-                 "texts without line breaks are split after sentence ends), rouge_score's rougeLsum")
-def _rouge_lsum(predictions, references, use_stemmer: bool = False):
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=use_stemmer)
-    scores = [scorer.score_multi([split_sentences(x) for x in ([r] if isinstance(r, str) else r)],
-                                 split_sentences(p))["rougeLsum"].fmeasure
-              for p, r in zip(predictions, references, strict=True)]
-    return sum(scores) / len(scores) if scores else 0.0
-
-
 @register_metric("gen_len", None, "omnitune",
                  "mean generated length in tokens (predictions: token counts; references unused); a figure, not a score")
 def _gen_len(predictions, references=None):
     values = list(predictions)
     return float(sum(values)) / len(values) if values else 0.0
-
-
-# ---- seqeval: entities in tagged sequences (NER) -------------------------------------------------
-
-def _register_seqeval(kind: str) -> None:
-    def fn(predictions, references, **kwargs):
-        import seqeval.metrics
-        import seqeval.scheme
-
-        if isinstance(kwargs.get("scheme"), str):  # "IOB2" -> seqeval.scheme.IOB2
-            kwargs["scheme"] = getattr(seqeval.scheme, kwargs["scheme"])
-        score = getattr(seqeval.metrics, f"{kind}_score")
-        return score([list(r) for r in references], [list(p) for p in predictions], **{"zero_division": 0, **kwargs})
-
-    register_metric(f"entity_{kind}", "max", "seqeval",
-                    f"entity-level {kind}, micro-averaged over entities (seqeval {kind}_score on tag sequences)")(fn)
-
-
-for _kind in ("precision", "recall", "f1"):
-    _register_seqeval(_kind)
-
-
-@register_metric("token_accuracy", "max", "seqeval",
-                 "share of tokens (words) whose tag equals the reference tag, 'O' included (seqeval accuracy_score)")
-def _token_accuracy(predictions, references):
-    from seqeval.metrics import accuracy_score
-
-    return accuracy_score([list(r) for r in references], [list(p) for p in predictions])
-
-
-# ---- generated answers (chat, generative QA) -----------------------------------------------------
-
-def normalize_answer(text: str) -> str:
-    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
-    import re
-    import string
-
-    text = "".join(ch for ch in str(text).lower() if ch not in string.punctuation)
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
-
-
-def _answers(reference) -> list[str]:
-    return [reference] if isinstance(reference, str) else [str(r) for r in reference]
-
-
-@register_metric("exact_match", "max", "omnitune",
-                 "share of generated answers equal to a reference after SQuAD normalisation (case, punctuation, "
-                 "articles, spaces); a reference may be a list of accepted answers")
-def _exact_match(predictions, references):
-    if not len(references):
-        return 0.0
-    hits = [any(normalize_answer(p) == normalize_answer(a) for a in _answers(r))
-            for p, r in zip(predictions, references, strict=True)]
-    return sum(hits) / len(hits)
-
-
-@register_metric("answer_accuracy", "max", "omnitune",
-                 "share of answers whose label parsed from the generation equals the reference's (None = unparsed, wrong)")
-def _answer_accuracy(predictions, references):
-    if not len(references):
-        return 0.0
-    return sum(p is not None and str(p).strip().casefold() == str(r).strip().casefold()
-               for p, r in zip(predictions, references, strict=True)) / len(references)
 
 
 # ---- directions and user metrics -----------------------------------------------------------------
@@ -412,11 +271,33 @@ def load_user_metric(spec: str, where: str = "eval.extra_metrics") -> UserMetric
                       lambda predictions, references: module.compute(predictions=predictions, references=references))
 
 
-def metric_mode(name: str, extra: Iterable[UserMetric] | Mapping[str, UserMetric] = ()) -> Direction:
-    """``"max"`` or ``"min"`` for metric ``name``: the registry's, or a user metric's declared one
-    (``extra``: the run's loaded ``eval.extra_metrics``, a list or a name -> metric dict).
+def declared_metrics(task: Any) -> tuple[Metric, ...]:
+    """The metrics a task declares itself (``DeclaresMetrics.metric_definitions``), () for others."""
+    from ..base.task import DeclaresMetrics
+
+    if not isinstance(task, DeclaresMetrics):
+        return ()
+    metrics = tuple(task.metric_definitions)
+    for m in metrics:
+        if not isinstance(m, Metric):
+            raise RecipeError(f"task {getattr(task, 'name', task)!r}: metric_definitions holds a "
+                              f"{type(m).__name__}, not a core.base.metrics.Metric")
+    return metrics
+
+
+def metric_mode(name: str, extra: Iterable[UserMetric | Metric] | Mapping[str, UserMetric | Metric] = ()
+                ) -> Direction:
+    """``"max"`` or ``"min"`` for metric ``name``: a user metric's declared one (``extra``: the run's
+    loaded ``eval.extra_metrics``, a list or a name -> metric dict), a task's own declared
+    :class:`Metric` (also in ``extra``, see :func:`declared_metrics`), else the registry's.
     Unknown or undirected: RecipeError."""
-    extra = tuple(extra.values() if isinstance(extra, Mapping) else extra)
+    items = tuple(extra.values() if isinstance(extra, Mapping) else extra)
+    own = {m.name: m for m in items if isinstance(m, Metric)}
+    extra = tuple(m for m in items if not isinstance(m, Metric))
+    if name in own:
+        if own[name].direction is None:
+            raise RecipeError(f"metric {name!r} has no direction ({own[name].description}); select by another metric")
+        return own[name].direction
     for user in extra:
         if name == user.name or (isinstance(user.direction, dict) and name in user.direction):
             mode = user.mode(name)
@@ -425,46 +306,9 @@ def metric_mode(name: str, extra: Iterable[UserMetric] | Mapping[str, UserMetric
                                   f"`direction = \"max\"` (or \"min\") on the function, or set the mode in the recipe")
             return mode
     if name not in METRICS.names():
-        known = sorted({*list_metrics(), *(u.name for u in extra)})
+        known = sorted({*list_metrics(), *(u.name for u in extra), *own})
         raise RecipeError(f"unknown metric {name!r}: no direction to select by (known: {', '.join(known)})")
     metric = METRICS.get(name)
     if metric.direction is None:
         raise RecipeError(f"metric {name!r} has no direction ({metric.description}); select by another metric")
     return metric.direction
-
-
-# ---- preference learning (text/preference.py): per-pair margins, per-sample rewards -------------
-
-@register_metric("preference_accuracy", "max", "omnitune",
-                 "reward model: share of pairs scored higher for the chosen response; predictions = r_chosen - r_rejected")
-def _preference_accuracy(predictions, references=None):
-    return sum(1.0 for m in predictions if m > 0) / max(1, len(predictions))
-
-
-@register_metric("reward_accuracy", "max", "omnitune",
-                 "DPO/IPO: share of pairs whose implicit reward beta*log(pi/ref) is higher for the chosen response; "
-                 "predictions = reward margins")
-def _reward_accuracy(predictions, references=None):
-    return _preference_accuracy(predictions)
-
-
-@register_metric("choice_accuracy", "max", "omnitune",
-                 "policy: share of pairs where the chosen response has the higher summed log-likelihood; "
-                 "predictions = log p(chosen) - log p(rejected)")
-def _choice_accuracy(predictions, references=None):
-    return _preference_accuracy(predictions)
-
-
-@register_metric("mean_margin", "max", "omnitune", "reward model: mean of r_chosen - r_rejected over pairs")
-def _mean_margin(predictions, references=None):
-    return float(sum(predictions)) / max(1, len(predictions))
-
-
-@register_metric("reward_margin", "max", "omnitune", "DPO/IPO: mean implicit reward margin over pairs")
-def _reward_margin(predictions, references=None):
-    return _mean_margin(predictions)
-
-
-@register_metric("mean_reward", "max", "omnitune", "RL: mean reward of the policy's (greedy) responses")
-def _mean_reward(predictions, references=None):
-    return _mean_margin(predictions)

@@ -134,15 +134,16 @@ class OrtModel:
 class _OrtEncoder:
     def __init__(self, sess) -> None:
         self.session = sess
+        self.input_name = sess.get_inputs()[0].name  # input_features (Whisper), input_ids (text)
 
-    def __call__(self, input_features: torch.Tensor, **_: Any) -> Outputs:
-        out = run_session(self.session, {"input_features": input_features})
+    def __call__(self, features: torch.Tensor, **_: Any) -> Outputs:
+        out = run_session(self.session, {self.input_name: features})
         return Outputs(last_hidden_state=out["last_hidden_state"])
 
 
-class OrtSeq2Seq:
-    """Whisper as encoder, decoder and decoder-with-past graphs (greedy decoding feeds one token per
-    step with the key/value cache), with the attributes speech-recognition's forward and generate
+class OrtEncoderDecoder:
+    """An ``encoder-decoder`` export (Whisper) as encoder, decoder and decoder-with-past graphs (greedy decoding feeds one token per
+    step with the key/value cache), with the attributes a Whisper task's forward and generate
     use: ``config``, ``model.encoder``, ``__call__(encoder_outputs=, decoder_input_ids=)`` and
     greedy ``generate``. Decoding starts from the prefix tokens recorded at export time and
     applies the checkpoint's suppressed tokens, as transformers' Whisper generate does."""
@@ -153,7 +154,7 @@ class OrtSeq2Seq:
         self.decoder = sessions["decoder"]
         self.model = Outputs(encoder=_OrtEncoder(sessions["encoder"]))
 
-    def eval(self) -> "OrtSeq2Seq":
+    def eval(self) -> "OrtEncoderDecoder":
         return self
 
     def parameters(self):
@@ -178,7 +179,7 @@ class OrtSeq2Seq:
 
 
 class OrtVits:
-    """An exported VITS generator (``runtime: waveform``) behind the call the text-to-speech task makes
+    """An exported VITS generator (``runtime: waveform``) behind the call a speech synthesis task makes
     on its ``VitsModel``: ``model(input_ids=[batch, T], attention_mask=None)`` returning ``waveform``
     [batch, samples] and ``sequence_lengths``, at the synthesis scales recorded at export (noise,
     length, duration noise). The noise is drawn by ONNX Runtime, so with noise scales above 0 a
@@ -288,7 +289,8 @@ def load_ort_model(export_dir: str | Path, manifest: dict[str, Any], variant: st
         raise OmnituneError(f"{export_dir}: no {variant} model in this export"
                             + (" (export again with --quantize int8)" if variant == "int8" else ""))
     sessions = {role: session(export_dir / name) for role, name in files.items()}
-    if manifest["runtime"] == "seq2seq":
+    runtime = export_runtime(manifest)
+    if runtime == "encoder-decoder":
         from transformers import AutoConfig
 
         from transformers import GenerationConfig
@@ -298,17 +300,33 @@ def load_ort_model(export_dir: str | Path, manifest: dict[str, Any], variant: st
             generation = GenerationConfig.from_pretrained(export_dir)
         except OSError:
             generation = GenerationConfig.from_model_config(config)
-        return OrtSeq2Seq(sessions, config, manifest["decoding"], generation)
-    if manifest["runtime"] == "waveform":
+        return OrtEncoderDecoder(sessions, config, manifest["decoding"], generation)
+    if runtime == "waveform":
         return OrtVits(sessions["model"], manifest["synthesis"]["scales"])
-    return OrtModel(sessions["model"], manifest["runtime"])
+    return OrtModel(sessions["model"], runtime)
+
+
+OrtSeq2Seq = OrtEncoderDecoder  # the name before the runtimes were named by what they run
+
+
+def export_runtime(manifest: dict[str, Any]) -> str:
+    """The runtime of an export folder, told by the graphs it holds, not by the name the manifest
+    gives it (exports written before the runtimes were named by what they run name the encoder-decoder
+    after its task): encoder and decoder graphs are an ``encoder-decoder``, a synthesis section a
+    ``waveform`` generator; otherwise the one graph's ``named`` or ``tensor``."""
+    roles = set(manifest["files"]["fp32"])
+    if {"encoder", "decoder"} <= roles:
+        return "encoder-decoder"
+    if manifest.get("synthesis"):
+        return "waveform"
+    return manifest["runtime"]
 
 
 def load_export(export_dir: str | Path, variant: str = "fp32", adapter: str | None = None):
     """(recipe, task, ORT model) of an export folder alone: the task is rebuilt from the copied
     recipe and restored from the copied tokenizer/processor and labels."""
-    from ..api import build_task
     from ..base.recipe import read_yaml, validate_recipe
+    from ..runs import build_task
 
     export_dir = export_folder(export_dir)
     manifest = read_manifest(export_dir)
