@@ -288,9 +288,9 @@ def fairness_png(result: dict[str, Any], path: Path) -> Path | None:
     fair = result.get("fairness")
     if not fair:
         return None
-    from ..evaluation.report import _plt
+    from .plotting import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     cols = list(fair["columns"])
     fig, axes = plt.subplots(1, len(cols), figsize=(5 * len(cols), 3.8), squeeze=False)
     for ax, col in zip(axes[0], cols):

@@ -8,14 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .plotting import pyplot
 
 
 def learning_curves_png(history: list[dict[str, Any]], main_metric: str, path: Path) -> Path | None:
@@ -24,7 +17,7 @@ def learning_curves_png(history: list[dict[str, Any]], main_metric: str, path: P
     val = [(h["step"], h["val_loss"], h.get(f"val_{main_metric}")) for h in history if "val_loss" in h]
     if not train and not val:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     if train:
         ax1.plot(*zip(*train), label="train loss", alpha=0.8)
@@ -50,7 +43,7 @@ def confusion_matrix_png(refs: Sequence[int], preds: Sequence[int], names: Seque
     cm = np.zeros((n, n), dtype=int)
     for r, p in zip(refs, preds):
         cm[r, p] += 1
-    plt = _plt()
+    plt = pyplot()
     size = max(4.0, 0.45 * n + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(cm, cmap="Blues")
@@ -163,30 +156,39 @@ def write_report(run_dir: Path, *, recipe_name: str, task: str, model_name: str,
     return path
 
 
-# Hub pipeline tags of omnitune's tasks (https://huggingface.co/docs/hub/model-cards#specifying-a-task--pipelinetag-).
-PIPELINE_TAGS = {"text-classification": "text-classification", "token-classification": "token-classification",
-                 "question-answering": "question-answering", "seq2seq": "text2text-generation",
-                 "causal-lm": "text-generation", "chat": "text-generation", "preference": "text-generation",
-                 "reward-model": "text-classification", "image-classification": "image-classification",
-                 "speech-recognition": "automatic-speech-recognition", "text-to-speech": "text-to-speech"}
+# The card's library when the task does not name one: only omnitune is known to load its models.
+DEFAULT_CARD_LIBRARY = "omnitune"
 # Licence names as the assets spell them -> Hub licence identifiers.
 HUB_LICENCES = {"apache-2.0": "apache-2.0", "mit": "mit", "cc by 4.0": "cc-by-4.0", "cc-by-4.0": "cc-by-4.0",
                 "cc-by-sa-3.0": "cc-by-sa-3.0", "cc by-sa 4.0": "cc-by-sa-4.0", "cc-by-sa-4.0": "cc-by-sa-4.0"}
 
 
+def model_card_info(task: Any) -> dict[str, str | None]:
+    """``pipeline_tag`` and ``library`` for :func:`write_model_card` from a task (instance or class)
+    that declares them (:class:`~omnitune.core.base.task.ModelCardInfo`): its Hub pipeline tag
+    (https://huggingface.co/docs/hub/model-cards#specifying-a-task--pipelinetag-) and the library that
+    loads its saved model. Without: no pipeline tag, and the library "omnitune"."""
+    from ..base.task import ModelCardInfo
+
+    if isinstance(task, ModelCardInfo):
+        return {"pipeline_tag": task.pipeline_tag, "library": task.card_library}
+    return {"pipeline_tag": None, "library": DEFAULT_CARD_LIBRARY}
+
+
 def hub_metadata(*, recipe_name: str, task: str, base_model: str, data_source: str,
-                 metrics: dict[str, Any]) -> dict[str, Any]:
+                 metrics: dict[str, Any], pipeline_tag: str | None = None,
+                 library: str | None = None) -> dict[str, Any]:
     """The card's YAML front matter: base_model, datasets, license, pipeline_tag and model-index with
     the test metrics. Hub ids only: a bundled asset gives its Hub id when its description starts with
-    one ("sentence-transformers/all-MiniLM-L6-v2: ..."), a ``hub:`` dataset its id; local paths none."""
+    one ("sentence-transformers/all-MiniLM-L6-v2: ..."), a ``hub:`` dataset its id; local paths none.
+    ``pipeline_tag`` and ``library`` are the task's (:func:`model_card_info`); without a pipeline tag
+    the card has none, without a library it says "omnitune"."""
     import re
 
     from ..base import assets
     from ..base.data import is_hub, parse_hub
 
-    library = {"image-classification": "timm", "text-to-speech": "omnitune"}.get(task, "transformers")
-    meta: dict[str, Any] = {"library_name": library if task in PIPELINE_TAGS else "omnitune",
-                            "tags": ["omnitune", "fine-tuned", task]}
+    meta: dict[str, Any] = {"library_name": library or DEFAULT_CARD_LIBRARY, "tags": ["omnitune", "fine-tuned", task]}
     licence = None
     if base_model.startswith(assets.ASSET_PREFIX):
         asset = assets.ASSETS.get(base_model[len(assets.ASSET_PREFIX):].split("/")[0])
@@ -199,12 +201,12 @@ def hub_metadata(*, recipe_name: str, task: str, base_model: str, data_source: s
     if is_hub(data_source):
         meta["datasets"] = [parse_hub(data_source).spec]
     meta["license"] = HUB_LICENCES.get(licence, "other") if licence else "other"
-    if task in PIPELINE_TAGS:
-        meta["pipeline_tag"] = PIPELINE_TAGS[task]
+    if pipeline_tag:
+        meta["pipeline_tag"] = pipeline_tag
     test = {k: v for k, v in (metrics.get("test") or {}).items() if isinstance(v, (int, float)) and k != "loss"}
     if test:
         meta["model-index"] = [{"name": recipe_name, "results": [{
-            "task": {"type": PIPELINE_TAGS.get(task, task)},
+            "task": {"type": pipeline_tag or task},
             "dataset": {"name": data_source, "type": meta["datasets"][0] if "datasets" in meta else data_source,
                         "split": "test"},
             "metrics": [{"type": k, "value": round(float(v), 6), "name": f"test {k}"} for k, v in sorted(test.items())],
@@ -232,13 +234,15 @@ def export_md(run_dir: Path) -> str | None:
 
 
 def write_model_card(model_dir: Path, *, recipe_name: str, task: str, base_model: str, base_origin: str,
-                     data_source: str, data_origin: str, metrics: dict[str, Any], recipe_yaml: str) -> None:
+                     data_source: str, data_origin: str, metrics: dict[str, Any], recipe_yaml: str,
+                     pipeline_tag: str | None = None, library: str | None = None) -> None:
     """The model folder's README.md: Hub metadata front matter, sources and licences, test metrics,
-    and where the run folder has them: metrics by group, retention, the ONNX export table."""
+    and where the run folder has them: metrics by group, retention, the ONNX export table.
+    ``pipeline_tag`` and ``library``: the task's (``**model_card_info(task)``)."""
     import yaml
 
     meta = hub_metadata(recipe_name=recipe_name, task=task, base_model=base_model, data_source=data_source,
-                        metrics=metrics)
+                        metrics=metrics, pipeline_tag=pipeline_tag, library=library)
     test = metrics.get("test") or {}
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "", f"# {recipe_name}", "",
              f"Fine-tuned with [omnitune] from `{base_model}` for `{task}`.", "",
@@ -262,20 +266,28 @@ def write_model_card(model_dir: Path, *, recipe_name: str, task: str, base_model
     (Path(model_dir) / "README.md").write_text("\n".join(lines))
 
 
-def update_model_card(run_dir: Path) -> Path:
+def update_model_card(run_dir: Path, task: Any = None) -> Path:
     """Rewrite a finished run's model card from its folder (recipe.yaml, metrics.json, export report):
-    ``omnitune export`` calls it after writing its report, so the card gains the export table."""
+    ``omnitune export`` calls it after writing its report, so the card gains the export table.
+    ``task``: the run's task (its card tags); None looks its class up in the task registry."""
     import yaml
 
-    from ..api import MODEL_DIR, RECIPE_FILE, _asset_origin
+    from ..base.errors import OmnituneError
+    from ..base.registry import TASKS
+    from ..runs import METRICS_FILE, MODEL_DIR, RECIPE_FILE, asset_origin
 
     run_dir = Path(run_dir)
     raw = yaml.safe_load((run_dir / RECIPE_FILE).read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    if task is None:
+        try:
+            task = TASKS.get(raw["task"])
+        except OmnituneError:  # a plug-in task no longer installed: a card without its tags
+            task = None
     write_model_card(run_dir / MODEL_DIR, recipe_name=raw["name"], task=raw["task"], base_model=raw["model"]["name"],
-                     base_origin=_asset_origin(raw["model"]["name"]), data_source=raw["data"]["source"],
-                     data_origin=_asset_origin(raw["data"]["source"]), metrics=metrics,
-                     recipe_yaml=(run_dir / RECIPE_FILE).read_text())
+                     base_origin=asset_origin(raw["model"]["name"]), data_source=raw["data"]["source"],
+                     data_origin=asset_origin(raw["data"]["source"]), metrics=metrics,
+                     recipe_yaml=(run_dir / RECIPE_FILE).read_text(), **model_card_info(task))
     return run_dir / MODEL_DIR / "README.md"
 
 

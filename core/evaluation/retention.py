@@ -48,8 +48,9 @@ import torch
 from torch import nn
 
 from ..base.errors import RecipeError
+from ..runs import RETENTION_BEFORE
 
-BEFORE_FILE = "retention_before.json"
+BEFORE_FILE = RETENTION_BEFORE  # the run folder's name for it (core/runs.py)
 MODES = ("auto", "metrics", "linear_probe")
 
 

@@ -97,10 +97,10 @@ def nested_subsets(labels: Sequence[Any] | None, n: int, sizes: Sequence[int], s
 # ----------------------------------------------------------------------------- data
 def _rows(recipe: BaseRecipe, task):
     """The recipe's rows (as cross-validation reads them) and the column to stratify by."""
-    from ..studies.cv import _table_rows
+    from ..base.task import CrossValidatable
+    from .cv import table_rows
 
-    hook = getattr(task, "cv_rows", None)
-    frame, stratify = hook() if hook is not None else _table_rows(recipe)
+    frame, stratify = task.cv_rows() if isinstance(task, CrossValidatable) else table_rows(recipe)
     if stratify is not None and stratify not in frame.columns:
         raise OmnituneError(f"task {recipe.task}: rows have no stratify column {stratify!r}")
     frame = frame.drop_duplicates().reset_index(drop=True)
@@ -184,9 +184,9 @@ def crossovers(summary: dict, mode: str) -> dict[str, Any]:
 
 
 def curve_png(summary: dict, metric: str, path: Path, title: str) -> Path:
-    from ..evaluation.report import _plt
+    from ..evaluation.plotting import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for variant, points in summary.items():
         sizes = sorted(points)

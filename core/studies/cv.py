@@ -94,7 +94,9 @@ class Folds:
         return out
 
 
-def _table_rows(recipe: BaseRecipe):
+def table_rows(recipe: BaseRecipe):
+    """A table source's rows (its separate validation/test files included) and the label column to
+    stratify by (None when the table has none)."""
     d = recipe.data
     frame = _read_source(d.source)
     if d.validation_source or d.test_source:  # separate split files: cross-validate over all of them
@@ -109,11 +111,13 @@ def write_folds(recipe: BaseRecipe, k: int, out_dir: Path, task) -> Folds:
     """Write fold_i/train.csv and fold_i/test.csv for every fold. Nothing is written (and no run
     starts) when the source cannot be listed or split. ``task`` is the recipe's task (built by the
     caller: this module never imports the API that runs it)."""
-    hook = getattr(task, "cv_rows", None)  # tasks whose data are files list them; tables are read here
-    if hook is None:
-        frame, stratify = _table_rows(recipe)
+    from ..base.task import CrossValidatable
+
+    lists_files = isinstance(task, CrossValidatable)  # tasks whose data are files list them; tables are read here
+    if not lists_files:
+        frame, stratify = table_rows(recipe)
     else:
-        frame, stratify = hook()
+        frame, stratify = task.cv_rows()
         if stratify is not None and stratify not in frame.columns:
             raise OmnituneError(f"task {recipe.task}: cv rows have no stratify column {stratify!r}")
     frame = frame.drop_duplicates().reset_index(drop=True)
@@ -122,7 +126,7 @@ def write_folds(recipe: BaseRecipe, k: int, out_dir: Path, task) -> Folds:
     labels = frame[stratify].tolist() if stratify is not None else None
     folds = stratified_folds(labels, len(frame), k, recipe.seed)
     classes = None
-    if hook is not None and stratify is not None and not recipe.data.labels:
+    if lists_files and stratify is not None and not recipe.data.labels:
         classes = sorted({str(v) for v in labels})
     dirs = []
     for i, held_out in enumerate(folds):
@@ -133,7 +137,7 @@ def write_folds(recipe: BaseRecipe, k: int, out_dir: Path, task) -> Folds:
         frame[~mask].to_csv(fold_dir / "train.csv", index=False)
         frame[mask].to_csv(fold_dir / "test.csv", index=False)
         dirs.append(fold_dir)
-    return Folds(dirs=dirs, stratify=stratify, manifests=hook is not None, labels=classes)
+    return Folds(dirs=dirs, stratify=stratify, manifests=lists_files, labels=classes)
 
 
 def summarise(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -67,8 +67,8 @@ def entry_overrides(suite: Suite, entry: SuiteEntry, runs_dir: Path) -> dict[str
 
 def validate_suite(suite: Suite) -> dict[str, str]:
     """entry name -> "ok", "skipped: ..." or the recipe error; runs nothing."""
-    from ..api import as_recipe
     from ..base.registry import TASKS
+    from ..components import as_recipe
 
     status = {}
     for entry in suite.entries:
@@ -101,7 +101,7 @@ def run_entry_in_subprocess(recipe: str, overrides: dict[str, Any], result_file:
 
 def _child(spec_file: str) -> None:
     """Runs inside the entry's own process: train, then write the row with this process's peak RSS."""
-    from ..api import train
+    from ..pipeline import train
 
     spec = json.loads(Path(spec_file).read_text())
     result = train(spec["recipe"], spec["overrides"])
