@@ -9,6 +9,11 @@ from importlib.metadata import entry_points
 
 
 def _cmd_train(args) -> int:
+    if args.resume and (args.recipe or args.overrides):  # refused, as the API refuses them: never dropped
+        from .base.errors import OmnituneError
+
+        given = " ".join(a for a in [args.recipe, *args.overrides] if a)
+        raise OmnituneError(f"--resume continues a run with its own recipe; overrides are not allowed (got: {given})")
     if args.nproc > 1:
         from .loop.launch import launch_local
 
@@ -78,15 +83,6 @@ def _cmd_predict(args) -> int:
     return 0
 
 
-def _cmd_chat(args) -> int:
-    from .base.registry import TASKS
-
-    # The terminal chat belongs to the chat task (text/chat_cli.py); the core reaches it through the
-    # task registry, as it reaches every domain.
-    return TASKS.get("chat").terminal_chat(args.model, adapter=args.adapter, system=args.system,
-                                           template=args.template, max_new_tokens=args.max_new_tokens)
-
-
 def _cmd_export(args) -> int:
     from .api import export
 
@@ -105,7 +101,7 @@ def _cmd_export(args) -> int:
         print(f"{row['model']:<10} {result.report['split']} {metric} {row['metrics'][metric]:.4f}  "
               f"latency b1 {row['latency_ms_batch1']:.2f} ms  b32 {row['latency_ms_batch32']:.2f} ms  "
               f"{row['size_bytes'] / 1e6:.2f} MB")
-    for r in result.report.get("synthesis", []):  # text-to-speech: speed instead of a metric
+    for r in result.report.get("synthesis", []):  # a waveform generator: speed instead of a metric
         print(f"{r['model']:<10} synthesis {r['seconds']:.3f} s for {r['audio_seconds']:.2f} s of audio "
               f"(real-time factor {r['real_time_factor']:.3f})  {r['size_bytes'] / 1e6:.2f} MB")
     print(f"export folder: {result.out_dir}" + ("  (report: export_report.md)" if result.report else ""))
@@ -130,6 +126,22 @@ def _cmd_metrics(args) -> int:
     for name in names:
         m = METRICS.get(name)
         print(f"{name:<{width}}  {m.direction or '-':<3}  {m.library:<12}  {m.description}")
+    return 0
+
+
+def _cmd_schema(args) -> int:
+    from .base.registry import list_tasks
+
+    if not args.task:
+        print("\n".join(list_tasks()))
+        return 0
+    from .base.errors import RecipeError
+    from .base.schema import format_schema, schema_rows
+
+    if args.task not in list_tasks():
+        raise RecipeError(f"schema: unknown task {args.task!r} (known: {', '.join(list_tasks())})")
+    rows = schema_rows(args.task)
+    print(json.dumps(rows, indent=1, default=str) if args.format == "json" else format_schema(args.task, rows))
     return 0
 
 
@@ -198,7 +210,8 @@ def _cmd_adapters(args) -> int:
     from pathlib import Path
 
     from .adapters import peft as peft_lib
-    from .api import MODEL_DIR, RECIPE_FILE, merge_adapter
+    from .api import merge_adapter
+    from .runs import MODEL_DIR, RECIPE_FILE
 
     if args.action == "list":
         for a in peft_lib.list_adapters(Path(args.folder) / MODEL_DIR) or peft_lib.list_adapters(Path(args.folder)):
@@ -265,14 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an adapter library: the base graph once plus each adapter's weights, switched at load time")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("chat", help="chat in the terminal with a run's model, a model folder or asset:NAME")
-    p.add_argument("model", help="a run folder (adapter runs load on their base), a model folder or asset:NAME")
-    p.add_argument("--adapter", help="which adapter of a PEFT run or adapter library to use")
-    p.add_argument("--system", help="system prompt (default: the run's data.system_prompt, if any)")
-    p.add_argument("--template", help="chat template when the tokenizer has none: chatml or a Jinja string")
-    p.add_argument("--max-new-tokens", type=int, help="reply length cap (default: the run's model.generation)")
-    p.set_defaults(func=_cmd_chat)
-
     p = sub.add_parser("tune", help="hyper-parameter search over the recipe's tune.space (Optuna)")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
@@ -320,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("metrics", help="list the metric registry: name, direction (max/min), library")
     p.set_defaults(func=_cmd_metrics)
 
+    p = sub.add_parser("schema", help="every recipe field of a task: dotted path, type, default, explanation")
+    p.add_argument("task", nargs="?", help="a registered task, e.g. text-classification (none: list the tasks)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=_cmd_schema)
+
     p = sub.add_parser("validate", help="validate a recipe (and overrides) without running it")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
@@ -330,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.set_defaults(func=_cmd_assets)
 
-    # Domain packages add their own commands (e.g. `omnitune speech import-ct2`) through this group.
+    # Domain packages add their own commands (e.g. `omnitune chat`, `omnitune speech import-ct2`) through this group.
     for ep in entry_points(group="omnitune.commands"):
         try:
             add_commands = ep.load()

@@ -18,16 +18,27 @@ from ..base.recipe import Section
 
 class GenerationConfig(Section):
     max_new_tokens: int = Field(default=64, gt=0)
+    """Most tokens generated per sample (the prompt not counted)."""
     num_beams: int = Field(default=1, gt=0)
+    """Beam-search width; 1 is greedy (or sampling, with do_sample)."""
     do_sample: bool = False
+    """Sample from the distribution (temperature, top_p, top_k apply) instead of greedy or beam search."""
     temperature: float = Field(default=1.0, gt=0)
+    """Sampling only: divides the logits; below 1 sharpens, above 1 flattens."""
     top_p: float = Field(default=1.0, gt=0, le=1)
+    """Sampling only: nucleus sampling keeps the smallest token set whose probabilities sum to top_p (1:
+    all)."""
     top_k: int = Field(default=50, ge=0)
+    """Sampling only: keep the k most likely tokens (0: no limit)."""
     length_penalty: float = 1.0
+    """Beam search only: exponent on the length in the beam score; above 1 favours longer outputs."""
     repetition_penalty: float = Field(default=1.0, gt=0)
+    """Penalises tokens already generated (CTRL's penalty, as in transformers; 1: none, 1.2 is a usual
+    start)."""
     no_repeat_ngram_size: int = Field(default=0, ge=0)
-    # Evaluation generates for this many samples of a fixed (seeded) subset of the split; None: all.
+    """No n-gram of this size occurs twice in an output (0: off)."""
     eval_samples: int | None = Field(default=64, gt=0)
+    """Evaluation generates for this many samples of a fixed (seeded) subset of the split; None: all."""
 
     def kwargs(self, tokenizer: Any = None) -> dict[str, Any]:
         """Keyword arguments for ``model.generate``; sampling knobs only when sampling, and the pad

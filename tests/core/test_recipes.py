@@ -83,3 +83,49 @@ def test_parse_override_types():
     assert parse_override("model.name=asset:minilm-l6") == (["model", "name"], "asset:minilm-l6")
     with pytest.raises(RecipeError, match="KEY=VALUE"):
         parse_override("train.epochs")
+
+
+def _minimal(task: str, **sections) -> dict:
+    """A recipe that validates without reading any file (validation does not open model or data)."""
+    return {"name": "r", "task": task, "model": {"name": "some-model"}, "data": {"source": "some.csv"}, **sections}
+
+
+def test_mixup_on_a_text_recipe_is_refused_naming_field_and_file(tmp_path):
+    path = write_recipe(tmp_path / "text-mixup.yaml", _minimal("text-classification",
+                                                               regularization={"mixup_alpha": 0.2}))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and "regularization.mixup_alpha" in msg
+    # ... and as an override too
+    ok = write_recipe(tmp_path / "text.yaml", _minimal("text-classification"))
+    with pytest.raises(RecipeError, match="regularization.cutmix_alpha"):
+        load_recipe(ok, ["regularization.cutmix_alpha=1.0"])
+
+
+def test_mixup_on_a_vision_recipe_is_accepted(tmp_path):
+    path = write_recipe(tmp_path / "vision.yaml", _minimal(
+        "image-classification", regularization={"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_prob": 0.5}))
+    assert load_recipe(path).regularization.mixup_alpha == 0.2
+
+
+@pytest.mark.parametrize("task, override", [
+    ("question-answering", "regularization.label_smoothing=0.1"),  # QA's span loss reads no smoothing
+    ("speech-recognition", "regularization.mix_prob=0.5"),
+    ("causal-lm", "data.labels=[a, b]"),  # no label set: nothing reads the label fields
+    ("text-to-speech", "data.label_column=speaker"),
+])
+def test_fields_a_task_does_not_read_are_refused(tmp_path, task, override):
+    path = write_recipe(tmp_path / "r.yaml", _minimal(task))
+    load_recipe(path)  # the defaults are fine
+    with pytest.raises(RecipeError, match=override.split("=")[0]):
+        load_recipe(path, [override])
+
+
+def test_fields_a_task_reads_are_accepted(tmp_path):
+    path = write_recipe(tmp_path / "r.yaml", _minimal("text-classification"))
+    rec = load_recipe(path, ["regularization.label_smoothing=0.1", "data.labels=[neg, pos]"])
+    assert rec.regularization.label_smoothing == 0.1 and rec.data.labels == ["neg", "pos"]
+    rec = load_recipe(write_recipe(tmp_path / "s.yaml", _minimal("speech-recognition")),
+                      ["regularization.label_smoothing=0.1"])
+    assert rec.regularization.label_smoothing == 0.1
