@@ -54,13 +54,11 @@ MAIN_METRIC = {"vision": "accuracy", "vision-partial": "accuracy", "text": "accu
 
 def tiny_recipe(case: str, folder: Path) -> dict:
     """--quick: the task's tiny model and data (nothing downloaded) with the case's strategy."""
-    if case.startswith("vision"):
-        from omnitune.vision.classification import ImageClassificationTask as Task
-    elif case == "text":
-        from omnitune.text.classification import TextClassificationTask as Task
-    else:
-        from omnitune.speech.asr import SpeechRecognitionTask as Task
-    raw = Task.tiny_recipe(folder / case)
+    from omnitune.core.base.registry import FIXTURES
+
+    task = "image-classification" if case.startswith("vision") else "text-classification" if case == "text" \
+        else "speech-recognition"
+    raw = FIXTURES.get(task).tiny_recipe(folder / case)
     if case.startswith("vision"):
         raw["model"]["name"] = "test_efficientnet"
         raw["data"]["augment"] = {"train": "none"}

@@ -204,9 +204,10 @@ def main() -> None:
     recipe = args.recipe
     if args.quick:
         from omnitune.core.base.recipe import validate_recipe
-        from omnitune.text.classification import TextClassificationTask
+        from omnitune.core.base.registry import FIXTURES
 
-        recipe = validate_recipe(TextClassificationTask.tiny_recipe(work), where="tiny text-classification")
+        raw = FIXTURES.get("text-classification").tiny_recipe(work)  # the fixture in text/testing.py
+        recipe = validate_recipe(raw, where="tiny text-classification")
         args.steps, args.warmup = min(args.steps, 3), min(args.warmup, 1)
     rec, trainer, model = build(recipe, overrides, work / "run")
     machine = machine_info()

@@ -6,7 +6,8 @@
     runs        the run folder: its file names, creating one, loading a run's model
     evaluation  reports, model card, per-group metrics, retention, diagnosis
     deploy      ONNX export and inference
-    pipeline    train / evaluate / predict as named stages
+    components  recipe sections -> the explicit arguments of the trainer, adapters, evaluations
+    pipeline    train / evaluate as named stages
     studies     tune, cross-validation, data-size curves, suites
     api, cli    the public facade and the command line
 

@@ -20,48 +20,54 @@ from omnitune.core.base import assets
 from omnitune.core.base.data import (Storage, cap_splits, canonical_splits, choose_storage, drop_overlap, is_hub,
                                 require_rows, split_off)
 from omnitune.core.base.errors import DataError, OmnituneError
+from omnitune.core.base.exporting import ExportSpec
 from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig
 from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
 from . import data as sdata
+from . import eval_sets as extra_sets
 from . import metrics as smetrics
 from .audio import SAMPLE_RATE, AudioProblem, chunk_bounds, load_clip
 from .augment import AugmentConfig
-from .model import (RepeatGuard, configure_language, load_whisper, save_model, set_encoder_window, set_feature_window,
-                    whisper_layer_groups)
+from .model import (WHISPER_EXPORT, RepeatGuard, configure_language, load_whisper, save_model, set_encoder_window,
+                    set_feature_window, whisper_decoding, whisper_layer_groups)
 
 
 class SpeechModelConfig(ModelConfig):
-    # Language and task tokens for multilingual checkpoints ("english", "transcribe"); English-only
-    # checkpoints (*.en) have none: leave both unset.
     language: str | None = None
+    """Language token for multilingual checkpoints (e.g. "english"); English-only checkpoints (*.en) have
+    none: leave it unset."""
     task: Literal["transcribe", "translate"] | None = None
-    # Short encoder window in whole seconds (1-30): positions cut and features padded to it.
-    # None keeps the model's own window (30 s). Size it to the longest clip you keep.
+    """Task token for multilingual checkpoints: transcribe, or translate into English; unset for English-
+    only checkpoints (*.en)."""
     max_source_seconds: int | None = Field(default=None, ge=1, le=30)
-    # Upper bound on generated tokens per utterance (greedy decoding).
+    """Short encoder window in whole seconds (1-30): positions cut and features padded to it.
+    None keeps the model's own window (30 s). Size it to the longest clip you keep."""
     max_new_tokens: int = Field(default=128, gt=0, le=440)
-    # Repetition guard: decoding stops once the last 1-4 tokens have repeated this many times in a
-    # row ("rather rather rather ..."); 0 turns it off. Greedy decoding of a multilingual Whisper
-    # on an unexpected language can otherwise loop until max_new_tokens.
+    """Upper bound on generated tokens per utterance (greedy decoding)."""
     repeat_guard: int = Field(default=6, ge=0)
+    """Repetition guard: decoding stops once the last 1-4 tokens have repeated this many times in a
+    row ("rather rather rather ..."); 0 turns it off. Greedy decoding of a multilingual Whisper
+    on an unexpected language can otherwise loop until max_new_tokens."""
 
 
 class EvalSetConfig(BaseModel):
     """An extra evaluation set (``data.eval_sets``), scored with the starting (pretrained) model and
     with the fine-tuned one; results in ``eval_sets.json`` and the report."""
-    model_config = ConfigDict(extra="forbid")
-    # A folder / transcript file / asset; None: the run's own test clips.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     source: str | None = None
-    # Keep only the clips whose names (without suffix) are test clips of the run: a codec twin of
-    # the training data (same names, e.g. asset:asterisk-prompts-gsm) then never scores a clip the
-    # model trained on.
+    """A folder / transcript file / asset; None: the run's own test clips."""
     match_test: bool = True
-    # Mix real noise (a folder, file or asset such as asset:moh-noise) at exactly this SNR; the
-    # segment of each clip is seeded by (run seed, clip index), so every evaluation hears the same audio.
+    """Keep only the clips whose names (without suffix) are test clips of the run: a codec twin of
+    the training data (same names, e.g. asset:asterisk-prompts-gsm) then never scores a clip the
+    model trained on."""
     noise: str | None = None
+    """Mix real noise (a folder, file or asset such as asset:moh-noise) at exactly this SNR; the
+    segment of each clip is seeded by (run seed, clip index), so every evaluation hears the same audio."""
     snr_db: float | None = None
+    """The signal-to-noise ratio (dB) at which `noise` is mixed; set together with noise."""
     max_samples: int | None = Field(default=None, gt=0)
+    """Score at most this many clips of the set (the first ones); None: all."""
 
     @model_validator(mode="after")
     def _noise(self) -> "EvalSetConfig":
@@ -71,34 +77,38 @@ class EvalSetConfig(BaseModel):
 
 
 class SpeechDataConfig(DataConfig):
-    # Transcript file inside a source folder; None looks for transcripts.{csv,jsonl,txt}, metadata.csv.
     transcripts: str | None = None
-    # Folder that relative audio paths are resolved against; None: the transcript file's folder.
+    """Transcript file inside a source folder; None looks for transcripts.{csv,jsonl,txt}, metadata.csv."""
     audio_dir: str | None = None
+    """Folder that relative audio paths are resolved against; None: the transcript file's folder."""
     path_column: str = "path"
+    """Transcript tables: the column with the audio file path (relative to audio_dir)."""
     text_column: str = "text"
-    audio_column: str = "audio"  # Hub datasets
-    # Duration limits in seconds (clips outside are counted in the report, not as bad files).
+    """The column with the transcript."""
+    audio_column: str = "audio"
+    """Hub datasets: the column holding the audio."""
     min_seconds: float | None = Field(default=None, ge=0)
+    """Clips shorter than this many seconds are dropped (counted in the report, not as bad files)."""
     max_seconds: float | None = Field(default=None, gt=0)
-    # Seeded augmentation of training clips, applied in this order.
+    """Clips longer than this many seconds are dropped (counted in the report, not as bad files)."""
     augment: list[AugmentConfig] = []
-    # Unusable files (unreadable, empty, silent, too long for the window, missing audio or
-    # transcript) above this share of all clips stop the run with a DataError.
+    """Seeded augmentation of training clips, applied in this order."""
     max_bad_share: float = Field(default=0.2, ge=0, le=1)
-    # Applied identically to references and hypotheses (baseline and fine-tuned) before WER/CER.
+    """Unusable files (unreadable, empty, silent, too long for the window, missing audio or
+    transcript) above this share of all clips stop the run with a DataError."""
     normalizer: smetrics.NormalizerName = "whisper_english"
-    # A column of a CSV/JSONL transcript file naming the speaker: made splits are then grouped by
-    # speaker (no speaker in two splits) and the report gives per-speaker WER.
+    """Applied identically to references and hypotheses (baseline and fine-tuned) before WER/CER."""
     speaker_column: str | None = None
-    # Extra evaluation sets {name: {source, noise, snr_db, ...}} scored before and after fine-tuning
-    # (codec twins, noisy mixes); see EvalSetConfig.
+    """A column of a CSV/JSONL transcript file naming the speaker: made splits are then grouped by
+    speaker (no speaker in two splits) and the report gives per-speaker WER."""
     eval_sets: dict[str, EvalSetConfig] = {}
-    # memory: every decoded, resampled clip held in RAM. disk: decoded once into a store under
-    # $OMNITUNE_CACHE/arrays (keyed by the audio files and the sample rate) and read per item: flat
-    # RSS as the data grows, no decoding on later runs. auto: disk above
-    # omnitune.core.base.data.AUTO_DISK_BYTES of audio files. Same clips, drops and batches either way.
+    """Extra evaluation sets {name: {source, noise, snr_db, ...}} scored before and after fine-tuning
+    (codec twins, noisy mixes); see EvalSetConfig."""
     storage: Storage = "auto"
+    """memory: every decoded, resampled clip held in RAM. disk: decoded once into a store under
+    $OMNITUNE_CACHE/arrays (keyed by the audio files and the sample rate) and read per item: flat
+    RSS as the data grows, no decoding on later runs. auto: disk above
+    omnitune.core.base.data.AUTO_DISK_BYTES of audio files. Same clips, drops and batches either way."""
 
     @model_validator(mode="after")
     def _limits(self) -> "SpeechDataConfig":
@@ -128,23 +138,22 @@ def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tenso
 
 class SpeechRecognitionTask:
     name: ClassVar[str] = "speech-recognition"
+    # The fields only some tasks read (core.base.recipe.TASK_IMPLEMENTED) that this one reads.
+    implemented_fields: ClassVar[frozenset[str]] = frozenset({"regularization.label_smoothing"})
     ModelConfig: ClassVar[type] = SpeechModelConfig
     DataConfig: ClassVar[type] = SpeechDataConfig
     main_metric: ClassVar[str] = "wer"
     main_metric_mode: ClassVar[str] = "min"
+    pipeline_tag: ClassVar[str] = "automatic-speech-recognition"  # Hub model-card metadata (ModelCardInfo)
+    card_library: ClassVar[str] = "transformers"
 
-    @classmethod
-    def tiny_recipe(cls, folder: Path, like=None) -> dict:
-        """The contract tests' fixture: a raw recipe for a tiny random Whisper and generated tone clips (built
-        from configs into ``folder``, nothing downloaded); see speech/testing.py."""
-        from .testing import tiny_asr_recipe
+    def export_spec(self) -> ExportSpec:
+        """ONNX export (Exportable): Whisper's encoder and cached decoders (speech/model.py)."""
+        return WHISPER_EXPORT
 
-        return tiny_asr_recipe(folder)
-
-    @classmethod
-    def tiny_inputs(cls, folder: Path) -> list[str]:
-        """Raw inputs for ``predict`` on the tiny recipe's model: audio files."""
-        return [str(Path(folder) / "audio" / "clip00.wav"), str(Path(folder) / "audio" / "clip01.wav")]
+    def onnx_decoding(self, model: nn.Module) -> dict[str, Any]:
+        """Greedy decoding's settings for the exported graphs (the spec's ``decoding``)."""
+        return whisper_decoding(model, self.processor.tokenizer, self.model_cfg.max_new_tokens)
 
     def __init__(self, *, model: SpeechModelConfig, data: SpeechDataConfig,
                  regularization: RegularizationConfig, seed: int) -> None:
@@ -159,7 +168,7 @@ class SpeechRecognitionTask:
         self._multilingual = False
         self._lang_ids: dict[int, str] = {}  # language token id -> code, multilingual checkpoints
         self._languages: dict[str, str] = {}  # clip name -> detected language (no model.language)
-        self._model: nn.Module | None = None
+        self._model_config = None  # the built model's config: its dropout settings (feature cache)
         self._test_clips: list[sdata.Clip] = []
         self._storage = "memory"  # data.storage as resolved by build_datasets (extra eval sets use it too)
 
@@ -224,7 +233,7 @@ class SpeechRecognitionTask:
         model, _ = load_whisper(self.model_path, self.model_cfg.pretrained, self.model_cfg.revision)
         if self.model_cfg.max_source_seconds is not None:
             set_encoder_window(model, processor.feature_extractor, self.model_cfg.max_source_seconds)
-        self._model = model  # the extra evaluation sets (data.eval_sets) score it after training
+        self._model_config = model.config
         return model
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
@@ -433,8 +442,6 @@ class SpeechRecognitionTask:
 
             (out_dir / f"languages_{split}.json").write_text(json.dumps({n: self._languages.get(n) for n in names},
                                                                         indent=1))
-        if split == "test" and self.data_cfg.eval_sets and self._model is not None:
-            blocks.append(self._eval_sets_block(out_dir))
         return blocks
 
     def _speaker_block(self, split: str, speakers: list[str | None], predictions: list, references: list) -> str:
@@ -478,42 +485,11 @@ class SpeechRecognitionTask:
             raise DataError(f"data.eval_sets.{name}: no usable clips (see {report.dropped})")
         return self._dataset(clips, []), report
 
-    def score_eval_sets(self, model: nn.Module, batch_size: int = 8) -> dict[str, dict[str, float]]:
-        """WER/CER of ``model`` on every ``data.eval_sets`` set."""
-        from omnitune.core.loop.trainer import evaluate_model
+    def extra_evaluations(self, model: nn.Module, out_dir: Path) -> tuple[dict[str, Any], list[str]]:
+        """ExtraEvaluation: every ``data.eval_sets`` set scored with the fine-tuned ``model`` and with the
+        starting checkpoint (speech/eval_sets.py); results for metrics.json and the report's table."""
+        return extra_sets.before_and_after(self, model, out_dir)
 
-        device = next(model.parameters()).device
-        out = {}
-        for name in self.data_cfg.eval_sets:
-            dataset, _ = self.eval_set(name)
-            metrics, _, _ = evaluate_model(self, model, dataset, batch_size, device)
-            out[name] = {"samples": len(dataset), **{k: float(v) for k, v in metrics.items()}}
-        return out
-
-    def _eval_sets_block(self, out_dir: Path) -> str:
-        """Score the extra sets with the fine-tuned model and with the starting checkpoint (loaded
-        fresh), write ``eval_sets.json`` and return the report's table."""
-        import json
-
-        after = self.score_eval_sets(self._model)
-        base = self.build_model()  # the pretrained checkpoint (what the run started from)
-        keep = self._model
-        try:
-            base.to(next(keep.parameters()).device)
-            before = self.score_eval_sets(base)
-        finally:
-            self._model = keep
-        result = {n: {"samples": after[n]["samples"], "before": before[n], "after": after[n],
-                      "wer_change": after[n]["wer"] - before[n]["wer"]} for n in after}
-        (out_dir / "eval_sets.json").write_text(json.dumps(result, indent=1))
-        self.eval_set_results = result  # for the core to put in metrics.json (see the README note)
-        rows = "\n".join(f"| {n} | {r['samples']} | {r['before']['wer']:.2f} | {r['after']['wer']:.2f} | "
-                         f"{r['wer_change']:+.2f} |" for n, r in result.items())
-        return ("### Extra evaluation sets (data.eval_sets)\n\nWER % of the starting checkpoint (before) and "
-                "of the fine-tuned model (after) on each set (`eval_sets.json`).\n\n"
-                "| set | clips | WER before | WER after | change |\n|---|---|---|---|---|\n" + rows + "\n")
-
-    # ------------------------------------------------------------------ saving and inference
     # ------------------------------------------------------------------ frozen-encoder feature cache
     # Validation batches must carry texts and names for decoding: only training batches are cached.
     feature_cache_eval: ClassVar[bool] = False
@@ -523,7 +499,7 @@ class SpeechRecognitionTask:
         off = []
         if self.data_cfg.augment:
             off.append(f"audio augmentation ({', '.join(a.name for a in self.data_cfg.augment)})")
-        config = getattr(getattr(self, "_model", None), "config", None)
+        config = self._model_config
         for field in ("dropout", "attention_dropout", "activation_dropout"):  # functional: not nn.Dropout
             if config is not None and getattr(config, field, 0.0):
                 off.append(f"encoder {field} ({getattr(config, field):g})")

@@ -24,40 +24,49 @@ from .audio import resample
 
 # ----------------------------------------------------------------------------- recipe schema
 class _Aug(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    # Share of training clips the transform is applied to.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     prob: float = Field(default=0.5, ge=0, le=1)
+    """Share of training clips the transform is applied to."""
 
 
 class NoiseAug(_Aug):
     name: Literal["noise"]
-    # Noise at an SNR drawn uniformly from [min_snr_db, max_snr_db] (equal values: fixed SNR).
+    """noise: mix in white or recorded noise."""
     min_snr_db: float = 10.0
+    """Noise at an SNR drawn uniformly from [min_snr_db, max_snr_db] (equal values: fixed SNR)."""
     max_snr_db: float = 20.0
-    # None: white noise. Else real noise recordings: a folder of audio files (searched recursively),
-    # one file, or an asset (``asset:moh-noise``, the Asterisk music on hold); a seeded file and
-    # offset are drawn per clip (the recording loops if shorter than the clip).
+    """Upper end of the SNR range (dB) the noise is mixed at."""
     files: str | None = None
+    """None: white noise. Else real noise recordings: a folder of audio files (searched recursively),
+    one file, or an asset (``asset:moh-noise``, the Asterisk music on hold); a seeded file and
+    offset are drawn per clip (the recording loops if shorter than the clip)."""
 
 
 class SpeedAug(_Aug):
     name: Literal["speed"]
-    # Kaldi-style speed perturbation: 0.9/1.1 changes tempo and pitch by 10 %.
+    """speed: resample to change tempo and pitch."""
     factors: list[Annotated[float, Field(gt=0.5, lt=2.0)]] = [0.9, 1.1]
+    """Kaldi-style speed perturbation: 0.9/1.1 changes tempo and pitch by 10 %."""
 
 
 class TelephoneAug(_Aug):
     name: Literal["telephone"]
-    # Resample through this rate: removes everything above rate/2 (4 kHz for an 8 kHz channel).
+    """telephone: band-limit through a low sample rate."""
     rate: int = Field(default=8000, ge=2000, le=16000)
+    """Resample through this rate: removes everything above rate/2 (4 kHz for an 8 kHz channel)."""
 
 
 class SpecAugmentAug(_Aug):
     name: Literal["specaugment"]
+    """specaugment: mask bands of time and frequency in the log-mel features."""
     time_masks: int = Field(default=2, ge=0)
-    time_width: int = Field(default=40, ge=1)  # frames of 10 ms
+    """Time masks per clip."""
+    time_width: int = Field(default=40, ge=1)
+    """Widest time mask, in frames of 10 ms."""
     freq_masks: int = Field(default=2, ge=0)
-    freq_width: int = Field(default=15, ge=1)  # mel bins
+    """Frequency masks per clip."""
+    freq_width: int = Field(default=15, ge=1)
+    """Widest frequency mask, in mel bins."""
 
 
 AugmentConfig = Annotated[Union[NoiseAug, SpeedAug, TelephoneAug, SpecAugmentAug], Field(discriminator="name")]

@@ -1,4 +1,6 @@
-"""WER and CER (the core metric registry's, computed by jiwer), after one declared text normaliser.
+"""WER and CER (computed by jiwer), after one declared text normaliser. ``wer`` and ``cer`` below are
+the speech domain's metrics, registered by name through the ``omnitune.metrics`` entry-point group
+(pyproject.toml), so the core registry computes and lists them without knowing speech.
 
 The same normaliser is applied to references and hypotheses, for the zero-shot baseline and the
 fine-tuned model alike, and its name goes into the report. Metrics are percentages (12.5 = 12.5 %).
@@ -13,7 +15,18 @@ from typing import Callable, Literal
 
 import jiwer
 
-from omnitune.core.base.metrics import compute
+from omnitune.core.base.metrics import compute, define_metric
+
+
+@define_metric("wer", "min", "jiwer",
+               "corpus word error rate in percent, (S + D + I) / reference words (jiwer.wer); texts already normalised")
+def wer(predictions, references):
+    return 100.0 * jiwer.wer(list(references), list(predictions))
+
+
+@define_metric("cer", "min", "jiwer", "corpus character error rate in percent (jiwer.cer)")
+def cer(predictions, references):
+    return 100.0 * jiwer.cer(list(references), list(predictions))
 
 NormalizerName = Literal["whisper_english", "whisper_basic", "lowercase", "none"]
 

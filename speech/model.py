@@ -16,11 +16,30 @@ from torch import nn
 from transformers import LogitsProcessor
 
 from omnitune.core.base.errors import OmnituneError
+from omnitune.core.base.exporting import ExportSpec, encoder_decoder_graphs
 from omnitune.core.base.task import LayerGroup
 
 DEFAULT_WINDOW_SECONDS = 30
 FRAMES_PER_SECOND = 100  # 10 ms hop of Whisper's log-mel features
 POSITIONS_PER_SECOND = 50  # the encoder's second conv halves the frame rate
+
+# The speech-recognition task's export (its export_spec): encoder, decoder and decoder with past,
+# run by greedy decoding with whisper_decoding's settings (the task's onnx_decoding method).
+WHISPER_EXPORT = ExportSpec("encoder-decoder", (), "Whisper: encoder, decoder (first step: logits and the key/value "
+                            "cache) and decoder with past key values (one token per step)",
+                            layered=encoder_decoder_graphs, decoding="onnx_decoding")
+
+
+def whisper_decoding(model: nn.Module, tokenizer, max_new_tokens: int) -> dict:
+    """Whisper's greedy decoding settings for an ONNX export: the tokenizer's prefix (start of
+    transcript, language and task tokens when multilingual, no-timestamps), EOS, and the
+    checkpoint's suppressed tokens."""
+    gen = getattr(model, "generation_config", None)
+    eos = gen.eos_token_id if gen is not None and gen.eos_token_id is not None else model.config.eos_token_id
+    return {"prefix": [int(t) for t in tokenizer.prefix_tokens], "eos_token_id": int(eos),
+            "suppress_tokens": [int(t) for t in (getattr(gen, "suppress_tokens", None) or [])],
+            "begin_suppress_tokens": [int(t) for t in (getattr(gen, "begin_suppress_tokens", None) or [])],
+            "max_new_tokens": int(max_new_tokens)}
 
 
 def load_whisper(name: str, pretrained: bool, revision: str | None = None):

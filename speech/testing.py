@@ -1,6 +1,7 @@
 """Tiny speech fixtures: a random Whisper built from a config and generated tone clips, nothing
-downloaded. They back the ASR task's ``tiny_recipe`` (the contract tests and the tiny run of every
-shipped recipe) and the test suite's fixtures."""
+downloaded. They back the ASR task's registered fixture (``omnitune.fixtures``: the contract tests and
+the tiny run of every shipped recipe) and the test suite's fixtures. Production code never imports
+this module."""
 
 from __future__ import annotations
 
@@ -101,3 +102,16 @@ def tiny_asr_recipe(folder: Path) -> dict:
         "eval": {"baseline": False},
         "output": {"dir": str(folder / "runs")},
     }
+
+
+class SpeechRecognitionFixture:
+    """speech-recognition's fixture (entry point in ``omnitune.fixtures``): inputs are two of the
+    tiny recipe's clips, so ``tiny_recipe`` must have built ``folder`` first."""
+
+    @staticmethod
+    def tiny_recipe(folder: Path, like=None) -> dict:
+        return tiny_asr_recipe(folder)
+
+    @staticmethod
+    def tiny_inputs(folder: Path) -> list[str]:
+        return [str(Path(folder) / "audio" / "clip00.wav"), str(Path(folder) / "audio" / "clip01.wav")]

@@ -1,5 +1,6 @@
 """Tiny text-to-speech fixtures: a random VITS built from a config (type-2 residual blocks, like
-Piper's medium voices) with a character front end, and generated clips; nothing downloaded."""
+Piper's medium voices) with a character front end, and generated clips; nothing downloaded.
+They back the task's registered fixture (``omnitune.fixtures``); production code never imports them."""
 
 from __future__ import annotations
 
@@ -106,3 +107,15 @@ def tiny_tts_recipe(folder: Path, like=None) -> dict:
         "eval": {"baseline": False},
         "output": {"dir": str(folder / "runs")},
     }
+
+
+class TextToSpeechFixture:
+    """text-to-speech's fixture (entry point in ``omnitune.fixtures``)."""
+
+    @staticmethod
+    def tiny_recipe(folder: Path, like=None) -> dict:
+        return tiny_tts_recipe(folder, like)
+
+    @staticmethod
+    def tiny_inputs(folder: Path) -> list[str]:
+        return ["one two", "three"]

@@ -38,6 +38,8 @@ from torch import nn
 from omnitune.core.base import assets
 from omnitune.core.base.data import cap_splits, canonical_splits, require_rows, split_off
 from omnitune.core.base.errors import DataError, OmnituneError
+from omnitune.core.base.exporting import ExportSpec
+from omnitune.core.base.metrics import Metric
 from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig
 from omnitune.core.base.seeding import item_seed
 from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
@@ -45,41 +47,55 @@ from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 from . import data as sdata
 from . import vits_losses as L
 from .audio import AudioProblem, load_clip
+from .tts_export import GENERATOR_SPEC
+from .tts_metrics import LOG_DURATION_MSE, MEL_L1
 
 FRONTEND_FILE = "omnitune_tts.json"
 
 
 class TTSModelConfig(ModelConfig):
-    # How text becomes ids: espeak-ng IPA (Piper voices) or the characters themselves (MMS-style
-    # character vocabularies, and the tiny test models).
-    phonemizer: Literal["espeak", "characters"] | None = None  # None: espeak for Piper voices
-    # The decoder (and discriminator) train on random windows of this many spectrogram frames.
+    phonemizer: Literal["espeak", "characters"] | None = None
+    """How text becomes ids: espeak-ng IPA (Piper voices) or the characters themselves (MMS-style character
+    vocabularies, and the tiny test models). None: espeak for Piper voices."""
     segment_frames: int = Field(default=32, gt=0)
-    # Discriminator width (VITS: 32); 0 trains without a discriminator (mel, KL, duration only).
+    """The decoder (and discriminator) train on random windows of this many spectrogram frames."""
     discriminator_width: int = Field(default=32, ge=0)
+    """Discriminator width (VITS: 32); 0 trains without a discriminator (mel, KL, duration only)."""
     n_mels: int = Field(default=80, gt=0)
+    """Mel bands of the spectrogram the mel loss compares."""
     c_mel: float = 45.0
+    """Weight of the mel-spectrogram L1 loss in the generator loss (VITS: 45)."""
     c_kl: float = 1.0
-    # Synthesis settings (None: the voice's own).
+    """Weight of the KL loss in the generator loss (VITS: 1)."""
     noise_scale: float | None = None
+    """Synthesis: noise scale of the prior (variation of the voice); None: the voice's own."""
     noise_scale_duration: float | None = None
+    """Synthesis: noise scale of the stochastic duration predictor; None: the voice's own."""
     speaking_rate: float | None = None
-    # The run report's samples: this many held-out (test) sentences synthesised by the starting voice
-    # (with eval.baseline) and the trained one, as WAVs and mel images, scored by MCD-DTW and F0
-    # distance against the recordings (0: none). A few keep the report quick: each costs a synthesis,
-    # a DTW and, with sample_asr, a Whisper transcript.
+    """Synthesis: speed factor (above 1 is faster); None: the voice's own."""
     sample_sentences: int = Field(default=4, ge=0)
-    # The ASR model whose transcripts of the samples give the WER (intelligibility); null: no WER.
+    """The run report's samples: this many held-out (test) sentences synthesised by the starting voice
+    (with eval.baseline) and the trained one, as WAVs and mel images, scored by MCD-DTW and F0
+    distance against the recordings (0: none). A few keep the report quick: each costs a synthesis,
+    a DTW and, with sample_asr, a Whisper transcript."""
     sample_asr: str | None = "asset:whisper-tiny.en"
+    """The ASR model whose transcripts of the samples give the WER (intelligibility); null: no WER."""
 
 
 class TTSDataConfig(DataConfig):
     transcripts: str | None = None
+    """Transcript file inside a source folder; None looks for the usual names (transcripts.{csv,jsonl,txt},
+    metadata.csv)."""
     audio_dir: str | None = None
+    """Folder that relative audio paths are resolved against; None: the transcript file's folder."""
     path_column: str = "path"
+    """The column with the audio file path."""
     text_column: str = "text"
+    """The column with the sentence spoken."""
     min_seconds: float | None = Field(default=None, ge=0)
+    """Clips shorter than this many seconds are dropped (counted in the data report)."""
     max_seconds: float | None = Field(default=12.0, gt=0)
+    """Clips longer than this many seconds are dropped (counted in the data report)."""
 
 
 class TTSModel(nn.Module):
@@ -117,16 +133,13 @@ class TextToSpeechTask:
     DataConfig: ClassVar[type] = TTSDataConfig
     main_metric: ClassVar[str] = "mel_l1"
     main_metric_mode: ClassVar[str] = "min"
+    pipeline_tag: ClassVar[str] = "text-to-speech"  # Hub model-card metadata (ModelCardInfo)
+    card_library: ClassVar[str] = "omnitune"
+    metric_definitions: ClassVar[tuple[Metric, ...]] = (MEL_L1, LOG_DURATION_MSE)  # their directions select
 
-    @classmethod
-    def tiny_recipe(cls, folder: Path, like=None) -> dict:
-        from .testing_tts import tiny_tts_recipe
-
-        return tiny_tts_recipe(folder, like)
-
-    @classmethod
-    def tiny_inputs(cls, folder: Path) -> list[str]:
-        return ["one two", "three"]
+    def export_spec(self) -> ExportSpec:
+        """ONNX export (Exportable): the VITS generator through :meth:`onnx_generator`, int8 refused."""
+        return GENERATOR_SPEC
 
     def __init__(self, *, model: TTSModelConfig, data: TTSDataConfig, regularization: RegularizationConfig,
                  seed: int) -> None:

@@ -1,4 +1,4 @@
-"""The VITS generator as one traceable module, for ``omnitune export`` (core/export.py).
+"""The VITS generator as one traceable module, for ``omnitune export`` (core/deploy/export.py).
 
 ``VitsModel.forward`` takes its noise and length scales from Python attributes and builds the
 attention mask through transformers' mask helpers, so a trace of it would bake the scales in. This
@@ -22,8 +22,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from omnitune.core.base.exporting import BATCH, BATCH_PHONEMES, ExportSpec, Graph
+
 INPUTS = ("input", "input_lengths", "scales")
 OUTPUTS = ("output", "output_lengths")
+
+# The text-to-speech task's export (its export_spec): this generator, traced through the task's
+# onnx_generator method; int8 refused with what was measured.
+GENERATOR_SPEC = ExportSpec(
+    "waveform", (Graph("model", INPUTS, OUTPUTS, {"input": BATCH_PHONEMES, "input_lengths": BATCH,
+                                                  "output": {0: "batch", 1: "samples"}, "output_lengths": BATCH}),),
+    "VITS generator (text encoder, stochastic duration predictor, length regulation, flow in reverse, "
+    "HiFi-GAN decoder): phoneme ids [batch, phonemes], input_lengths [batch] and scales [3] (noise, "
+    "length, duration noise) -> waveform [batch, samples] and output_lengths [batch]", module="onnx_generator",
+    int8="none", int8_why="ONNX Runtime's dynamic int8 made the Joe voice 2.7x slower than fp32 (the decoder is "
+    "convolutions; ConvInteger has no fast CPU kernel) and changed its durations (62720 -> 61952 samples), and "
+    "MatMul-only int8 saved 4% of the size at the same speed; export in fp32")
 
 
 class VitsGenerator(nn.Module):

@@ -17,6 +17,22 @@ import math
 import numpy as np
 import torch
 
+from omnitune.core.base.metrics import define_metric
+
+
+# The text-to-speech task's own metrics (its metric_definitions), computed from its per-utterance
+# predictions ({"mel_l1", "kl", "dur"}); lower is better, which picks the best checkpoint.
+@define_metric("mel_l1", "min", "omnitune", "mean L1 distance of log-mel spectrograms, synthesised (posterior "
+               "path) vs real, over held-out utterances")
+def MEL_L1(predictions, references=None):
+    return float(np.mean([p["mel_l1"] for p in predictions]))
+
+
+@define_metric("log_duration_mse", "min", "omnitune", "mean squared error of the predicted log phoneme durations "
+               "against the aligned ones, over held-out utterances")
+def LOG_DURATION_MSE(predictions, references=None):
+    return float(np.mean([p["dur"] for p in predictions]))
+
 
 def cepstra(wave: np.ndarray, sr: int, n_mfcc: int = 25, n_mels: int = 40) -> np.ndarray:
     """(frames, n_mfcc - 1) cepstra c_1..c_{n-1} of a 25 ms / 5 ms log mel spectrogram."""

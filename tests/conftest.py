@@ -21,7 +21,8 @@ import torch  # noqa: E402
 # cores are shared with other work.
 torch.set_num_threads(1)
 
-# The builders live in the package, where each task's tiny_recipe() reaches them too.
+# The builders live in the package's testing modules, beside each task's registered fixture
+# (omnitune.fixtures), which uses them too; production code never imports them.
 from omnitune.text.testing import (FILLER, NEGATIVE, POSITIVE, make_reviews,  # noqa: E402,F401
                                    make_tokenizer_and_model)
 

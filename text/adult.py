@@ -131,11 +131,11 @@ def flip_summary(pairs: pd.DataFrame, first: list[dict], second: list[dict]) -> 
 
 def counterfactual_flips(run_dir: str | Path, source: str = CROWS, batch: int = 64) -> dict[str, Any]:
     """CrowS-Pairs scored by a finished text-classification run (see the module docstring)."""
-    from omnitune.core.api import _load_run
     from omnitune.core.adapters.peft import task_model
+    from omnitune.core.runs import load_run
 
     pairs = crows_pairs(source)
-    _, task, model = _load_run(run_dir)
+    _, task, model = load_run(run_dir)
     model = task_model(model)
 
     def predict(texts: list[str]) -> list[dict]:

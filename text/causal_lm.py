@@ -13,35 +13,44 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from omnitune.core.base import assets
-from omnitune.core.base.errors import DataError, OmnituneError
+from omnitune.core.base.errors import DataError
+from omnitune.core.base.exporting import BATCH_SEQ, ExportSpec, text_graph
+from omnitune.core.base.data import Storage
 from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig
 from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
 from . import data as tdata
-
-IGNORE = -100  # label value that cross entropy skips (prompt and padding tokens)
+from . import lm, pipeline
+from .backbone import Backbone
+from .layers import decoder_layer_groups
+from .lm import IGNORE  # noqa: F401  (re-exported: seq2seq and users import it from here)
 
 
 class CausalLMModelConfig(ModelConfig):
-    # Prompt + response tokens; longer rows are truncated from the end.
     max_length: int = Field(default=256, gt=0)
-    # Greedy decoding length for `omnitune predict`.
+    """Prompt + response tokens; longer rows are truncated from the end."""
     max_new_tokens: int = Field(default=32, gt=0)
+    """Greedy decoding length for `omnitune predict`."""
 
 
 class CausalLMDataConfig(DataConfig):
-    # Format strings over the row's columns. The defaults expect "prompt" and "response" columns.
     prompt_template: str = "{prompt}"
+    """Format string over the row's columns giving the prompt (default: the "prompt" column)."""
     response_template: str = "{response}"
-    # False: the loss (and perplexity) covers the response tokens only, the usual instruction tuning.
+    """Format string over the row's columns giving the response the model learns (default: the "response"
+    column)."""
     train_on_prompt: bool = False
-    # Append the tokenizer's end-of-sequence token to every response, so the model learns to stop.
+    """False: the loss (and perplexity) covers the response tokens only, the usual instruction tuning."""
     add_eos: bool = True
+    """Append the tokenizer's end-of-sequence token to every response, so the model learns to stop."""
+    storage: Storage = "auto"
+    """memory: the table and token ids in RAM. disk: cleaned rows and token ids in memory-mapped Arrow
+    files in the cache folder, read row by row (flat RSS as the data grows; the same batches and
+    losses). auto: disk above core.data.AUTO_DISK_BYTES of source files."""
 
 
 def template_fields(template: str) -> list[str]:
@@ -61,74 +70,46 @@ class _LMDataset(torch.utils.data.Dataset):
 
 class CausalLMTask:
     name: ClassVar[str] = "causal-lm"
+    # The fields only some tasks read (core.base.recipe.TASK_IMPLEMENTED) that this one reads.
+    implemented_fields: ClassVar[frozenset[str]] = frozenset({"regularization.label_smoothing"})
     ModelConfig: ClassVar[type] = CausalLMModelConfig
     DataConfig: ClassVar[type] = CausalLMDataConfig
     main_metric: ClassVar[str] = "perplexity"
     main_metric_mode: ClassVar[str] = "min"
+    pipeline_tag: ClassVar[str] = "text-generation"  # Hub model-card metadata (ModelCardInfo)
+    card_library: ClassVar[str] = "transformers"
 
-    @classmethod
-    def tiny_recipe(cls, folder: Path, like=None) -> dict:
-        """The contract tests' fixture: a raw recipe for a tiny Llama and generated review -> yes/no rows (built
-        from configs into ``folder``, nothing downloaded); see text/testing.py."""
-        from .testing import tiny_causal_lm_recipe
-
-        return tiny_causal_lm_recipe(folder)
-
-    @classmethod
-    def tiny_inputs(cls, folder: Path) -> list[str]:
-        """Raw inputs for ``predict`` on the tiny recipe's model."""
-        return ["the film was good"]
+    def export_spec(self) -> ExportSpec:
+        """ONNX export (Exportable): full-sequence logits for scoring; no key/value cache, no generation."""
+        return ExportSpec("named", (text_graph(("logits",), BATCH_SEQ, ("input_ids", "attention_mask")),),
+                          "decoder LM without key/value cache: full-sequence logits (scoring)")
 
     def __init__(self, *, model: CausalLMModelConfig, data: CausalLMDataConfig,
                  regularization: RegularizationConfig, seed: int) -> None:
         self.model_cfg, self.data_cfg, self.seed = model, data, seed
         self.label_smoothing = regularization.label_smoothing
         self.label_names = None  # no label set: the core's label-aware paths see None
-        self._tokenizer = None
+        # Padding positions are masked out of the loss anyway: a tokenizer without a pad token pads with EOS.
+        self.backbone = Backbone(model, pad_with_eos=True)
 
     # ------------------------------------------------------------------ model
     @property
     def model_path(self) -> str:
-        return assets.resolve(self.model_cfg.name)
+        return self.backbone.path
 
     @property
     def tokenizer(self):
-        if self._tokenizer is None:
-            tok = tdata.load_tokenizer(self.model_cfg.name, self.model_path, self.model_cfg.revision)
-            if tok.pad_token_id is None:  # padding positions are masked out of the loss anyway
-                tok.pad_token = tok.eos_token
-            self._tokenizer = tok
-        return self._tokenizer
+        return self.backbone.tokenizer
 
     def build_model(self) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
-        try:
-            if self.model_cfg.pretrained:
-                # fp32 master weights: bf16 autocast handles speed, AdamW updates stay exact.
-                return AutoModelForCausalLM.from_pretrained(self.model_path, revision=self.model_cfg.revision,
-                                                            dtype=torch.float32)
-            config = AutoConfig.from_pretrained(self.model_path, revision=self.model_cfg.revision)
-            return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        except OSError as exc:
-            raise OmnituneError(f"model.name: cannot load {self.model_cfg.name!r} ({exc})") from None
+        return self.backbone.load_lm(AutoModelForCausalLM)
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         """Input embeddings, each decoder block, then the head: final norm and the LM head, unless
         the LM head is tied to the input embeddings (then it trains with them, in the first group)."""
-        base = model
-        inner = base.base_model
-        blocks = max((m for m in inner.modules() if isinstance(m, nn.ModuleList)), key=len, default=None)
-        if not blocks:
-            raise OmnituneError(f"{type(base).__name__}: no list of decoder blocks found for layer groups")
-        embed = base.get_input_embeddings()
-        out_emb = base.get_output_embeddings()
-        tied = out_emb is not None and out_emb.weight is embed.weight
-        head = [m for n, m in inner.named_children() if m is not blocks and m is not embed]
-        if out_emb is not None and not tied:
-            head.append(out_emb)
-        return [LayerGroup("embeddings", [embed]), *[LayerGroup(f"block_{i}", [b]) for i, b in enumerate(blocks)],
-                LayerGroup("head", head)]
+        return decoder_layer_groups(model)
 
     # ------------------------------------------------------------------ data
     def _columns(self) -> list[str]:
@@ -136,8 +117,35 @@ class CausalLMTask:
                                   + template_fields(self.data_cfg.response_template)))
 
     def _prepare(self, df) -> _LMDataset:
+        if isinstance(df, tdata.DiskRows):
+            return self._prepare_disk(df)
+        input_ids, labels, texts = self._encode_rows(*pipeline.columns_of(df, self._columns()))
+        if all(all(x == IGNORE for x in lab) for lab in labels):
+            raise DataError(f"{self.data_cfg.source}: every response was truncated away; raise model.max_length")
+        return _LMDataset(input_ids, labels, texts)
+
+    def _prepare_disk(self, rows: tdata.DiskRows) -> tdata.DiskTextDataset:
+        """:meth:`_prepare` for rows on disk: encoded 2,000 at a time into an Arrow file in the cache
+        folder (text/pipeline.py), keyed by the rows and every tokenisation setting."""
         d, tok = self.data_cfg, self.tokenizer
-        rows = df[self._columns()].astype(str).to_dict("records")
+        settings = [f"{self.model_cfg.name}@{self.model_cfg.revision}|{type(tok).__name__}|{len(tok)}",
+                    self.model_cfg.max_length, d.prompt_template, d.response_template, d.train_on_prompt, d.add_eos]
+        seen = {"rows": 0, "labelled": False}
+
+        def encode(*columns):
+            input_ids, labels, texts = self._encode_rows(*columns)
+            seen["rows"] += len(labels)
+            seen["labelled"] = seen["labelled"] or any(x != IGNORE for lab in labels for x in lab)
+            if seen["rows"] == len(rows) and not seen["labelled"]:
+                raise DataError(f"{d.source}: every response was truncated away; raise model.max_length")
+            return {"input_ids": input_ids, "labels": labels, "text": texts, "length": [len(x) for x in input_ids]}
+
+        return pipeline.encode_to_disk(rows, self._columns(), settings, encode)
+
+    def _encode_rows(self, *columns: list[str]) -> tuple[list[list[int]], list[list[int]], list[str]]:
+        """(input ids, labels, prompt + response texts) of rows given as one list of values per column."""
+        d, tok = self.data_cfg, self.tokenizer
+        rows = [dict(zip(self._columns(), values)) for values in zip(*columns)]
         prompts = [d.prompt_template.format(**r) for r in rows]
         responses = [d.response_template.format(**r) for r in rows]
         p_ids = tok(prompts, add_special_tokens=True)["input_ids"]
@@ -149,9 +157,7 @@ class CausalLMTask:
             lab = ids if d.train_on_prompt else [IGNORE] * len(p) + (list(r) + eos)
             input_ids.append(ids)
             labels.append(list(lab[: len(ids)]))
-        if all(all(x == IGNORE for x in lab) for lab in labels):
-            raise DataError(f"{d.source}: every response was truncated away; raise model.max_length")
-        return _LMDataset(input_ids, labels, [p + r for p, r in zip(prompts, responses)])
+        return input_ids, labels, [p + r for p, r in zip(prompts, responses)]
 
     def _clean(self, df, split: str, where: str, report: DataReport):
         d = self.data_cfg
@@ -161,13 +167,14 @@ class CausalLMTask:
     def build_datasets(self) -> DataBundle:
         d = self.data_cfg
         report = DataReport(source=d.source)
-        splits = tdata.prepared_splits(d, self.seed, report, self._clean,
-                                       lambda df: list(zip(*(df[c].astype(str) for c in self._columns()))),
-                                       "same row")
+        splits = pipeline.prepared_splits(d, self.seed, report, self._clean,
+                                          lambda df: list(zip(*(df[c].astype(str) for c in self._columns()))),
+                                          "same row", disk_columns=self._columns())
         train = self._prepare(splits["train"])
+        lengths = train.lengths() if isinstance(train, tdata.DiskTextDataset) else [len(x) for x in train.input_ids]
         return DataBundle(train=train, validation=self._prepare(splits["validation"]),
                           test=self._prepare(splits["test"]) if "test" in splits else None, report=report,
-                          train_lengths=[len(x) for x in train.input_ids])
+                          train_lengths=lengths)
 
     def load_eval_dataset(self, source: str, label_names) -> tuple[Any, DataReport]:
         report = DataReport(source=source)
@@ -197,17 +204,8 @@ class CausalLMTask:
         return self.next_token_loss(logits, batch["labels"], train)
 
     def next_token_loss(self, logits: torch.Tensor, labels: torch.Tensor, train: bool) -> dict[str, Any]:
-        """The contract's forward result from a causal LM's logits: next-token NLL summed over the
-        labelled tokens (labels IGNORE elsewhere), with per-sample sums for perplexity."""
-        logits, target = logits[:, :-1], labels[:, 1:]  # token t predicts token t + 1
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE,
-                              reduction="none", label_smoothing=self.label_smoothing if train else 0.0)
-        nll = nll.view(target.shape)
-        counted = (target != IGNORE).sum(-1)
-        # Summed over response tokens; the trainer divides by the tokens of the whole step, so every
-        # token weighs the same whatever the batch it fell into. Per-sample sums feed perplexity.
-        return {"loss_sum": nll.sum(), "num_items": counted.sum(),
-                "outputs": {"nll_sum": nll.sum(-1).detach(), "tokens": counted}}
+        """Next-token NLL on the labelled tokens (text/lm.py), label smoothing in training only."""
+        return lm.next_token_loss(logits, labels, self.label_smoothing if train else 0.0)
 
     def predict_batch(self, model, batch, outputs) -> tuple[list[Any], list[Any]]:
         out = outputs["outputs"]
@@ -215,24 +213,14 @@ class CausalLMTask:
 
     def compute_metrics(self, predictions: list[float], references: list[int]) -> dict[str, float]:
         # predictions: summed NLL per sequence, references: its labelled-token count
-        from omnitune.core.base.metrics import compute
-
-        return {name: compute(name, predictions, references) for name in ("perplexity", "token_nll")}
+        return lm.perplexity_metrics(predictions, references)
 
     def report_extras(self, out_dir: Path, split: str, predictions, references, dataset) -> list[str]:
-        per_sample = sorted(((p / max(1, r), i) for i, (p, r) in enumerate(zip(predictions, references))),
-                            reverse=True)[:5]
-        if not per_sample:
-            return []
-        rows = ["| text | token NLL |", "|---|---|"]
-        rows += [f"| {dataset.texts[i][:120].replace('|', chr(92) + '|').replace(chr(10), ' ')} | {v:.3f} |"
-                 for v, i in per_sample]
-        return ["Hardest responses (highest mean token NLL):\n\n" + "\n".join(rows)]
+        return lm.hardest_responses(dataset.texts, predictions, references)
 
     # ------------------------------------------------------------------ save / load / predict
     def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
-        model.save_pretrained(out_dir)
-        self.tokenizer.save_pretrained(out_dir)
+        self.backbone.save(model, out_dir)
 
     def resolve_labels(self) -> None:
         """No label set: nothing about the model's shape comes from the data."""
@@ -240,11 +228,7 @@ class CausalLMTask:
 
     def restore(self, model_dir: Path) -> None:
         """The tokenizer saved with the model (nothing else was learnt from the data)."""
-        from transformers import AutoTokenizer
-
-        self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        if self._tokenizer.pad_token_id is None:
-            self._tokenizer.pad_token = self._tokenizer.eos_token
+        self.backbone.restore(model_dir)
 
     def load_pretrained(self, model_dir: Path) -> nn.Module:
         from transformers import AutoModelForCausalLM

@@ -11,7 +11,8 @@ reply for a fixed, seeded subset (``model.generation.eval_samples``) with the re
 settings (``model.generation``), scored against the last assistant turn by ``data.generation_metrics``
 (exact match, ROUGE) and, with ``data.answer_pattern``, by the accuracy of the label parsed from
 the reply. With ``eval.baseline: true`` the report puts the zero-shot replies next to the
-fine-tuned ones. Model loading, layer groups, saving and reloading are causal-lm's.
+fine-tuned ones. Model loading, layer groups, the loss, saving and reloading are composed from the
+shared modules (text/backbone.py, text/layers.py, text/lm.py), as causal-lm composes them.
 """
 
 from __future__ import annotations
@@ -29,43 +30,48 @@ from omnitune.core.base import assets
 from omnitune.core.base.errors import DataError
 from omnitune.core.base.generation import GenerationConfig, fixed_subset, side_by_side
 from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig
-from omnitune.core.base.task import DataBundle, DataReport
+from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
 from . import chat_data as cd
 from . import data as tdata
-from .causal_lm import CausalLMTask
+from . import lm, pipeline
+from .backbone import Backbone
+from .layers import decoder_layer_groups
 
 IGNORE = cd.IGNORE
 
 
 class ChatModelConfig(ModelConfig):
-    # Tokens per conversation (per packed sequence with data.packing); longer ones are cut at the end.
     max_length: int = Field(default=512, gt=0)
-    # Decoding for evaluation, `omnitune predict` and `omnitune chat` (greedy by default).
+    """Tokens per conversation (per packed sequence with data.packing); longer ones are cut at the end."""
     generation: GenerationConfig = GenerationConfig()
+    """Decoding for evaluation, `omnitune predict` and `omnitune chat` (greedy by default)."""
 
 
 class ChatDataConfig(DataConfig):
-    # messages: a column of [{"role", "content"}...] lists; columns: one user turn from
-    # prompt_template and one assistant turn from response_template (format strings over the
-    # row's columns); auto: messages when the column exists.
     layout: Literal["auto", "messages", "columns"] = "auto"
+    """messages: a column of [{"role", "content"}...] lists; columns: one user turn from
+    prompt_template and one assistant turn from response_template (format strings over the
+    row's columns); auto: messages when the column exists."""
     messages_column: str = "messages"
+    """layout messages: the column of [{role, content}...] lists."""
     prompt_template: str = "{instruction}"
+    """layout columns: format string over the row's columns giving the user turn."""
     response_template: str = "{output}"
-    # Prepended as a system turn to every conversation that has none.
+    """layout columns: format string over the row's columns giving the assistant turn."""
     system_prompt: str | None = None
-    # None: the tokenizer's own chat template (an error if it has none); "chatml", or a Jinja
-    # template string. Saved with the tokenizer, so predict and chat render the same way.
+    """Prepended as a system turn to every conversation that has none."""
     chat_template: str | None = None
-    # Pack whole training conversations into sequences of model.max_length tokens (less padding
-    # for short conversations; attention never crosses conversations). Evaluation is never packed.
+    """None: the tokenizer's own chat template (an error if it has none); "chatml", or a Jinja
+    template string. Saved with the tokenizer, so predict and chat render the same way."""
     packing: bool = False
-    # Scores of generated replies against the reference reply.
+    """Pack whole training conversations into sequences of model.max_length tokens (less padding
+    for short conversations; attention never crosses conversations). Evaluation is never packed."""
     generation_metrics: list[Literal["exact_match", "rouge1", "rouge2", "rougeL"]] = ["exact_match"]
-    # A regex whose first group (or whole match) is the label in a reply, e.g. "^\\s*([A-E])\\b" for
-    # multiple choice; adds answer_accuracy (the parsed labels of reply and reference agree).
+    """Scores of generated replies against the reference reply."""
     answer_pattern: str | None = None
+    r"""A regex whose first group (or whole match) is the label in a reply, e.g. "^\\s*([A-E])\\b" for
+    multiple choice; adds answer_accuracy (the parsed labels of reply and reference agree)."""
 
     @model_validator(mode="after")
     def _pattern_compiles(self) -> "ChatDataConfig":
@@ -106,44 +112,47 @@ class ChatDataset(torch.utils.data.Dataset):
         return users[-1] if users else ""
 
 
-class ChatTask(CausalLMTask):
+class ChatTask:
     name: ClassVar[str] = "chat"
+    # The fields only some tasks read (core.base.recipe.TASK_IMPLEMENTED) that this one reads.
+    implemented_fields: ClassVar[frozenset[str]] = frozenset({"regularization.label_smoothing"})
     ModelConfig: ClassVar[type] = ChatModelConfig
     DataConfig: ClassVar[type] = ChatDataConfig
     main_metric: ClassVar[str] = "perplexity"
     main_metric_mode: ClassVar[str] = "min"
-
-    @classmethod
-    def tiny_recipe(cls, folder: Path, like=None) -> dict:
-        """A tiny Llama with a chat template and generated review conversations (text/testing_chat.py)."""
-        from .testing_chat import tiny_chat_recipe
-
-        return tiny_chat_recipe(folder)
-
-    @classmethod
-    def tiny_inputs(cls, folder: Path) -> list[str]:
-        return ["review: the film was good . positive ?"]
-
-    @staticmethod
-    def terminal_chat(argv_model: str, **kwargs: Any) -> int:
-        """``omnitune chat``: the interactive terminal chat (text/chat_cli.py)."""
-        from .chat_cli import run_terminal_chat
-
-        return run_terminal_chat(argv_model, **kwargs)
+    pipeline_tag: ClassVar[str] = "text-generation"  # Hub model-card metadata (ModelCardInfo)
+    card_library: ClassVar[str] = "transformers"
 
     def __init__(self, *, model: ChatModelConfig, data: ChatDataConfig, regularization: RegularizationConfig,
                  seed: int) -> None:
-        super().__init__(model=model, data=data, regularization=regularization, seed=seed)
+        self.model_cfg, self.data_cfg, self.seed = model, data, seed
+        self.label_smoothing = regularization.label_smoothing
+        self.label_names = None  # no label set: the core's label-aware paths see None
+        # A causal LM's tokenizer (EOS pads; padding is masked out of the loss) with the chat template
+        # set when it is first loaded; a restored one was saved with its template.
+        self.backbone = Backbone(model, pad_with_eos=True, prepare=lambda tok: cd.set_chat_template(
+            tok, data.chat_template, model.name))
         # Generations of each evaluation, by split, in order: with eval.baseline the first test
         # evaluation is the zero-shot model's, which the report sets beside the fine-tuned one.
         self.generation_history: dict[str, list[dict[int, str]]] = {}
 
+    # ------------------------------------------------------------------ model
+    @property
+    def model_path(self) -> str:
+        return self.backbone.path
+
     @property
     def tokenizer(self):
-        if self._tokenizer is None:
-            tok = super().tokenizer
-            cd.set_chat_template(tok, self.data_cfg.chat_template, self.model_cfg.name)
-        return self._tokenizer
+        return self.backbone.tokenizer
+
+    def build_model(self) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return self.backbone.load_lm(AutoModelForCausalLM)
+
+    def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
+        """Input embeddings, each decoder block, then the head (text/layers.py)."""
+        return decoder_layer_groups(model)
 
     # ------------------------------------------------------------------ data
     def _conversations(self, df, split: str, where: str, report: DataReport) -> list[list[dict]]:
@@ -202,8 +211,8 @@ class ChatTask(CausalLMTask):
     def build_datasets(self) -> DataBundle:
         d = self.data_cfg
         report = DataReport(source=d.source)
-        convs = tdata.prepared_splits(d, self.seed, report, self._conversations,
-                                      lambda cs: [cd.conversation_key(c) for c in cs], "same conversation")
+        convs = pipeline.prepared_splits(d, self.seed, report, self._conversations,
+                                         lambda cs: [cd.conversation_key(c) for c in cs], "same conversation")
         train = self._encode(convs["train"], "train", report, eval_set=False)
         return DataBundle(train=train, validation=self._encode(convs["validation"], "validation", report, True),
                           test=self._encode(convs["test"], "test", report, True) if "test" in convs else None,
@@ -250,25 +259,13 @@ class ChatTask(CausalLMTask):
         else:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            use_cache=False).logits.float()
-        return self.next_token_loss(logits, batch["labels"], train)
+        return lm.next_token_loss(logits, batch["labels"], self.label_smoothing if train else 0.0)
 
     @torch.no_grad()
     def generate(self, model: nn.Module, prompts: list[list[int]]) -> list[str]:
         """Replies to token-id prompts (left-padded into one batch), decoded without special tokens."""
         tok = self.tokenizer
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             **self.model_cfg.generation.kwargs(tok))
-        model.train(was_training)
-        return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+        return lm.generate_replies(model, tok, prompts, **self.model_cfg.generation.kwargs(tok))
 
     def predict_batch(self, model, batch, outputs) -> tuple[list[Any], list[Any]]:
         out = outputs["outputs"]
@@ -286,8 +283,7 @@ class ChatTask(CausalLMTask):
     def compute_metrics(self, predictions: list[dict], references: list[str | None]) -> dict[str, float]:
         from omnitune.core.base.metrics import compute
 
-        sums, counts = [p["nll_sum"] for p in predictions], [p["tokens"] for p in predictions]
-        metrics = {name: compute(name, sums, counts) for name in ("perplexity", "token_nll")}
+        metrics = lm.perplexity_metrics([p["nll_sum"] for p in predictions], [p["tokens"] for p in predictions])
         generated = [(p, r) for p, r in zip(predictions, references) if p["reply"] is not None]
         if generated:
             replies, refs = [p["reply"] for p, _ in generated], [r for _, r in generated]
@@ -302,8 +298,8 @@ class ChatTask(CausalLMTask):
         return metrics
 
     def report_extras(self, out_dir: Path, split: str, predictions, references, dataset) -> list[str]:
-        blocks = super().report_extras(out_dir, split, [p["nll_sum"] for p in predictions],
-                                       [p["tokens"] for p in predictions], _Texts(dataset))
+        texts = [dataset.last_user(i) for i in range(len(dataset))]  # the hardest conversations' last user turn
+        blocks = lm.hardest_responses(texts, [p["nll_sum"] for p in predictions], [p["tokens"] for p in predictions])
         runs = self.generation_history.get(split, [])
         if not runs:
             return blocks
@@ -323,7 +319,24 @@ class ChatTask(CausalLMTask):
                       f"generations_{split}.jsonl){note}:\n\n" + side_by_side(rows[:8], columns, width=120))
         return blocks
 
-    # ------------------------------------------------------------------ predict
+    # ------------------------------------------------------------------ save / load / predict
+    def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
+        self.backbone.save(model, out_dir)  # the tokenizer carries the chat template
+
+    def resolve_labels(self) -> None:
+        """No label set: nothing about the model's shape comes from the data."""
+        return None
+
+    def restore(self, model_dir: Path) -> None:
+        """The tokenizer saved with the model, chat template included."""
+        self.backbone.restore(model_dir)
+
+    def load_pretrained(self, model_dir: Path) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        self.restore(model_dir)
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         text = cd.render(self.tokenizer, messages, generation_prompt=True)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -338,9 +351,3 @@ class ChatTask(CausalLMTask):
         replies = [self.generate(model, [self.prompt_ids(self.user_turn(text))])[0] for text in inputs]
         return [{"input": text, "reply": reply} for text, reply in zip(inputs, replies)]
 
-
-class _Texts:
-    """causal-lm's hardest-responses table reads ``dataset.texts``: the last user turn here."""
-
-    def __init__(self, dataset: ChatDataset) -> None:
-        self.texts = [dataset.last_user(i) for i in range(len(dataset))]

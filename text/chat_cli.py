@@ -28,10 +28,10 @@ def load_chat_model(ref: str, adapter: str | None = None, template: str | None =
     model folder or ``asset:NAME``."""
     from omnitune.core.base import assets
     from omnitune.core.adapters import peft as peft_lib
-    from omnitune.core.api import RECIPE_FILE, _load_run
+    from omnitune.core.runs import RECIPE_FILE, load_run
 
     if (Path(ref) / RECIPE_FILE).is_file():
-        rec, task, model = _load_run(ref, adapter)
+        rec, task, model = load_run(ref, adapter)
         tokenizer, model = task.tokenizer, peft_lib.task_model(model)
         # A run of another generative task (e.g. preference tuning) may declare no decoding settings.
         generation = getattr(rec.model, "generation", None) or GenerationConfig()

@@ -13,48 +13,53 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from omnitune.core.base import assets
-from omnitune.core.base.data import (Storage, cap_splits, check_classes, choose_storage, drop_overlap, require_rows,
-                                source_bytes, split_off)
+from omnitune.core.base.data import Storage, cap_splits, check_classes, drop_overlap, require_rows, split_off
 from omnitune.core.base.errors import DataError, OmnituneError
+from omnitune.core.base.exporting import BATCH, ExportSpec, text_graph
 from omnitune.core.base.metrics import compute as compute_metric
 from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig
 from omnitune.core.evaluation.report import confusion_matrix_png, per_class_table
 from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
 from . import data as tdata
-from . import long_text
+from . import long_text, pipeline
 from .first_token import first_token_only
+from .layers import encoder_layer_groups  # noqa: F401  (re-exported: its home is text/layers.py)
 
 LABELS_FILE = "omnitune_labels.json"
 
 
 class TextModelConfig(ModelConfig):
-    # Longer texts are handled as data.long_text says (and counted in the data report); batches are
-    # padded only to their longest text (dynamic padding).
     max_length: int = Field(default=128, gt=0)
+    """Longer texts are handled as data.long_text says (and counted in the data report); batches are
+    padded only to their longest text (dynamic padding)."""
 
 
 class TextDataConfig(DataConfig):
     text_column: str = "text"
-    # Second text of a pair (e.g. premise/hypothesis, question/answer); None for single texts.
+    """The column with the text."""
     text_pair_column: str | None = None
+    """Second text of a pair (e.g. premise/hypothesis, question/answer); None for single texts."""
     problem_type: Literal["single_label", "multi_label", "regression"] = "single_label"
-    # Multi-label rows hold labels joined by this separator ("drama|comedy"), or a list in JSON.
+    """single_label: one class per text (softmax). multi_label: any number (sigmoid per label). regression:
+    one number (MSE)."""
     label_separator: str = "|"
-    # Texts longer than model.max_length tokens. truncate: keep the start. head_tail: keep the start
-    # and the end (Sun et al. 2019 found head 128 + tail 382 of 510 tokens best on long reviews).
-    # chunks: classify overlapping windows of the whole text and pool their logits, in training and
-    # prediction (each window costs a forward pass). head_tail and chunks take single texts.
+    """Multi-label rows hold labels joined by this separator ("drama|comedy"), or a list in JSON."""
     long_text: Literal["truncate", "head_tail", "chunks"] = "truncate"
-    # head_tail: the share of the token budget kept from the start (the rest comes from the end).
+    """Texts longer than model.max_length tokens. truncate: keep the start. head_tail: keep the start
+    and the end (Sun et al. 2019 found head 128 + tail 382 of 510 tokens best on long reviews).
+    chunks: classify overlapping windows of the whole text and pool their logits, in training and
+    prediction (each window costs a forward pass). head_tail and chunks take single texts."""
     head_share: float = Field(default=0.25, ge=0, le=1)
-    # chunks: tokens two consecutive windows share, and how window logits pool into the text's.
+    """head_tail: the share of the token budget kept from the start (the rest comes from the end)."""
     chunk_stride: int = Field(default=32, ge=0)
+    """long_text chunks: tokens two consecutive windows share."""
     chunk_pooling: Literal["mean", "max"] = "mean"
-    # memory: the tables and token ids in RAM. disk: cleaned rows and token ids in memory-mapped
-    # Arrow files in the cache folder, read row by row (flat RSS as the data grows; the same batches
-    # and losses). auto: disk above core.data.AUTO_DISK_BYTES of source files.
+    """long_text chunks: how the windows' logits pool into the text's (mean or max)."""
     storage: Storage = "auto"
+    """memory: the tables and token ids in RAM. disk: cleaned rows and token ids in memory-mapped
+    Arrow files in the cache folder, read row by row (flat RSS as the data grows; the same batches
+    and losses). auto: disk above core.data.AUTO_DISK_BYTES of source files."""
 
     @model_validator(mode="after")
     def _long_pairs(self) -> "TextDataConfig":
@@ -85,52 +90,21 @@ class _TextDataset(torch.utils.data.Dataset):
         return [len(x) for x in self.encodings["input_ids"]]
 
 
-def encoder_layer_groups(model: nn.Module) -> list[LayerGroup]:
-    """An encoder with a head (sequence or token classification): embeddings, each encoder block,
-    then the head (pooler, classifier, final norms)."""
-    base = model.base_model
-    blocks = max((m for m in base.modules() if isinstance(m, nn.ModuleList)), key=len, default=None)
-    if blocks is None or len(blocks) == 0:
-        raise OmnituneError(f"{type(model).__name__}: no list of encoder blocks found for layer groups")
-    in_blocks = {id(p) for p in blocks.parameters()}
-    embed_modules, head_modules = [], []
-    for name, module in base.named_children():
-        if any(id(p) in in_blocks for p in module.parameters()):
-            continue
-        (embed_modules if "embed" in name else head_modules).append(module)
-    base_ids = {id(p) for p in base.parameters()}
-    head_modules += [m for n, m in model.named_children() if not any(id(p) in base_ids for p in m.parameters())]
-    # Modules that hold the blocks but also own parameters directly (e.g. a final norm).
-    container_extras = [m for m in base.modules() if m is not base and blocks in list(m.children())]
-    for m in container_extras:
-        for child in m.children():
-            if child is not blocks:
-                head_modules.append(child)
-    groups = [LayerGroup("embeddings", embed_modules)]
-    groups += [LayerGroup(f"block_{i}", [b]) for i, b in enumerate(blocks)]
-    groups.append(LayerGroup("head", head_modules))
-    return groups
-
-
 class TextClassificationTask:
     name: ClassVar[str] = "text-classification"
+    # The fields only some tasks read (core.base.recipe.TASK_IMPLEMENTED) that this one reads.
+    implemented_fields: ClassVar[frozenset[str]] = frozenset(
+        {"regularization.label_smoothing", "data.label_column", "data.labels", "data.unknown_labels"})
     ModelConfig: ClassVar[type] = TextModelConfig
     DataConfig: ClassVar[type] = TextDataConfig
     main_metric: ClassVar[str] = "accuracy"
     main_metric_mode: ClassVar[str] = "max"
+    pipeline_tag: ClassVar[str] = "text-classification"  # Hub model-card metadata (ModelCardInfo)
+    card_library: ClassVar[str] = "transformers"
 
-    @classmethod
-    def tiny_recipe(cls, folder: Path, like=None) -> dict:
-        """The contract tests' fixture: a raw recipe for a tiny BERT and generated reviews (built
-        from configs into ``folder``, nothing downloaded); see text/testing.py."""
-        from .testing import tiny_classification_recipe
-
-        return tiny_classification_recipe(folder)
-
-    @classmethod
-    def tiny_inputs(cls, folder: Path) -> list[str]:
-        """Raw inputs for ``predict`` on the tiny recipe's model."""
-        return ["the film was good", "a very dull plot"]
+    def export_spec(self) -> ExportSpec:
+        """ONNX export (Exportable): the sequence classifier's logits."""
+        return ExportSpec("named", (text_graph(("logits",), BATCH),), "sequence classifier: logits [batch, labels]")
 
     def __init__(self, *, model: TextModelConfig, data: TextDataConfig,
                  regularization: RegularizationConfig, seed: int) -> None:
@@ -178,10 +152,8 @@ class TextClassificationTask:
     def storage(self, report: DataReport | None = None) -> str:
         """``memory`` or ``disk``: ``data.storage``, with ``auto`` decided by the source's size (noted
         in ``report`` when given)."""
-        d = self.data_cfg
         if self._storage is None or report is not None:
-            paths = [assets.resolve(s) for s in (d.source, d.validation_source, d.test_source) if s]
-            self._storage = choose_storage(d.storage, source_bytes(paths) if d.storage == "auto" else 0, report)
+            self._storage = pipeline.storage(self.data_cfg, report)
         return self._storage
 
     def _labels_seen(self, train) -> list[str]:
@@ -290,39 +262,21 @@ class TextClassificationTask:
 
     def _prepare_disk(self, rows: tdata.DiskRows, split: str, report: DataReport) -> tdata.DiskTextDataset:
         """:meth:`_prepare` for rows on disk: encoded 2,000 at a time into an Arrow file in the cache
-        folder, keyed by a hash of the texts, labels and every tokenisation setting."""
-        import hashlib
-
-        import pyarrow as pa
-
+        folder (text/pipeline.py), keyed by the texts, labels and every tokenisation setting."""
         d = self.data_cfg
-        cols = self._text_columns()
-        h = hashlib.sha256(json.dumps([self._tokenizer_key(), self.model_cfg.max_length, d.long_text, d.head_share,
-                                       d.chunk_stride, self.problem_type, self.label_names,
-                                       d.label_separator]).encode())
-        for col in [*cols, d.label_column]:
-            for values in rows.chunks(col):
-                for v in values:
-                    h.update(v.encode())
-                    h.update(b"\0")
-            h.update(b"\1")
-        size = 2_000
+        cols, chunked = self._text_columns(), d.long_text == "chunks"
+        settings = [self._tokenizer_key(), self.model_cfg.max_length, d.long_text, d.head_share, d.chunk_stride,
+                    self.problem_type, self.label_names, d.label_separator]
 
-        def batches():
-            for start in range(0, len(rows), size):
-                texts = rows.column(cols[0], start, start + size)
-                pairs = rows.column(cols[1], start, start + size) if len(cols) > 1 else None
-                enc, lengths = self._encode_measured(texts, pairs, cache=False)
-                out = dict(enc)
-                out["labels"] = self._encode_labels(rows.column(d.label_column, start, start + size))
-                out["text"] = texts if pairs is None else [f"{a} ||| {b}" for a, b in zip(texts, pairs)]
-                out["whole_length"] = lengths
-                chunked = d.long_text == "chunks"
-                out["length"] = [sum(len(w) for w in x) if chunked else len(x) for x in enc["input_ids"]]
-                yield pa.table(out)
+        def encode(texts, *rest):
+            pairs, labels = (rest[0], rest[1]) if len(cols) > 1 else (None, rest[0])
+            enc, lengths = self._encode_measured(texts, pairs, cache=False)
+            return {**enc, "labels": self._encode_labels(labels),
+                    "text": texts if pairs is None else [f"{a} ||| {b}" for a, b in zip(texts, pairs)],
+                    "whole_length": lengths,
+                    "length": [sum(len(w) for w in x) if chunked else len(x) for x in enc["input_ids"]]}
 
-        dataset = tdata.DiskTextDataset(tdata.tokens_to_disk(batches, h.hexdigest()[:32]),
-                                        chunked=d.long_text == "chunks")
+        dataset = pipeline.encode_to_disk(rows, [*cols, d.label_column], settings, encode, chunked=chunked)
         self._note_lengths(report, split, dataset.table.column("whole_length").to_pylist())
         return dataset
 
@@ -392,8 +346,7 @@ class TextClassificationTask:
     def _disk_splits(self, where: dict[str, str], report: DataReport) -> dict[str, tdata.DiskRows]:
         """:meth:`_memory_splits` in flat memory: each source read in chunks, cleaned into an Arrow file."""
         d = self.data_cfg
-        paths = [d.source and assets.resolve(d.source), d.validation_source and assets.resolve(d.validation_source),
-                 d.test_source and assets.resolve(d.test_source)]
+        paths = pipeline.source_paths(d)
         sources = tdata.iter_sources(*paths)
         if self.label_names is None and self.problem_type != "regression":
             self.resolve_labels()
@@ -485,6 +438,9 @@ class TextClassificationTask:
         return {"loss_sum": loss, "num_items": labels.shape[0], "outputs": logits}
 
     # ------------------------------------------------------------------ frozen-trunk feature cache
+    # The feature cache (core/loop/feature_cache.py) holds validation too: metrics need only the logits.
+    feature_cache_eval: ClassVar[bool] = True
+
     def frozen_features(self, model: nn.Module, batch: dict[str, Any], depth: int) -> dict[str, Any] | None:
         """Outputs of the frozen bottom (core/feature_cache.py) of a BERT-style model (a pooler reading
         the first token): with only the head training, the first token's hidden state; with the

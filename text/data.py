@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 
 from omnitune.core.base.data import SPLIT_ALIASES, is_hub, load_hub, read_table, require_columns
-from omnitune.core.base.errors import DataError, OmnituneError
+from omnitune.core.base.errors import DataError
 from omnitune.core.base.task import DataReport
+
+from .backbone import load_tokenizer, load_with_head  # noqa: F401  (their home moved: text/backbone.py)
 
 
 def load_splits(source: str, validation_source: str | None, test_source: str | None) -> dict[str, Any]:
@@ -129,16 +131,6 @@ def clean_frame(
     return df.reset_index(drop=True)
 
 
-def load_tokenizer(name: str, path: str, revision: str | None):
-    """The tokenizer of model ``name`` (resolved to ``path``), with a one-line error naming it."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path, revision=revision)
-    except OSError as exc:
-        raise OmnituneError(f"model.name: cannot load tokenizer for {name!r} ({exc})") from None
-
-
 def tokenize_cached(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int | None,
                     cache_key: str, add_special_tokens: bool = True, cache: bool = True) -> dict[str, list[list[int]]]:
     """Tokenise once; later runs with the same tokenizer, texts and max_length load the result.
@@ -183,50 +175,11 @@ def label_counts(values) -> dict[str, int]:
     return {str(u): int(c) for u, c in zip(uniq, counts)}
 
 
-def load_with_head(auto_cls, model_path: str, model_cfg, *, what: str = "", dtype=None, **config_kwargs):
-    """A transformers model with a task head (``auto_cls``, e.g. AutoModelForTokenClassification):
-    the checkpoint's weights, or only its config with ``model.pretrained: false``. ``config_kwargs``
-    size and name the head (num_labels, id2label, pad_token_id ...). transformers' "newly initialised
-    head" notice is silenced, since a new head is the point; a checkpoint that does not load is one
-    line naming ``model.name``."""
-    from transformers import AutoConfig
-    from transformers.utils import logging as hf_logging
+def prepared_splits(*args, **kwargs) -> dict[str, Any]:
+    """Moved to :func:`omnitune.text.pipeline.prepared_splits` (this name stays for old imports)."""
+    from .pipeline import prepared_splits as moved
 
-    extra = {} if dtype is None else {"dtype": dtype}
-    try:
-        config = AutoConfig.from_pretrained(model_path, revision=model_cfg.revision, **config_kwargs)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            if model_cfg.pretrained:
-                return auto_cls.from_pretrained(model_path, config=config, revision=model_cfg.revision, **extra)
-            return auto_cls.from_config(config, **extra)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-    except (OSError, ValueError) as exc:
-        raise OmnituneError(f"model.name: cannot load {model_cfg.name!r}{what} ({exc})") from None
-
-
-def prepared_splits(d, seed: int, report: DataReport, clean, overlap_key, overlap_reason: str) -> dict[str, Any]:
-    """The text tasks' common data path, from a ``data`` section ``d``: read the source (and the
-    optional validation/test sources), ``clean(frame, split, where, report)`` each split, make the
-    missing splits (seeded), cap them, drop evaluation items whose ``overlap_key`` also occurs in
-    training (with ``data.drop_duplicates``), and require rows in every split. Every drop is counted
-    in ``report``."""
-    from omnitune.core.base import assets
-    from omnitune.core.base.data import cap_splits, drop_overlap, require_rows, split_off
-
-    raw = load_splits(assets.resolve(d.source), d.validation_source and assets.resolve(d.validation_source),
-                      d.test_source and assets.resolve(d.test_source))
-    where = {"train": d.source, "validation": d.validation_source or d.source, "test": d.test_source or d.source}
-    splits = {s: clean(df, s, where[s], report) for s, df in raw.items()}
-    splits = split_off(splits, val_size=d.val_size, test_size=d.test_size, seed=seed, report=report)
-    splits = cap_splits(splits, max_samples=d.max_samples, max_eval_samples=d.max_eval_samples, seed=seed,
-                        report=report)
-    if d.drop_duplicates:  # the same item on both sides would score memorisation
-        splits = drop_overlap(splits, overlap_key, report, overlap_reason)
-    require_rows(splits, where, report)
-    return splits
+    return moved(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- data.storage: disk

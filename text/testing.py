@@ -1,8 +1,8 @@
 """Tiny text fixtures, built from configs and generated data: nothing is downloaded.
 
-They back each text task's ``tiny_recipe`` (the contract tests and the tiny run of every shipped
-recipe) and the test suite's fixtures. Labels and answers hinge on one sentiment word, so a tiny
-model learns them in a few steps.
+They back the text tasks' registered fixtures (``omnitune.fixtures``: the contract tests and the
+tiny run of every shipped recipe) and the test suite's fixtures; production code never imports them.
+Labels and answers hinge on one sentiment word, so a tiny model learns them in a few steps.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _once(path: Path, build) -> Path:
+def build_once(path: Path, build) -> Path:
     """Build a fixture into ``path`` unless an earlier call in the same folder already did."""
     return path if path.exists() else build(path)
 
@@ -111,8 +111,8 @@ def _once(path: Path, build) -> Path:
 def tiny_classification_recipe(folder: Path) -> dict:
     """text-classification: a tiny BERT and 240 generated reviews (neg/pos)."""
     folder = Path(folder)
-    model = _once(folder / "tiny-bert", make_tokenizer_and_model)
-    data = _once(folder / "reviews.csv", lambda p: write_csv(p, make_reviews(240)))
+    model = build_once(folder / "tiny-bert", make_tokenizer_and_model)
+    data = build_once(folder / "reviews.csv", lambda p: write_csv(p, make_reviews(240)))
     return {
         "name": "tiny-text-classification", "task": "text-classification", "seed": 0,
         "model": {"name": str(model), "max_length": 32},
@@ -130,8 +130,8 @@ def tiny_classification_recipe(folder: Path) -> dict:
 def tiny_causal_lm_recipe(folder: Path) -> dict:
     """causal-lm: a tiny Llama (tied embeddings) and 200 generated review -> yes/no rows."""
     folder = Path(folder)
-    model = _once(folder / "tiny-llama", make_tiny_llama)
-    data = _once(folder / "qa.csv", lambda p: write_csv(p, make_qa_rows(200)))
+    model = build_once(folder / "tiny-llama", make_tiny_llama)
+    data = build_once(folder / "qa.csv", lambda p: write_csv(p, make_qa_rows(200)))
     return {
         "name": "tiny-causal-lm", "task": "causal-lm", "seed": 0,
         "model": {"name": str(model), "max_length": 32, "max_new_tokens": 2},
@@ -140,3 +140,27 @@ def tiny_causal_lm_recipe(folder: Path) -> dict:
         "train": {"epochs": 1, "batch_size": 16, "lr": 1e-2, "precision": "fp32"},
         "output": {"dir": str(folder / "runs")},
     }
+
+
+class TextClassificationFixture:
+    """text-classification's fixture (entry point in ``omnitune.fixtures``)."""
+
+    @staticmethod
+    def tiny_recipe(folder: Path, like=None) -> dict:
+        return tiny_classification_recipe(folder)
+
+    @staticmethod
+    def tiny_inputs(folder: Path) -> list[str]:
+        return ["the film was good", "a very dull plot"]
+
+
+class CausalLMFixture:
+    """causal-lm's fixture (entry point in ``omnitune.fixtures``)."""
+
+    @staticmethod
+    def tiny_recipe(folder: Path, like=None) -> dict:
+        return tiny_causal_lm_recipe(folder)
+
+    @staticmethod
+    def tiny_inputs(folder: Path) -> list[str]:
+        return ["the film was good"]

@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from .testing import FILLER, LLAMA_SPECIALS, NEGATIVE, POSITIVE, _once
+from .testing import FILLER, LLAMA_SPECIALS, NEGATIVE, POSITIVE, build_once
 
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_WORDS = ["review:", ".", "positive", "?", "yes", "no", "answer", "or", "and", "hello"]
@@ -84,8 +84,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def tiny_chat_recipe(folder: Path) -> dict:
     """chat: the tiny chat Llama and 200 generated conversations."""
     folder = Path(folder)
-    model = _once(folder / "tiny-chat-llama", make_tiny_chat_llama)
-    data = _once(folder / "chats.jsonl", lambda p: write_jsonl(p, make_conversations(200)))
+    model = build_once(folder / "tiny-chat-llama", make_tiny_chat_llama)
+    data = build_once(folder / "chats.jsonl", lambda p: write_jsonl(p, make_conversations(200)))
     return {
         "name": "tiny-chat", "task": "chat", "seed": 0,
         "model": {"name": str(model), "max_length": 48,
@@ -99,3 +99,15 @@ def tiny_chat_recipe(folder: Path) -> dict:
         "train": {"epochs": 1, "batch_size": 16, "lr": 1e-2, "precision": "fp32"},
         "output": {"dir": str(folder / "runs")},
     }
+
+
+class ChatFixture:
+    """chat's fixture (entry point in ``omnitune.fixtures``)."""
+
+    @staticmethod
+    def tiny_recipe(folder: Path, like=None) -> dict:
+        return tiny_chat_recipe(folder)
+
+    @staticmethod
+    def tiny_inputs(folder: Path) -> list[str]:
+        return ["review: the film was good . positive ?"]

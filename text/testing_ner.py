@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from .testing import _once, save_tiny_bert
+from .testing import build_once, save_tiny_bert
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PERSONS = ["alice", "bob", "carol", "dave", "bobby"]  # "bobby" -> bob ##by
@@ -73,8 +73,8 @@ def write_conll(path: Path, sentences: list[list[tuple[str, str]]]) -> Path:
 def tiny_ner_recipe(folder: Path) -> dict:
     """token-classification: a tiny word-piece BERT and 160 generated tagged sentences (CoNLL file)."""
     folder = Path(folder)
-    model = _once(folder / "tiny-bert-wordpiece", make_wordpiece_bert)
-    data = _once(folder / "ner.conll", lambda p: write_conll(p, make_ner_sentences(160)))
+    model = build_once(folder / "tiny-bert-wordpiece", make_wordpiece_bert)
+    data = build_once(folder / "ner.conll", lambda p: write_conll(p, make_ner_sentences(160)))
     return {
         "name": "tiny-token-classification", "task": "token-classification", "seed": 0,
         # 16 tokens per window: the three-clause sentences (over 20 words) are read in windows.
@@ -91,3 +91,15 @@ def tiny_ner_recipe(folder: Path) -> dict:
 
 def tiny_ner_inputs() -> list[str]:
     return ["Alice visited Paris today.", "bob works at globex corp, then went to parisville"]
+
+
+class TokenClassificationFixture:
+    """token-classification's fixture (entry point in ``omnitune.fixtures``)."""
+
+    @staticmethod
+    def tiny_recipe(folder: Path, like=None) -> dict:
+        return tiny_ner_recipe(folder)
+
+    @staticmethod
+    def tiny_inputs(folder: Path) -> list[str]:
+        return tiny_ner_inputs()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from .testing import FILLER, NEGATIVE, POSITIVE, _once, make_tiny_llama, write_csv
+from .testing import FILLER, NEGATIVE, POSITIVE, build_once, make_tiny_llama, write_csv
 
 
 def make_pairs(n: int = 200, seed: int = 0) -> list[dict]:
@@ -42,8 +42,8 @@ def _data_section(data: Path) -> dict:
 def tiny_preference_recipe(folder: Path) -> dict:
     """preference (DPO): the tiny Llama and 200 generated sentiment pairs."""
     folder = Path(folder)
-    model = _once(folder / "tiny-llama", make_tiny_llama)
-    data = _once(folder / "pairs.csv", lambda p: write_csv(p, make_pairs(200)))
+    model = build_once(folder / "tiny-llama", make_tiny_llama)
+    data = build_once(folder / "pairs.csv", lambda p: write_csv(p, make_pairs(200)))
     return {
         "name": "tiny-preference", "task": "preference", "seed": 0,
         "model": {"name": str(model), "max_length": 32,
@@ -58,8 +58,8 @@ def tiny_preference_recipe(folder: Path) -> dict:
 def tiny_reward_recipe(folder: Path) -> dict:
     """reward-model: a scalar head on the tiny Llama, on the same generated pairs."""
     folder = Path(folder)
-    model = _once(folder / "tiny-llama", make_tiny_llama)
-    data = _once(folder / "pairs.csv", lambda p: write_csv(p, make_pairs(200)))
+    model = build_once(folder / "tiny-llama", make_tiny_llama)
+    data = build_once(folder / "pairs.csv", lambda p: write_csv(p, make_pairs(200)))
     return {
         "name": "tiny-reward-model", "task": "reward-model", "seed": 0,
         "model": {"name": str(model), "max_length": 32},
@@ -67,3 +67,27 @@ def tiny_reward_recipe(folder: Path) -> dict:
         "train": {"epochs": 1, "batch_size": 16, "lr": 1e-2, "precision": "fp32"},
         "output": {"dir": str(folder / "runs")},
     }
+
+
+class RewardModelFixture:
+    """reward-model's fixture (entry point in ``omnitune.fixtures``): inputs are ``prompt ||| completion``."""
+
+    @staticmethod
+    def tiny_recipe(folder: Path, like=None) -> dict:
+        return tiny_reward_recipe(folder)
+
+    @staticmethod
+    def tiny_inputs(folder: Path) -> list[str]:
+        return ["review: the film was good answer: ||| yes", "review: a dull plot answer: ||| yes"]
+
+
+class PreferenceFixture:
+    """preference's fixture (entry point in ``omnitune.fixtures``)."""
+
+    @staticmethod
+    def tiny_recipe(folder: Path, like=None) -> dict:
+        return tiny_preference_recipe(folder)
+
+    @staticmethod
+    def tiny_inputs(folder: Path) -> list[str]:
+        return ["review: the film was good answer:"]

@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from .testing import FILLER, NEGATIVE, POSITIVE, _once, save_tiny_bert
+from .testing import FILLER, NEGATIVE, POSITIVE, build_once, save_tiny_bert
 
 QUESTION_WORDS = ["which", "word", "is", "positive", "negative", "?"]
 
@@ -54,8 +54,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def tiny_qa_recipe(folder: Path) -> dict:
     """question-answering: a tiny BERT and 240 generated questions, one per context."""
     folder = Path(folder)
-    model = _once(folder / "tiny-qa-bert", make_qa_tokenizer_and_model)
-    data = _once(folder / "qa.jsonl", lambda p: write_jsonl(p, make_qa_rows(240)))
+    model = build_once(folder / "tiny-qa-bert", make_qa_tokenizer_and_model)
+    data = build_once(folder / "qa.jsonl", lambda p: write_jsonl(p, make_qa_rows(240)))
     return {
         "name": "tiny-question-answering", "task": "question-answering", "seed": 0,
         # A window of 24 tokens (8 of question and specials) holds 16 context words: longer contexts
@@ -83,3 +83,15 @@ def tiny_qa_inputs() -> list[str]:
     """Raw inputs for predict on the tiny model: both formats."""
     return ['{"question": "which word is positive ?", "context": "the film was good and the actors quite fun"}',
             "which word is negative ? ||| a very boring story with the actors"]
+
+
+class QuestionAnsweringFixture:
+    """question-answering's fixture (entry point in ``omnitune.fixtures``)."""
+
+    @staticmethod
+    def tiny_recipe(folder: Path, like=None) -> dict:
+        return tiny_qa_recipe(folder)
+
+    @staticmethod
+    def tiny_inputs(folder: Path) -> list[str]:
+        return tiny_qa_inputs()

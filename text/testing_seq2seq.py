@@ -6,7 +6,7 @@
   cross-attention random), as the MiniLM-to-MiniLM recipe builds;
 - the tiny Llama of text/testing.py for the decoder-only (prompt template) path.
 
-Each backs ``Seq2SeqTask.tiny_recipe`` (the contract tests and the tiny run of every shipped recipe).
+Each backs ``Seq2SeqFixture`` (``omnitune.fixtures``: the contract tests and the tiny run of every shipped recipe).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 
 from .ddtp import SAMPLE
-from .testing import FILLER, NEGATIVE, POSITIVE, _once, make_tiny_llama, make_tokenizer_and_model, write_csv
+from .testing import FILLER, NEGATIVE, POSITIVE, build_once, make_tiny_llama, make_tokenizer_and_model, write_csv
 
 MARIAN_SPECIALS = ["<pad>", "</s>", "<unk>"]
 
@@ -86,18 +86,18 @@ def tiny_seq2seq_recipe(folder: Path, like=None) -> dict:
             "source_column": "en", "target_column": "de", "source_prefix": "", "prompt_template": None}
     model = {"decoder": None, "max_source_length": 48, "max_target_length": 32, "generation": generation}
     if like is not None and like.data.prompt_template is not None:  # a decoder-only recipe
-        model["name"] = str(_once(folder / "tiny-llama", make_tiny_llama))
-        data.update(source=str(_once(folder / "summaries.jsonl", lambda p: write_jsonl(p, make_summaries()))),
+        model["name"] = str(build_once(folder / "tiny-llama", make_tiny_llama))
+        data.update(source=str(build_once(folder / "summaries.jsonl", lambda p: write_jsonl(p, make_summaries()))),
                     kind="summarization", source_column="document", target_column="summary",
                     prompt_template="review: {source} answer:")
     elif like is not None and like.model.decoder:
-        bert = str(_once(folder / "tiny-bert", make_tokenizer_and_model))
+        bert = str(build_once(folder / "tiny-bert", make_tokenizer_and_model))
         model.update(name=bert, decoder=bert)
-        data.update(source=str(_once(folder / "summaries.jsonl", lambda p: write_jsonl(p, make_summaries()))),
+        data.update(source=str(build_once(folder / "summaries.jsonl", lambda p: write_jsonl(p, make_summaries()))),
                     kind="summarization", source_column="document", target_column="summary")
     else:
-        model["name"] = str(_once(folder / "tiny-marian", make_tiny_marian))
-        data["source"] = str(_once(folder / "ddtp.jsonl", lambda p: write_jsonl(p, ddtp_pairs())))
+        model["name"] = str(build_once(folder / "tiny-marian", make_tiny_marian))
+        data["source"] = str(build_once(folder / "ddtp.jsonl", lambda p: write_jsonl(p, ddtp_pairs())))
     return {
         "name": "tiny-seq2seq", "task": "seq2seq", "seed": 0, "model": model, "data": data,
         "train": {"epochs": 1, "batch_size": 8, "lr": 3e-3, "precision": "fp32"},
@@ -105,4 +105,17 @@ def tiny_seq2seq_recipe(folder: Path, like=None) -> dict:
     }
 
 
-__all__ = ["ddtp_pairs", "make_tiny_marian", "make_summaries", "tiny_seq2seq_recipe", "write_csv"]
+class Seq2SeqFixture:
+    """seq2seq's fixture (entry point in ``omnitune.fixtures``)."""
+
+    @staticmethod
+    def tiny_recipe(folder: Path, like=None) -> dict:
+        return tiny_seq2seq_recipe(folder, like)
+
+    @staticmethod
+    def tiny_inputs(folder: Path) -> list[str]:
+        return ["Dutch dictionary for Aspell", "the film was good"]
+
+
+__all__ = ["Seq2SeqFixture", "ddtp_pairs", "make_tiny_marian", "make_summaries", "tiny_seq2seq_recipe",
+           "write_csv"]

@@ -37,13 +37,14 @@ from omnitune.core.base import assets
 from omnitune.core.base.data import (SPLIT_ALIASES, cap_splits, drop_overlap, is_hub, load_hub, read_table,
                                 require_columns, require_rows, split_off, table_suffix)
 from omnitune.core.base.errors import DataError, OmnituneError, RecipeError
+from omnitune.core.base.exporting import BATCH_SEQ, ExportSpec, text_graph
 from omnitune.core.base.metrics import compute as compute_metric
 from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig
 from omnitune.core.evaluation.report import confusion_matrix_png
 from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
 
 from . import data as tdata
-from .classification import encoder_layer_groups
+from .layers import encoder_layer_groups
 from .conll import Sentence, read_conll
 from .long_text import note_lengths, special_layout, window_budget
 
@@ -56,30 +57,32 @@ WORD_RE = re.compile(r"https?://\S+|[@#]\w+|\w+(?:['’-]\w+)*|[^\w\s]")
 
 
 class TokenModelConfig(ModelConfig):
-    # Sub-word tokens per window, special tokens included; longer sentences are split into
-    # windows (never truncated).
     max_length: int = Field(default=128, gt=0)
+    """Sub-word tokens per window, special tokens included; longer sentences are split into
+    windows (never truncated)."""
 
 
 class TokenDataConfig(DataConfig):
-    # JSON/JSONL/Parquet and hub: columns: the word list and its tag list.
     tokens_column: str = "tokens"
+    """JSON/JSONL/Parquet and hub: the column with each sentence's word list."""
     label_column: str = "tags"
-    # CoNLL files: which whitespace-separated column is the word and which the tag (negative counts
-    # from the end: CoNLL-2003's "token POS chunk NER" keeps NER last).
+    """JSON/JSONL/Parquet and hub: the column with each sentence's tag list."""
     conll_token_column: int = 0
+    """CoNLL files: which whitespace-separated column is the word (negative counts from the end)."""
     conll_tag_column: int = -1
-    # first: only a word's first sub-token is labelled (the rest -100), as in transformers' run_ner.py;
-    # all: every sub-token is (B-X continuations as I-X). Words are predicted from their first sub-token.
+    """CoNLL files: which whitespace-separated column is the tag (negative counts from the end:
+    CoNLL-2003's "token POS chunk NER" keeps NER last)."""
     label_subtokens: Literal["first", "all"] = "first"
-    # Sub-word tokens two consecutive windows of a long sentence share.
+    """first: only a word's first sub-token is labelled (the rest -100), as in transformers' run_ner.py;
+    all: every sub-token is (B-X continuations as I-X). Words are predicted from their first sub-token."""
     stride: int = Field(default=32, ge=0)
-    # Entity types renamed on reading, e.g. {PER: person}; a type mapped to "O" is untagged. Lets a
-    # model trained on one tag set be evaluated on data with another (CoNLL-2003 against WNUT-16).
+    """Sub-word tokens two consecutive windows of a long sentence share."""
     tag_map: dict[str, str] = {}
-    # seqeval scoring: None counts entities as conlleval does (lenient about I- without B-); a scheme
-    # (IOB2, IOBES, ...) scores in seqeval's strict mode, where an ill-formed entity counts as wrong.
+    """Entity types renamed on reading, e.g. {PER: person}; a type mapped to "O" is untagged. Lets a
+    model trained on one tag set be evaluated on data with another (CoNLL-2003 against WNUT-16)."""
     tag_scheme: Literal["IOB1", "IOB2", "IOE1", "IOE2", "IOBES", "BILOU"] | None = None
+    """seqeval scoring: None counts entities as conlleval does (lenient about I- without B-); a scheme
+    (IOB2, IOBES, ...) scores in seqeval's strict mode, where an ill-formed entity counts as wrong."""
 
 
 @dataclass
@@ -176,24 +179,20 @@ def owner_windows(first: list[int], spans: list[tuple[int, int]]) -> list[int]:
 
 class TokenClassificationTask:
     name: ClassVar[str] = "token-classification"
+    # The fields only some tasks read (core.base.recipe.TASK_IMPLEMENTED) that this one reads.
+    implemented_fields: ClassVar[frozenset[str]] = frozenset(
+        {"regularization.label_smoothing", "data.label_column", "data.labels", "data.unknown_labels"})
     ModelConfig: ClassVar[type] = TokenModelConfig
     DataConfig: ClassVar[type] = TokenDataConfig
     main_metric: ClassVar[str] = "entity_f1"
     main_metric_mode: ClassVar[str] = "max"
+    pipeline_tag: ClassVar[str] = "token-classification"  # Hub model-card metadata (ModelCardInfo)
+    card_library: ClassVar[str] = "transformers"
 
-    @classmethod
-    def tiny_recipe(cls, folder: Path, like=None) -> dict:
-        """The contract tests' fixture: a tiny BERT with a word-piece vocabulary (so words split into
-        sub-tokens) and generated tagged sentences, some longer than a window; see testing_ner.py."""
-        from .testing_ner import tiny_ner_recipe
-
-        return tiny_ner_recipe(folder)
-
-    @classmethod
-    def tiny_inputs(cls, folder: Path) -> list[str]:
-        from .testing_ner import tiny_ner_inputs
-
-        return tiny_ner_inputs()
+    def export_spec(self) -> ExportSpec:
+        """ONNX export (Exportable): the token classifier's logits."""
+        return ExportSpec("named", (text_graph(("logits",), BATCH_SEQ),),
+                          "token classifier: logits [batch, sequence, labels]")
 
     def __init__(self, *, model: TokenModelConfig, data: TokenDataConfig,
                  regularization: RegularizationConfig, seed: int) -> None:

@@ -18,6 +18,7 @@ from torch import nn
 
 from omnitune.core.base.data import Storage, check_classes, require_rows
 from omnitune.core.base.errors import DataError, OmnituneError
+from omnitune.core.base.exporting import BATCH, ExportSpec, Graph
 from omnitune.core.loop.mixing import mix_batch, soft_target_cross_entropy
 from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig, Section
 from omnitune.core.evaluation.report import confusion_matrix_png, per_class_table
@@ -35,28 +36,33 @@ Triple = tuple[float, float, float]
 
 
 class VisionModelConfig(ModelConfig):
-    # None keeps the model's own pretrained preprocessing (timm pretrained_cfg, torchvision weights).
     image_size: int | None = Field(default=None, ge=16)
+    """Input size in pixels; None keeps the model's own pretrained preprocessing (timm pretrained_cfg,
+    torchvision weights)."""
     mean: Triple | None = None
+    """Normalisation mean per RGB channel; None: the model's pretrained preprocessing."""
     std: Triple | None = None
+    """Normalisation standard deviation per RGB channel; None: the model's pretrained preprocessing."""
     interpolation: Interpolation | None = None
-    # Eval resize is image_size / crop_pct before the centre crop; 1.0 keeps the whole image.
+    """Resize interpolation; None: the model's pretrained preprocessing."""
     crop_pct: float | None = Field(default=None, gt=0, le=1)
-    # timm only: classifier dropout and stochastic depth (0.1 is a usual start for ViT/ConvNeXt).
+    """Eval resize is image_size / crop_pct before the centre crop; 1.0 keeps the whole image."""
     drop_rate: float | None = Field(default=None, ge=0, lt=1)
+    """timm only: classifier dropout (0.1 is a usual start for ViT/ConvNeXt); None: the model's own."""
     drop_path_rate: float | None = Field(default=None, ge=0, lt=1)
-    # Channels-last (NHWC) weights and inputs: oneDNN's and cuDNN's fast convolution layout. Measured
-    # 2.7x on EfficientNet-Lite0's upper blocks (fp32, 2-core CPU; bench/vision_layout.py).
+    """timm only: stochastic depth rate (0.1 is a usual start for ViT/ConvNeXt); None: the model's own."""
     channels_last: bool = True
+    """Channels-last (NHWC) weights and inputs: oneDNN's and cuDNN's fast convolution layout. Measured
+    2.7x on EfficientNet-Lite0's upper blocks (fp32, 2-core CPU; bench/vision_layout.py)."""
 
 
 class AugmentConfig(Section):
-    # A preset (none, light, medium, heavy) or a list of albumentations steps, e.g.
-    # [{name: HorizontalFlip, p: 0.5}, {name: RandomResizedCrop, size: [96, 96], scale: [0.5, 1]}].
-    # Resize to the input size and normalisation are always appended.
     train: AugmentSpec = "light"
-    # Evaluation: "none" (resize + centre crop) or a list of deterministic steps.
+    """A preset (none, light, medium, heavy) or a list of albumentations steps, e.g.
+    [{name: HorizontalFlip, p: 0.5}, {name: RandomResizedCrop, size: [96, 96], scale: [0.5, 1]}].
+    Resize to the input size and normalisation are always appended."""
     eval: AugmentSpec = "none"
+    """Evaluation: "none" (resize + centre crop) or a list of deterministic steps."""
 
     @field_validator("train")
     @classmethod
@@ -72,48 +78,49 @@ class AugmentConfig(Section):
 
 
 class VisionDataConfig(DataConfig):
-    # Manifest columns (CSV/JSONL...): the image path (relative to the manifest's folder) and
-    # `label_column`. Hub datasets: the image column.
     path_column: str = "path"
+    """Manifest files (CSV/JSONL...): the image path column (relative to the manifest's folder); labels
+    come from label_column."""
     image_column: str = "image"
+    """Hub datasets: the image column."""
     augment: AugmentConfig = AugmentConfig()
-    # Probability of erasing a random rectangle of each training image (timm's RandomErasing).
+    """Training and evaluation image transforms (albumentations)."""
     random_erasing: float = Field(default=0.0, ge=0, le=1)
-    # full: decode every kept image once before training (catches truncated files); header: only
-    # open it (fast, misses truncation); none: trust the files (a bad one stops the run later).
+    """Probability of erasing a random rectangle of each training image (timm's RandomErasing)."""
     verify_images: Literal["full", "header", "none"] = "full"
-    # Above this share of unreadable images the run stops: a few broken files are noise, many
-    # mean a wrong path or format.
+    """full: decode every kept image once before training (catches truncated files); header: only
+    open it (fast, misses truncation); none: trust the files (a bad one stops the run later)."""
     max_unreadable_share: float = Field(default=0.05, ge=0, le=1)
-    # memory: IDX arrays read whole into RAM, image files decoded on every read. disk: decoded images
-    # (RGB uint8, before augmentation) go once into a store under $OMNITUNE_CACHE/arrays, keyed by
-    # the files and settings, and are read back item by item: flat RSS as the data grows, no repeat
-    # decoding. auto: disk above omnitune.core.base.data.AUTO_DISK_BYTES of source files. Hub datasets
-    # stay in datasets' memory-mapped Arrow files either way.
+    """Above this share of unreadable images the run stops: a few broken files are noise, many
+    mean a wrong path or format."""
     storage: Storage = "auto"
+    """memory: IDX arrays read whole into RAM, image files decoded on every read. disk: decoded images
+    (RGB uint8, before augmentation) go once into a store under $OMNITUNE_CACHE/arrays, keyed by
+    the files and settings, and are read back item by item: flat RSS as the data grows, no repeat
+    decoding. auto: disk above omnitune.core.base.data.AUTO_DISK_BYTES of source files. Hub datasets
+    stay in datasets' memory-mapped Arrow files either way."""
 
 
 class ImageClassificationTask:
     name: ClassVar[str] = "image-classification"
+    # The fields only some tasks read (core.base.recipe.TASK_IMPLEMENTED) that this one reads: mixing
+    # in forward, smoothing in the loss, and the label set.
+    implemented_fields: ClassVar[frozenset[str]] = frozenset(
+        {"regularization.label_smoothing", "regularization.mixup_alpha", "regularization.cutmix_alpha",
+         "regularization.mix_prob", "data.label_column", "data.labels", "data.unknown_labels"})
     ModelConfig: ClassVar[type[ModelConfig]] = VisionModelConfig
     DataConfig: ClassVar[type[DataConfig]] = VisionDataConfig
     main_metric: ClassVar[str] = "accuracy"
     main_metric_mode: ClassVar[str] = "max"
+    pipeline_tag: ClassVar[str] = "image-classification"  # Hub model-card metadata (ModelCardInfo)
+    card_library: ClassVar[str] = "timm"
 
-    @classmethod
-    def tiny_recipe(cls, folder: Path, like=None) -> dict:
-        """The contract tests' fixture: a raw recipe for timm's tiny test models and generated images (built
-        from configs into ``folder``, nothing downloaded); see vision/testing.py."""
-        from .testing import tiny_image_recipe
-
-        return tiny_image_recipe(folder, like)
-
-    @classmethod
-    def tiny_inputs(cls, folder: Path) -> list[str]:
-        """Raw inputs for ``predict`` on the tiny recipe's model: image files."""
-        from .testing import tiny_image_inputs
-
-        return tiny_image_inputs(folder)
+    def export_spec(self) -> ExportSpec:
+        """ONNX export (Exportable): pixels at the trained size in, logits out; int8 calibrated statically
+        (dynamic ConvInteger kernels are slower than fp32 on CPU)."""
+        return ExportSpec("tensor", (Graph("model", ("pixel_values",), ("logits",),
+                                          {"pixel_values": BATCH, "logits": BATCH}),),
+                          "image classifier: pixel_values [batch, 3, H, W] at the trained size -> logits", int8="static")
 
     def __init__(self, *, model: VisionModelConfig, data: VisionDataConfig,
                  regularization: RegularizationConfig, seed: int) -> None:
@@ -292,6 +299,9 @@ class ImageClassificationTask:
         want = {id(p) for m in modules for p in m.parameters()}
         have = {id(p) for g in groups[:depth] for p in g.parameters()}
         return modules if want == have else None
+
+    # The feature cache (core/loop/feature_cache.py) holds validation too: metrics need only the logits.
+    feature_cache_eval: ClassVar[bool] = True
 
     def frozen_features(self, model: nn.Module, batch: dict[str, Any], depth: int) -> dict[str, Any] | None:
         """Outputs of the first ``depth`` layer groups (core/feature_cache.py): a timm model's pre-logits

@@ -86,7 +86,7 @@ def path_records(paths: list[str], labels: list[Any]) -> Records:
     return Records(load=decode_path, describe=str, keys=list(paths), labels=list(labels), from_files=True)
 
 
-class _ArrayLoader:
+class ArrayLoader:
     """A picklable loader (DataLoader workers may be spawned) for rows of an image array."""
 
     def __init__(self, images: np.ndarray, name: str) -> None:
@@ -101,7 +101,7 @@ class _ArrayLoader:
 
 def array_records(images: np.ndarray | ArrayStore, labels: list[Any], name: str) -> Records:
     """Rows of an in-memory array or of a disk store (``data.storage: disk``): both index by row."""
-    loader = _ArrayLoader(images, name)
+    loader = ArrayLoader(images, name)
     return Records(load=loader, describe=loader.describe, keys=list(range(len(labels))), labels=list(labels))
 
 
@@ -333,7 +333,7 @@ def read_idx_folder(root: Path, storage: str = "memory"
     return out, names
 
 
-class _HubLoader:
+class HubLoader:
     def __init__(self, split_ds, image_column: str, name: str) -> None:
         self.ds, self.column, self.name = split_ds, image_column, name
 
@@ -345,7 +345,7 @@ class _HubLoader:
 
 
 def hub_records(split_ds, image_column: str, labels: list[Any], name: str) -> Records:
-    loader = _HubLoader(split_ds, image_column, name)
+    loader = HubLoader(split_ds, image_column, name)
     return Records(load=loader, describe=loader.describe, keys=list(range(len(labels))), labels=list(labels))
 
 

@@ -18,7 +18,7 @@ from omnitune.core.base.data import cap_splits, choose_storage, drop_overlap, lo
 from omnitune.core.base.errors import DataError
 from omnitune.core.base.task import DataReport
 
-from .data import (Records, _ArrayLoader, _HubLoader, array_records, find_unreadable, hub_records, path_records,
+from .data import (ArrayLoader, HubLoader, Records, array_records, find_unreadable, hub_records, path_records,
                    read_idx_folder, read_manifest, scan_image_folder, source_kind, split_dirs, store_files)
 
 MAX_LISTED_BAD = 200  # unreadable paths listed in the report's notes, per split
@@ -178,10 +178,10 @@ def identities(records: Records) -> list[str]:
     pixels (arrays) or of the encoded bytes (Hub rows) otherwise."""
     if records.from_files:
         return [os.path.realpath(k) for k in records.keys]
-    if isinstance(records.load, _ArrayLoader):
+    if isinstance(records.load, ArrayLoader):
         images = records.load.images
         return [hashlib.sha1(np.ascontiguousarray(images[k]).tobytes()).hexdigest() for k in records.keys]
-    if isinstance(records.load, _HubLoader):
+    if isinstance(records.load, HubLoader):
         import datasets
 
         column = records.load.column

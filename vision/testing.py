@@ -1,8 +1,9 @@
 """Tiny vision fixtures: generated images and timm's tiny test models, nothing downloaded.
 
-They back the image task's ``tiny_recipe`` (the contract tests and the tiny run of every shipped
-recipe) and the test suite's fixtures. Classes differ by colour (or brightness) so that a tiny
-model learns something in a few steps, and images have odd sizes so resizing is exercised.
+They back the image task's registered fixture (``omnitune.fixtures``: the contract tests and the
+tiny run of every shipped recipe) and the test suite's fixtures; production code never imports them.
+Classes differ by colour (or brightness) so that a tiny model learns something in a few steps, and
+images have odd sizes so resizing is exercised.
 """
 
 from __future__ import annotations
@@ -80,3 +81,15 @@ def tiny_image_inputs(folder: Path) -> list[str]:
         Image.fromarray(np.full((*size, 3), COLOURS[name], dtype=np.uint8)).save(path)
         paths.append(str(path))
     return paths
+
+
+class ImageClassificationFixture:
+    """image-classification's fixture (entry point in ``omnitune.fixtures``)."""
+
+    @staticmethod
+    def tiny_recipe(folder: Path, like=None) -> dict:
+        return tiny_image_recipe(folder, like)
+
+    @staticmethod
+    def tiny_inputs(folder: Path) -> list[str]:
+        return tiny_image_inputs(folder)

@@ -2,13 +2,15 @@
 
 Tasks are discovered through the ``omnitune.tasks`` entry-point group (see pyproject.toml), so the
 core never imports a domain package and a plug-in outside this repository registers a task by
-declaring an entry point. Other kinds (schedulers, metrics) register in-process with a decorator.
+declaring an entry point. Each task's test fixture is found the same way (``omnitune.fixtures``),
+so no task imports its fixture. Other kinds (schedulers, metrics) register in-process with a decorator.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from typing import Any, Callable, Generic, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Generic, Protocol, TypeVar, runtime_checkable
 
 from ..base.errors import OmnituneError
 
@@ -57,3 +59,30 @@ TASKS: Registry[Any] = Registry("task", entry_point_group="omnitune.tasks")
 
 def list_tasks() -> list[str]:
     return TASKS.names()
+
+
+@runtime_checkable
+class TaskFixture(Protocol):
+    """A task's test fixture, registered under the task's name in the ``omnitune.fixtures`` group.
+
+    It lives in the domain's testing module (text/testing.py and the like), one way, like
+    transformers' ``testing_utils``: tests and fixtures import production code, production code
+    never imports a fixture. Nothing it builds is downloaded.
+    """
+
+    def tiny_recipe(self, folder: Path, like: Any = None) -> dict:
+        """A raw recipe for a tiny model and tiny data built into ``folder``; given ``like`` (a
+        shipped Recipe), a model and data of the same kind as that recipe's."""
+        ...
+
+    def tiny_inputs(self, folder: Path) -> list[str]:
+        """Raw inputs for ``predict`` on the tiny recipe's model (texts, or files built in ``folder``)."""
+        ...
+
+
+FIXTURES: Registry[TaskFixture] = Registry("fixture", entry_point_group="omnitune.fixtures")
+
+
+def list_fixtures() -> list[str]:
+    """The names of the tasks that register a fixture."""
+    return FIXTURES.names()

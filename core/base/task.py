@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Iterator, Protocol, Sequence, runtime_checkabl
 import torch
 from torch import nn
 
-from ..base.recipe import DataConfig, ModelConfig, RegularizationConfig
+from ..base.exporting import ExportSpec
+from ..base.recipe import DataConfig, HasObjective, ModelConfig, RegularizationConfig  # noqa: F401 (re-export)
 
 
 @dataclass
@@ -173,12 +174,8 @@ class Task(Protocol):
 # as return values: the core never reads an attribute that a task set on itself as a side effect.
 
 
-@runtime_checkable
-class HasObjective(Protocol):
-    """A task with its own training-objective fields (``objective: dpo``, ``beta``): a subclass of
-    core.base.recipe.FinetuneConfig; the task is then also built with ``finetune=``."""
-
-    FinetuneConfig: ClassVar[type]
+# HasObjective (a task with its own ``finetune`` fields, ``FinetuneConfig: ClassVar[type]``) is
+# declared in core/base/recipe.py, beside the section it extends, and imported above.
 
 
 @runtime_checkable
@@ -242,12 +239,24 @@ class MultiOptimizer(Protocol):
 
 @runtime_checkable
 class InnerLoop(Protocol):
-    """For tasks that take several optimiser steps on one batch of generated samples (PPO)."""
+    """For tasks that take several optimiser steps on one batch of generated samples (PPO).
+
+    Each collated batch becomes ``inner_steps_per_batch`` optimiser steps, each with its own schedule
+    step, clipping, hooks and log line; the schedule, ``max_steps``, the time budget and
+    ``eval_every`` count these steps, in whole batches. Evaluation, checkpoints and stopping wait for
+    a batch's last inner step, so a resume (even after kill -9) starts at a batch boundary and rolls
+    out again from the same weights and RNG state. ``train.grad_accum`` must be 1 (each inner batch
+    is one whole step), with one process and no ``train.loss``."""
+
+    # How many batches inner_batches returns, fixed before training (the schedule plans on it).
+    inner_steps_per_batch: int
 
     def inner_batches(self, model: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """Turn one collated batch into the batches of the inner optimiser steps (PPO: roll out and
-        score once, without gradients, then ``epochs x minibatches`` batches). The trainer runs
-        ``forward`` + backward + an optimiser step on each, in order, and counts them as steps."""
+        """Turn one collated batch (on the device) into the batches of the inner optimiser steps
+        (PPO: roll out and score once, without gradients, then ``epochs x minibatches`` batches).
+        Called in train mode under autocast; switching to eval mode and ``torch.no_grad`` for a
+        rollout is the task's business (the trainer restores train mode after). The trainer runs
+        ``forward(model, inner, train=True)`` + backward + an optimiser step on each, in order."""
 
 
 @runtime_checkable
@@ -255,6 +264,10 @@ class FeatureCacheable(Protocol):
     """For the frozen-trunk feature cache (core/loop/feature_cache.py, train.cache_features): with the
     bottom ``depth`` layer groups frozen, their outputs are computed once per sample and the rest
     trains from them. A task without these methods is simply never cached."""
+
+    # Whether validation is cached too: False when evaluation needs more than the cached values
+    # (texts to decode); then it runs the whole model.
+    feature_cache_eval: ClassVar[bool]
 
     def frozen_features(self, model: nn.Module, batch: dict, depth: int) -> dict[str, torch.Tensor] | None:
         """For a collated batch (model in eval mode, no grad): the outputs of the first ``depth``
@@ -273,21 +286,28 @@ class FeatureCacheTrainSet(Protocol):
         that turned off ([] when there was none: then the cache needs no cache_features: true)."""
 
 
-# ---- what a task declares about itself (export, model card, chat, metrics) -----------------------
+# ---- what a task declares about itself (export, model card, metrics) ------------------------------
+# A domain's terminal commands (e.g. `omnitune chat`) are not task declarations: the domain adds them
+# to the CLI through the ``omnitune.commands`` entry-point group.
 
 
 @runtime_checkable
 class Exportable(Protocol):
-    """A task that can be exported to ONNX (core/deploy): it says which graphs, how they run and how
-    their outputs are checked against the PyTorch model."""
+    """A task that can be exported to ONNX (``omnitune export``, core/deploy): it says which graphs,
+    with which inputs, outputs and dynamic axes, and which runtime traces and runs them. A task
+    without it gets a one-line error naming the tasks that export."""
 
-    def export_spec(self) -> Any:
-        """An ``ExportSpec`` (core/base/exporting.py) describing the graphs to export."""
+    def export_spec(self) -> ExportSpec:
+        """The :class:`~omnitune.core.base.exporting.ExportSpec`: runtime ``named`` (Hugging Face
+        heads), ``tensor`` (one tensor in), ``encoder-decoder`` (with ``decoding`` naming the task
+        method that gives greedy decoding's settings) or ``waveform`` (with ``module`` naming the
+        task method that builds the generator to trace); ``int8`` how (or whether) to quantise."""
 
 
 @runtime_checkable
 class ModelCardInfo(Protocol):
-    """The Hugging Face model-card metadata for this task's models."""
+    """The Hugging Face model-card metadata for this task's models (core/evaluation/report.py).
+    Without it the card has no pipeline tag and names the library "omnitune"."""
 
     pipeline_tag: ClassVar[str]  # e.g. "text-classification", "automatic-speech-recognition"
     card_library: ClassVar[str]  # the library that loads the saved model: "transformers", "timm", ...
@@ -295,6 +315,11 @@ class ModelCardInfo(Protocol):
 
 @runtime_checkable
 class DeclaresMetrics(Protocol):
-    """Metrics this task computes that the core's registry does not already know, with directions."""
+    """Metrics this task computes that the core's registry does not already know, with directions:
+    checkpoint selection and early stopping by one of them (``eval.metric``) take its direction
+    (core.base.metrics.declared_metrics). A metric several tasks or recipes share belongs in the
+    registry instead (the ``omnitune.metrics`` entry-point group)."""
 
-    metric_definitions: ClassVar[tuple[Any, ...]]  # core.base.metrics.Metric objects
+    # core.base.metrics.Metric objects (core/base/metrics.py imports this module, not the reverse),
+    # made with core.base.metrics.define_metric
+    metric_definitions: ClassVar[tuple[Any, ...]]

@@ -1,4 +1,4 @@
-"""ONNX export (core/export.py, core/onnx_predict.py): every task's tiny model exports, ONNX
+"""ONNX export (core/deploy/export.py, onnx_predict.py): every task's tiny model exports, ONNX
 Runtime reproduces PyTorch on the run's validation samples, the int8 model runs, the folder alone
 serves predictions, and a task without an export gets a one-line error."""
 
@@ -15,15 +15,16 @@ import yaml
 from omnitune.core import api
 from omnitune.core.cli import main
 from omnitune.core.base.errors import OmnituneError
-from omnitune.core.deploy.export import EXPORTS, export_run, parity, parity_problems, _modules_and_examples
+from omnitune.core.deploy.export import export_run, modules_and_examples, parity, parity_problems
 from omnitune.core.deploy.onnx_predict import MANIFEST, predict_onnx, session
-from omnitune.core.base.registry import TASKS
+
+from ..fixtures import tiny_inputs, tiny_recipe
 
 
 def tiny_run(task_name: str, folder: Path, *, lora: bool = False, steps: int = 2, lr: float | None = None,
              name: str | None = None, r: int = 4) -> Path:
     """A finished run of the task's tiny recipe (a couple of optimiser steps)."""
-    raw = TASKS.get(task_name).tiny_recipe(folder)
+    raw = tiny_recipe(task_name, folder)
     raw["train"] = {**raw.get("train", {}), "max_steps": steps, "epochs": 1, **({"lr": lr} if lr else {})}
     raw["output"] = {"dir": str(folder / "runs"), "run_name": name or ("lora" if lora else "full")}
     if lora:
@@ -106,8 +107,8 @@ def test_parity_measures_a_known_difference(text_run, text_export):
     batches = [task.collate([bundle.validation[i] for i in range(8)])]
     with torch.no_grad():
         model.classifier.bias[1] += 0.25
-    spec = EXPORTS["text-classification"]
-    parts = _modules_and_examples(spec, model, batches[0], None)
+    spec = task.export_spec()  # the task's own declaration
+    parts = modules_and_examples(spec, model, batches[0], None)
     result = parity(spec, parts, {"model": session(out / "model.onnx")}, batches, None)
     assert result["max_abs_diff_all"] == pytest.approx(0.25, abs=1e-5) and result["samples"] == 8
     problems = parity_problems(result, "fp32", atol=1e-3, min_agreement=0.99, int8_min_agreement=0.9)
@@ -137,7 +138,7 @@ def test_image_classifier_exports_with_static_int8(tmp_path, monkeypatch):
     assert m["parity"]["fp32"]["passed"] and m["parity"]["fp32"]["max_abs_diff_all"] <= 1e-4
     assert "static QDQ" in m["quantization"]["int8"]
     assert (result.out_dir / "model.int8.onnx").stat().st_size < (result.out_dir / "model.onnx").stat().st_size
-    inputs = TASKS.get("image-classification").tiny_inputs(tmp_path)
+    inputs = tiny_inputs("image-classification", tmp_path)
     onnx_rows = predict_onnx(result.out_dir, inputs)
     torch_rows = api.predict(run, inputs)
     assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
@@ -156,8 +157,14 @@ def test_whisper_exports_with_kv_cache_and_transcribes_like_torch(tmp_path):
     assert past["dynamic_axes"]["past.0.key"] == {"0": "batch", "2": "past_sequence"}
     assert m["parity"]["fp32"]["compared_what"] == "generated tokens" and m["parity"]["fp32"]["compared"] > 0
     # ORT greedy decoding through the task's own predict gives transformers' generate() texts.
-    inputs = TASKS.get("speech-recognition").tiny_inputs(tmp_path)
-    assert predict_onnx(result.out_dir, inputs) == api.predict(run, inputs)
+    inputs = tiny_inputs("speech-recognition", tmp_path)
+    expected = api.predict(run, inputs)
+    assert predict_onnx(result.out_dir, inputs) == expected
+    # A folder exported before the runtimes were named by what they run (runtime "seq2seq", the
+    # task's name then) still loads: the runtime is told by the graphs it holds.
+    assert m["runtime"] == "encoder-decoder"
+    (result.out_dir / MANIFEST).write_text(json.dumps({**m, "runtime": "seq2seq"}))
+    assert predict_onnx(result.out_dir, inputs) == expected
 
 
 @pytest.mark.slow  # 20 s more on 2 shared cores; the same "named" runtime as text-classification above
@@ -167,7 +174,7 @@ def test_text_tasks_export_with_parity(tmp_path, task_name):
     result = export_run(run, tmp_path / "onnx", evaluate=False)
     p = result.manifest["parity"]["fp32"]
     assert p["passed"] and p["max_abs_diff_all"] <= 1e-3 and p["agreement"] == 1.0 and p["compared"] > 0
-    inputs = TASKS.get(task_name).tiny_inputs(tmp_path)
+    inputs = tiny_inputs(task_name, tmp_path)
     if task_name == "causal-lm":  # logits for scoring only: no generation loop in the export
         with pytest.raises(OmnituneError, match="forward pass only"):
             predict_onnx(result.out_dir, inputs)

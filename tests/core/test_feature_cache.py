@@ -16,12 +16,12 @@ from omnitune.core.api import build_task, seed_everything
 from omnitune.core.loop.feature_cache import CachedFeatures, FeatureCacheTask, FeatureStore, frozen_depth
 from omnitune.core.base.recipe import validate_recipe
 from omnitune.core.base.task import LayerGroup
-from omnitune.text.classification import TextClassificationTask
-from omnitune.vision.classification import ImageClassificationTask
+
+from ..fixtures import tiny_recipe
 
 
 def _vision(folder: Path, **finetune) -> dict:
-    raw = ImageClassificationTask.tiny_recipe(folder)
+    raw = tiny_recipe("image-classification", folder)
     raw["model"].update(name="test_efficientnet", drop_rate=0.3)  # head dropout: the RNG must line up
     raw["data"]["augment"] = {"train": "none"}
     raw["finetune"] = {"strategy": "feature_extraction", "freeze_norm_stats": True, **finetune}
@@ -30,7 +30,7 @@ def _vision(folder: Path, **finetune) -> dict:
 
 
 def _text(folder: Path, **finetune) -> dict:
-    raw = TextClassificationTask.tiny_recipe(folder)
+    raw = tiny_recipe("text-classification", folder)
     raw["finetune"] = {"strategy": "feature_extraction", **finetune}
     raw["train"].update(epochs=2, save_checkpoints=False)
     return raw
@@ -45,9 +45,7 @@ def _run(raw: dict, name: str, cache) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def _speech(folder: Path) -> dict:
-    from omnitune.speech.asr import SpeechRecognitionTask
-
-    raw = SpeechRecognitionTask.tiny_recipe(folder)
+    raw = tiny_recipe("speech-recognition", folder)
     raw["finetune"] = {"strategy": "partial", "freeze": ["model.encoder.*"]}  # the frozen-encoder recipe's split
     raw["train"].update(epochs=2, save_checkpoints=False)
     return raw

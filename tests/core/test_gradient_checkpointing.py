@@ -13,9 +13,10 @@ from torch import nn
 from omnitune.core.api import build_task, seed_everything, train
 from omnitune.core.base.errors import OmnituneError
 from omnitune.core.base.recipe import validate_recipe
-from omnitune.core.base.registry import TASKS, list_tasks
 from omnitune.core.loop.strategies import enable_gradient_checkpointing
 from omnitune.core.loop.tracking import read_events
+
+from ..fixtures import task_params, tiny_recipe
 
 
 def _checkpointing_on(model: nn.Module) -> bool:
@@ -23,9 +24,9 @@ def _checkpointing_on(model: nn.Module) -> bool:
                for m in model.modules())
 
 
-@pytest.mark.parametrize("task_name", list_tasks())
+@pytest.mark.parametrize("task_name", task_params())
 def test_checkpointing_is_on_and_changes_nothing(task_name, tmp_path):
-    raw = TASKS.get(task_name).tiny_recipe(tmp_path / "fixture")
+    raw = tiny_recipe(task_name, tmp_path / "fixture")
     raw["train"] = {**raw.get("train", {}), "max_steps": 2, "epochs": 1, "log_every": 1, "threads": 1}
     raw["output"] = {"dir": str(tmp_path / "runs")}
     recipe = validate_recipe(raw)

@@ -263,3 +263,41 @@ def test_cli_lists_the_registry(capsys):
     assert sorted(rows) == list_metrics()
     assert rows["wer"] == ["min", "jiwer"] and rows["f1_macro"] == ["max", "scikit-learn"]
     assert rows["bleu"] == ["max", "sacrebleu"] and rows["entity_f1"] == ["max", "seqeval"]
+
+
+def test_domain_metrics_come_through_the_entry_point_group_under_their_own_names():
+    import subprocess
+    from importlib.metadata import entry_points
+
+    group = {ep.name: ep for ep in entry_points(group="omnitune.metrics")}
+    assert {"wer", "cer", "bleu", "rougeL", "entity_f1", "squad_f1", "exact_match", "preference_accuracy"} <= set(group)
+    for name, ep in group.items():
+        metric = ep.load()
+        assert isinstance(metric, Metric) and metric.name == name, ep.value
+        assert ep.value.startswith(("omnitune.text.", "omnitune.speech.")), "a domain's metric lives in its domain"
+    # The core itself registers only the generic metrics: none of the domains' names.
+    own = subprocess.run([sys.executable, "-c", "from omnitune.core.base.metrics import METRICS; "
+                          "print(' '.join(sorted(METRICS._items)))"], capture_output=True, text=True, check=True)
+    core_names = set(own.stdout.split())
+    assert {"accuracy", "f1_macro", "mse", "loss", "perplexity"} <= core_names and not core_names & set(group)
+
+
+def test_a_metric_a_task_declares_gives_its_direction():
+    from omnitune.core.base.metrics import declared_metrics, define_metric
+
+    @define_metric("lag", "min", "test", "seconds behind")
+    def lag(predictions, references):
+        return sum(predictions) / len(predictions)
+
+    class Declaring:
+        metric_definitions = (lag,)
+
+    assert lag([1.0, 3.0], None) == 2.0
+    with pytest.raises(RecipeError, match="'lag'"):
+        metric_mode("lag")  # the registry does not know it
+    assert declared_metrics(Declaring()) == (lag,) and declared_metrics(object()) == ()
+    assert metric_mode("lag", declared_metrics(Declaring())) == "min"
+    assert metric_mode("lag", {"lag": lag}) == "min" and metric_mode("accuracy", [lag]) == "max"
+    undirected = define_metric("count", None, "test")(lambda p, r: len(p))
+    with pytest.raises(RecipeError, match="'count' has no direction"):
+        metric_mode("count", [undirected])

@@ -16,9 +16,9 @@ import yaml
 
 from omnitune.core.api import _load_run, evaluate, predict, train
 from omnitune.core.base.errors import OmnituneError
-from omnitune.text.classification import TextClassificationTask
 from omnitune.text.testing import make_reviews
-from omnitune.vision.classification import ImageClassificationTask
+
+from ..fixtures import tiny_inputs, tiny_recipe
 
 TINY_TRAIN = {"train.max_steps": 4, "train.epochs": 1, "train.log_every": 2, "data.max_samples": 64,
               "data.max_eval_samples": 32}
@@ -26,7 +26,7 @@ LORA = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
 
 
 def _text_run(tmp_path: Path, **overrides):
-    raw = TextClassificationTask.tiny_recipe(tmp_path / "fixtures")
+    raw = tiny_recipe("text-classification", tmp_path / "fixtures")
     data = tmp_path / "train.csv"  # the run's own copy, deleted below
     shutil.copy(raw["data"]["source"], data)
     raw["data"].update(source=str(data), labels=None)  # labels learnt from the data, then saved
@@ -71,10 +71,10 @@ def test_a_changed_data_file_does_not_change_the_saved_labels(tmp_path):
 
 
 def test_vision_adapter_run_reloads_without_its_images(tmp_path):
-    raw = ImageClassificationTask.tiny_recipe(tmp_path / "fixtures")
+    raw = tiny_recipe("image-classification", tmp_path / "fixtures")
     raw["output"] = {"dir": str(tmp_path / "runs"), "run_name": "run"}
     result = train(_as_file(tmp_path, raw), {"train.max_steps": 2, "finetune.peft": LORA})
-    inputs = ImageClassificationTask.tiny_inputs(tmp_path / "inputs")
+    inputs = tiny_inputs("image-classification", tmp_path / "inputs")
     before = predict(result.run_dir, inputs)
     shutil.rmtree(raw["data"]["source"])
     after = predict(result.run_dir, inputs)

@@ -11,6 +11,7 @@ import torch
 
 from omnitune.core.api import SAMPLES_BEFORE, train
 from omnitune.core.base.recipe import validate_recipe
+from omnitune.core.base.registry import TASKS
 from omnitune.core.evaluation.report import samples_md
 from omnitune.text.classification import TextClassificationTask
 from omnitune.text.testing import tiny_classification_recipe
@@ -30,6 +31,14 @@ def _hook(calls: list):
     return sample_outputs
 
 
+def _register_hooked_task(monkeypatch, calls: list) -> None:
+    """The text-classification task with the hook, registered under its name for this test only.
+    A subclass, not a method patched onto the task class: ``isinstance(task, SampleOutputs)`` caches
+    a class's positive answer, so a patched class would keep "having" the hook in later tests."""
+    hooked = type("HookedTextClassificationTask", (TextClassificationTask,), {"sample_outputs": _hook(calls)})
+    monkeypatch.setitem(TASKS._items, TextClassificationTask.name, hooked)
+
+
 def _recipe(tmp_path, **train):
     raw = tiny_classification_recipe(tmp_path / "fixture")
     raw["train"].update({"max_steps": 3, "threads": 1, **train})
@@ -41,7 +50,7 @@ def test_hook_sees_start_and_end_model_and_report_shows_both(tmp_path, monkeypat
     rec = _recipe(tmp_path)
     plain = train(rec, {"output.run_name": "plain"})  # the task without the hook
     calls: list[str] = []
-    monkeypatch.setattr(TextClassificationTask, "sample_outputs", _hook(calls), raising=False)
+    _register_hooked_task(monkeypatch, calls)
     run = train(rec, {"output.run_name": "hooked"})
     assert calls == ["before", "after"]
     samples = run.metrics["samples"]
@@ -61,7 +70,7 @@ def test_hook_sees_start_and_end_model_and_report_shows_both(tmp_path, monkeypat
 
 def test_no_baseline_means_after_only(tmp_path, monkeypatch):
     calls: list[str] = []
-    monkeypatch.setattr(TextClassificationTask, "sample_outputs", _hook(calls), raising=False)
+    _register_hooked_task(monkeypatch, calls)
     run = train(_recipe(tmp_path), {"output.run_name": "r", "eval.baseline": False})
     assert calls == ["after"]
     assert list(run.metrics["samples"]) == ["after"]
@@ -71,7 +80,7 @@ def test_resumed_run_keeps_the_starting_models_scores(tmp_path, monkeypatch):
     from omnitune.core.loop.trainer import Interrupted
 
     calls: list[str] = []
-    monkeypatch.setattr(TextClassificationTask, "sample_outputs", _hook(calls), raising=False)
+    _register_hooked_task(monkeypatch, calls)
     rec = _recipe(tmp_path, max_steps=4, eval_every=2)
 
     def stop_at_2(trainer):

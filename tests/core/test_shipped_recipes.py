@@ -2,7 +2,7 @@
 
 Recipes whose model and data are small bundled assets (MiniLM on Rotten Tomatoes) run as shipped
 on a small subset of them. Every other recipe (Hub models and data, the bigger assets) runs with
-its task's tiny model and data swapped in (the task's ``tiny_recipe(folder, like=recipe)``): only
+its task's tiny model and data swapped in (its fixture's ``tiny_recipe(folder, like=recipe)``): only
 the recipe's ``model`` and ``data`` fields that the tiny fixture sets are replaced, and every other
 setting it ships (strategy, freezing, PEFT, schedule, augmentation, baseline) runs as shipped.
 """
@@ -19,7 +19,9 @@ import torch
 from omnitune.core.base import assets
 from omnitune.core.api import build_task, evaluate, predict, seed_everything, train
 from omnitune.core.base.recipe import list_shipped_recipes, load_recipe
-from omnitune.core.base.registry import TASKS, list_tasks
+from omnitune.core.base.registry import list_tasks
+
+from ..fixtures import tiny_inputs, tiny_recipe
 
 SHIPPED = [name for name, _ in list_shipped_recipes()]
 # Fetched once into the omnitune cache (tens of MB); the others are hundreds of MB or on the Hub.
@@ -40,7 +42,7 @@ def _as_shipped(recipe) -> bool:
 def _overrides(recipe, folder) -> dict:
     if _as_shipped(recipe):
         return {}
-    tiny = TASKS.get(recipe.task).tiny_recipe(folder, like=recipe)
+    tiny = tiny_recipe(recipe.task, folder, like=recipe)
     swapped = {f"{section}.{key}": value for section in ("model", "data") for key, value in tiny[section].items()}
     # Group columns and a retention set name the real data's columns and sources: not the tiny data's.
     return {**swapped, "eval.groups": [], "eval.retention": None}
@@ -54,7 +56,6 @@ def test_every_task_has_a_shipped_recipe():
 @pytest.mark.parametrize("name", SHIPPED)
 def test_tiny_run_of_shipped_recipe(name, tmp_path):
     recipe = load_recipe(name)
-    cls = TASKS.get(recipe.task)
     overrides = {**_overrides(recipe, tmp_path / "fixtures"), **TINY,
                  "output.dir": str(tmp_path / "runs"), "output.run_name": "run"}
     if recipe.finetune.peft is not None and recipe.finetune.peft.quantize != "none" and not torch.cuda.is_available():
@@ -77,7 +78,7 @@ def test_tiny_run_of_shipped_recipe(name, tmp_path):
     else:
         _check_frozen_weights(run)
     # The saved model answers raw inputs through the public API.
-    inputs = cls.tiny_inputs(tmp_path / "fixtures") if not _as_shipped(recipe) else ["a fine, moving film"]
+    inputs = ["a fine, moving film"] if _as_shipped(recipe) else tiny_inputs(recipe.task, tmp_path / "fixtures")
     out = predict(run, inputs)
     assert len(out) == len(inputs) and not any("error" in o for o in out), out
 

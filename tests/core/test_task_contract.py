@@ -1,6 +1,6 @@
 """The task contract, checked for every registered task (timm's test_models.py style).
 
-Each task builds a tiny model and tiny data from its own fixture factory (``tiny_recipe``), and
+Each task builds a tiny model and tiny data from its fixture (``omnitune.fixtures``), and
 the same checks run on all of them: the layer groups cover every parameter once; forward and
 backward run; each strategy (full, partial, feature extraction, gradual, LoRA) trains exactly the
 parameters it should; save and reload give the same outputs; ``predict`` works on raw inputs; and
@@ -17,27 +17,18 @@ import torch
 from omnitune.core.adapters import peft as peft_lib
 from omnitune.core.api import build_peft_model, build_task, load_adapter_model, seed_everything
 from omnitune.core.base.recipe import validate_recipe
-from omnitune.core.base.registry import TASKS, list_tasks
 from omnitune.core.loop.strategies import apply_strategy
 
-TASK_NAMES = list_tasks()
-
-
-def test_every_task_has_a_tiny_fixture_factory():
-    assert {"text-classification", "causal-lm", "image-classification", "speech-recognition"} <= set(TASK_NAMES)
-    for name in TASK_NAMES:
-        cls = TASKS.get(name)
-        assert callable(getattr(cls, "tiny_recipe", None)), f"{name}: no tiny_recipe() fixture factory"
-        assert callable(getattr(cls, "tiny_inputs", None)), f"{name}: no tiny_inputs()"
+from ..fixtures import task_params, tiny_inputs, tiny_recipe
 
 
 class Tiny:
     """One task's tiny recipe, task, datasets and a batch, built once per task."""
 
     def __init__(self, name: str, folder: Path) -> None:
-        self.cls = TASKS.get(name)
+        self.name = name
         self.folder = folder
-        self.raw = self.cls.tiny_recipe(folder)
+        self.raw = tiny_recipe(name, folder)
         self.raw["output"] = {"dir": str(folder / "runs")}
         self.recipe = validate_recipe(self.raw, where=f"{name}.tiny_recipe()")
         self.task = build_task(self.recipe)
@@ -53,7 +44,7 @@ class Tiny:
         return self.task.build_model()
 
 
-@pytest.fixture(scope="module", params=TASK_NAMES)
+@pytest.fixture(scope="module", params=task_params())
 def tiny(request, tmp_path_factory) -> Tiny:
     torch.set_num_threads(1)
     return Tiny(request.param, tmp_path_factory.mktemp(request.param))
@@ -213,7 +204,46 @@ def test_save_and_reload_give_the_same_outputs(tiny):
 
 def test_predict_on_raw_inputs(tiny):
     model = tiny.model().eval()
-    inputs = tiny.cls.tiny_inputs(tiny.folder)
+    inputs = tiny_inputs(tiny.name, tiny.folder)
     out = tiny.task.predict(model, inputs)
     assert len(out) == len(inputs) and all(isinstance(o, dict) and o.get("input") == i for o, i in zip(out, inputs))
     assert not any("error" in o for o in out), out
+
+
+# ---- the contract as protocols: the required one, and optional capabilities whole or not at all
+def _capabilities() -> list[type]:
+    """Every optional protocol of core/base/task.py (found there, so a new one is checked too)."""
+    from omnitune.core.base import task as contract
+
+    return [p for p in vars(contract).values()
+            if isinstance(p, type) and getattr(p, "_is_runtime_protocol", False) and p is not contract.Task]
+
+
+def _members(proto: type) -> set[str]:
+    return {n for n in (*vars(proto), *getattr(proto, "__annotations__", {})) if not n.startswith("_")}
+
+
+def test_task_satisfies_the_contract_and_each_capability_it_starts(tiny):
+    import inspect
+
+    from omnitune.core.base.task import Task
+
+    task = tiny.task
+    missing = sorted(m for m in _members(Task) if not hasattr(task, m))
+    assert isinstance(task, Task), f"{tiny.name}: misses {missing} of the Task protocol"
+    capabilities = _capabilities()
+    assert {"ReportsExtras", "InnerLoop", "FeatureCacheable", "HasObjective"} <= {p.__name__ for p in capabilities}
+    for proto in capabilities:
+        members = _members(proto)
+        present = {m for m in members if getattr(task, m, None) is not None}
+        if not present:
+            continue
+        assert present == members, (f"{tiny.name}: has {sorted(present)} of {proto.__name__} but not "
+                                    f"{sorted(members - present)} (a capability is implemented whole)")
+        assert isinstance(task, proto)
+        for name in members:  # methods take what the protocol says, in its order
+            spec = getattr(proto, name, None)
+            if inspect.isfunction(spec):
+                ours = list(inspect.signature(getattr(task, name)).parameters)
+                theirs = list(inspect.signature(spec).parameters)[1:]  # without self
+                assert ours[:len(theirs)] == theirs, f"{tiny.name}.{name}{tuple(ours)}: {proto.__name__} has {theirs}"

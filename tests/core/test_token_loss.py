@@ -11,12 +11,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from omnitune.core.api import as_recipe, build_task, seed_everything, train
-from omnitune.core.base.registry import TASKS, list_tasks
 from omnitune.core.loop.trainer import evaluate_model
+
+from ..fixtures import task_params, tiny_recipe
 
 
 def _tiny(task_name: str, folder, **overrides):
-    raw = TASKS.get(task_name).tiny_recipe(folder / "fixture")
+    raw = tiny_recipe(task_name, folder / "fixture")
     base = {"seed": 3, "train.epochs": 1, "train.max_steps": 3, "train.group_by_length": True,
             "train.precision": "fp32", "train.eval_every": 3, "regularization.dropout": 0.0,
             "output.dir": str(folder / "runs")}
@@ -38,7 +39,7 @@ def _has_batch_norm(task_name: str, folder) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in task.build_model().modules())
 
 
-@pytest.mark.parametrize("task_name", list_tasks())
+@pytest.mark.parametrize("task_name", task_params())
 def test_accumulating_2x4_trains_like_a_batch_of_8(task_name, tmp_path):
     if _has_batch_norm(task_name, tmp_path):
         pytest.skip("batch norm statistics depend on the micro-batch itself, so 2 x 4 cannot equal 8")
@@ -54,7 +55,7 @@ def test_accumulating_2x4_trains_like_a_batch_of_8(task_name, tmp_path):
     assert b4x2.metrics["validation"]["loss"] == pytest.approx(b8.metrics["validation"]["loss"], abs=1e-5)
 
 
-@pytest.mark.parametrize("task_name", list_tasks())
+@pytest.mark.parametrize("task_name", task_params())
 def test_evaluation_loss_does_not_depend_on_the_batch_size(task_name, tmp_path):
     recipe = _tiny(task_name, tmp_path)
     task = build_task(recipe)

@@ -10,7 +10,8 @@ import torch
 # Polite on a shared 2-core machine; the tiny models do not need more.
 torch.set_num_threads(1)
 
-# The builders live in the package, where the task's tiny_recipe() reaches them too.
+# The builders live in the package's testing module, beside the task's registered fixture
+# (omnitune.fixtures), which uses them too; production code never imports it.
 from omnitune.speech.testing import SPECIALS, make_audio_folder, make_tiny_whisper, tone  # noqa: E402,F401
 
 

@@ -20,8 +20,9 @@ import pytest
 from omnitune.core.api import predict, train
 from omnitune.core.base.generation import GenerationConfig
 from omnitune.core.base.recipe import validate_recipe
-from omnitune.text.chat import ChatTask
 from omnitune.text.chat_cli import ChatSession, chat_loop, load_chat_model
+
+from ..fixtures import tiny_recipe
 
 Q1 = "review: the film was good . positive ?"
 Q2 = "review: a dull plot . positive ?"
@@ -30,7 +31,7 @@ Q2 = "review: a dull plot . positive ?"
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("chatcli")
-    ChatTask.tiny_recipe(folder)
+    tiny_recipe("chat", folder)
     return folder / "tiny-chat-llama"
 
 
@@ -60,7 +61,7 @@ def test_session_keeps_history_streams_and_resets(model_dir):
 
 
 def test_adapter_run_loads_on_its_base_and_chats_like_predict(model_dir, tmp_path):
-    raw = ChatTask.tiny_recipe(model_dir.parent)
+    raw = tiny_recipe("chat", model_dir.parent)
     raw.update(finetune={"peft": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0}},
                output={"dir": str(tmp_path), "run_name": "lora"})
     raw["train"].update(max_steps=4)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-# The builders live in the package, where the task's tiny_recipe() reaches them too.
+# The builders live in the package's testing module, beside the task's registered fixture
+# (omnitune.fixtures), which uses them too; production code never imports it.
 from omnitune.vision.testing import COLOURS, make_idx_folder, make_image_folder, write_idx  # noqa: E402,F401
 
 

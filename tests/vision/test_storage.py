@@ -11,7 +11,7 @@ import pytest
 
 from omnitune.core.base.errors import DataError
 from omnitune.core.base.mmap_store import ArrayStore
-from omnitune.vision.data import _ArrayLoader, _StoredFiles
+from omnitune.vision.data import ArrayLoader, _StoredFiles
 
 from .conftest import make_idx_folder, make_image_folder
 from .test_data import corrupt, make_task
@@ -69,7 +69,7 @@ def test_disk_gives_the_same_items_and_report_as_memory(kind, tmp_path):
     assert "data.storage disk: disk" in disk.report.notes
     loader = disk.train.records.load
     assert isinstance(loader, _StoredFiles) or isinstance(getattr(loader, "images", None), ArrayStore)
-    assert isinstance(memory.train.records.load, _ArrayLoader if kind == "idx" else type(memory.train.records.load))
+    assert isinstance(memory.train.records.load, ArrayLoader if kind == "idx" else type(memory.train.records.load))
     if bad:  # the unreadable files are dropped and named exactly as in memory
         assert sorted(disk.report.examples["unreadable image"]) == bad
         assert disk.report.dropped["train"]["unreadable image"] + sum(
