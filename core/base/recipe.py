@@ -19,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from ..base.errors import RecipeError
+from ..base.recipe_files import (apply_overrides, list_shipped_recipes, parse_override,  # noqa: F401 (re-export)
+                                 read_yaml, resolve_recipe_path, shipped_recipes_dir)
 from ..base.registry import TASKS
 
 
@@ -449,12 +451,19 @@ def recipe_class(task_name: str) -> type[BaseRecipe]:
 def task_implemented(task_cls: type) -> frozenset[str]:
     """Which of TASK_IMPLEMENTED a task reads: its ``implemented_fields`` class attribute (none when it
     declares nothing). A recipe for the task may not set the others."""
-    declared = frozenset(getattr(task_cls, "implemented_fields", ()))
+    declared = frozenset(task_cls.implemented_fields if isinstance(task_cls, ReadsOptionalFields) else ())
     unknown = declared - set(TASK_IMPLEMENTED)
     if unknown:
         raise TypeError(f"{task_cls.__name__}.implemented_fields: {sorted(unknown)} are not among the fields only "
                         f"some tasks read ({', '.join(TASK_IMPLEMENTED)})")
     return declared
+
+
+@runtime_checkable
+class ReadsOptionalFields(Protocol):
+    """A task that reads some of TASK_IMPLEMENTED (label smoothing, mixing, the label-set fields)."""
+
+    implemented_fields: ClassVar[tuple[str, ...]]
 
 
 @runtime_checkable
@@ -493,53 +502,6 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
     return f"{where}: " + "; ".join(parts)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.lr=3e-5"`` -> (["train", "lr"], 3e-5). Values are parsed as YAML scalars/lists."""
-    if "=" not in text:
-        raise RecipeError(f"override {text!r}: expected KEY=VALUE, e.g. train.lr=3e-5")
-    key, _, raw = text.partition("=")
-    path = [p for p in key.strip().split(".") if p]
-    if not path:
-        raise RecipeError(f"override {text!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"override {text!r}: value is not valid YAML ({exc})") from None
-    return path, value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | list[str]) -> dict[str, Any]:
-    """Set dotted keys in a raw recipe mapping; accepts ["a.b=1"] or {"a.b": 1}."""
-    pairs = [parse_override(o) for o in overrides] if isinstance(overrides, list) else [
-        (k.split("."), v) for k, v in overrides.items()
-    ]
-    for path, value in pairs:
-        node = raw
-        for key in path[:-1]:
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            if not isinstance(child, dict):
-                raise RecipeError(f"override {'.'.join(path)}: {key!r} is not a section")
-            node = child
-        node[path[-1]] = value
-    return raw
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise RecipeError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe must be a YAML mapping, got {type(raw).__name__}")
-    return raw
-
-
 def validate_recipe(raw: dict[str, Any], where: str = "recipe") -> BaseRecipe:
     task = raw.get("task")
     if not isinstance(task, str):
@@ -554,23 +516,6 @@ def validate_recipe(raw: dict[str, Any], where: str = "recipe") -> BaseRecipe:
         raise RecipeError(_format_validation_error(err, where)) from None
 
 
-def shipped_recipes_dir() -> Path:
-    from importlib.resources import files
-
-    return Path(str(files("omnitune.recipes")))
-
-
-def resolve_recipe_path(name_or_path: str | Path) -> Path:
-    """A file path, or the name of a shipped recipe such as ``text/minilm-rotten-tomatoes``."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    shipped = shipped_recipes_dir() / f"{str(name_or_path).removesuffix('.yaml')}.yaml"
-    if shipped.is_file():
-        return shipped
-    raise RecipeError(f"{name_or_path}: recipe file not found (nor a shipped recipe; see `omnitune recipes`)")
-
-
 def load_recipe(
     name_or_path: str | Path, overrides: dict[str, Any] | list[str] | None = None
 ) -> BaseRecipe:
@@ -578,16 +523,6 @@ def load_recipe(
     path = resolve_recipe_path(name_or_path)
     raw = apply_overrides(read_yaml(path), overrides or {})
     return validate_recipe(raw, where=str(path))
-
-
-def list_shipped_recipes() -> list[tuple[str, str]]:
-    """(name, description) of every shipped recipe, e.g. ("text/minilm-rotten-tomatoes", "...")."""
-    root = shipped_recipes_dir()
-    out = []
-    for path in sorted(root.glob("*/*.yaml")):
-        raw = yaml.safe_load(path.read_text()) or {}
-        out.append((f"{path.parent.name}/{path.stem}", str(raw.get("description", "")).strip()))
-    return out
 
 
 def dump_recipe(recipe: BaseRecipe) -> str:

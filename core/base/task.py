@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ..base.exporting import ExportSpec
-from ..base.recipe import DataConfig, HasObjective, ModelConfig, RegularizationConfig  # noqa: F401 (re-export)
+from ..base.recipe import (DataConfig, HasObjective, ModelConfig, ReadsOptionalFields,  # noqa: F401 (re-export)
+                           RegularizationConfig)
 
 
 @dataclass
