@@ -1,6 +1,6 @@
 """The README's data-size curves: pretrained vs from-scratch as the training set grows.
 
-Two curves, each through ``omnitune curve`` (core/curve.py), limited so each finishes in minutes on
+Two curves, each through ``omnitune curve`` (core/studies/curve.py), limited so each finishes in minutes on
 2 CPU cores:
 
 - ``text``: MiniLM-L6 on Rotten Tomatoes (recipe text/minilm-rotten-tomatoes), sizes 100,300,1000,

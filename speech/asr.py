@@ -495,7 +495,7 @@ class SpeechRecognitionTask:
     feature_cache_eval: ClassVar[bool] = False
 
     def feature_cache_train_set(self, bundle: DataBundle) -> tuple[Any, list[str]]:
-        """The training clips without augmentation, and what that turned off (core/feature_cache.py)."""
+        """The training clips without augmentation, and what that turned off (core/loop/feature_cache.py)."""
         off = []
         if self.data_cfg.augment:
             off.append(f"audio augmentation ({', '.join(a.name for a in self.data_cfg.augment)})")

@@ -14,7 +14,7 @@ Every clip is decoded once, resampled to 16 kHz and checked. Unreadable, empty o
 clips longer than the model's window, missing audio files, audio files without a transcript and
 transcripts that are empty after normalisation are skipped and reported by file name.
 ``data.storage: memory`` keeps the decoded waves in RAM; ``disk`` writes them once into a store
-under the cache folder (core/mmap_store.py, keyed by the audio files) and reads each clip back when
+under the cache folder (core/base/mmap_store.py, keyed by the audio files) and reads each clip back when
 it is used, so RSS stays flat as the corpus grows.
 """
 

@@ -442,7 +442,7 @@ class TextClassificationTask:
     feature_cache_eval: ClassVar[bool] = True
 
     def frozen_features(self, model: nn.Module, batch: dict[str, Any], depth: int) -> dict[str, Any] | None:
-        """Outputs of the frozen bottom (core/feature_cache.py) of a BERT-style model (a pooler reading
+        """Outputs of the frozen bottom (core/loop/feature_cache.py) of a BERT-style model (a pooler reading
         the first token): with only the head training, the first token's hidden state; with the
         embeddings and the first ``depth - 1`` blocks frozen, the hidden states after them, padded to
         ``model.max_length``, and the attention mask. None for other models or long texts in chunks."""

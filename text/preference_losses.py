@@ -3,7 +3,7 @@
 
 Every function returns per-pair (or per-sample) values; the task sums them into ``loss_sum`` and
 counts the pairs (or samples) as ``num_items``, so micro-batches and processes weigh every pair
-the same (core/trainer.py's loss contract).
+the same (core/loop/trainer.py's loss contract).
 
 >>> import torch
 >>> round(float(bradley_terry_loss(torch.tensor([1.0]), torch.tensor([1.0]))[0]), 4)  # log 2

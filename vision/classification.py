@@ -2,7 +2,7 @@
 
 Recipe sections declared here: ``model`` (:class:`VisionModelConfig`) and ``data``
 (:class:`VisionDataConfig`); everything else (strategy, optimiser, EMA, trainer) is the core's.
-Mixup/CutMix and label smoothing come from ``regularization`` and live in core/mixing.py.
+Mixup/CutMix and label smoothing come from ``regularization`` and live in core/loop/mixing.py.
 """
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ class ImageClassificationTask:
     feature_cache_eval: ClassVar[bool] = True
 
     def frozen_features(self, model: nn.Module, batch: dict[str, Any], depth: int) -> dict[str, Any] | None:
-        """Outputs of the first ``depth`` layer groups (core/feature_cache.py): a timm model's pre-logits
+        """Outputs of the first ``depth`` layer groups (core/loop/feature_cache.py): a timm model's pre-logits
         (pooled features) when only the head trains, or an EfficientNet-style model's feature map after
         the stem and the first stages when the stages above train; None for other splits."""
         x = self._layout(batch["pixel_values"])

@@ -46,7 +46,7 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 
 # Default places per architecture (Houlsby's: after each attention output projection and each
-# feed-forward output) are in the one table core/peft.py keeps for every adapter method:
+# feed-forward output) are in the one table core/adapters/peft.py keeps for every adapter method:
 # peft.ARCHITECTURE_TARGETS[model_type]["bottleneck"].
 
 

@@ -1,5 +1,5 @@
 """Parameter-efficient fine-tuning for every task: LoRA, IA3 and QLoRA through the peft library,
-bottleneck adapters through core/bottleneck.py (peft has none; same interface and folder layout).
+bottleneck adapters through core/adapters/bottleneck.py (peft has none; same interface and folder layout).
 
 The adapter is injected *in place*: :func:`apply_peft` returns peft's ``PeftModel`` wrapper, and the
 trainer keeps training the task's own model object (``peft_model.get_base_model()``), which now holds

@@ -263,7 +263,7 @@ class TrainConfig(Section):
     """Recompute activations in the backward pass: less memory, about a third more compute
     (transformers and timm models)."""
     cache_features: Literal["auto"] | bool = "auto"
-    """Frozen-trunk feature cache (core/feature_cache.py), for feature_extraction or partial with the
+    """Frozen-trunk feature cache (core/loop/feature_cache.py), for feature_extraction or partial with the
     bottom groups frozen: compute the frozen part once and train the rest from its outputs. auto:
     when nothing random happens before the first trained group (no dropout or batch-norm batch
     statistics there, no train-time input augmentation); true: also when something does, turning
@@ -301,7 +301,7 @@ class EvalConfig(Section):
     (fn(predictions, references) -> number or dict; `fn.direction = "max"` declares its direction),
     or Hub metric names for evaluate.load (online)."""
     groups: list[str] = []
-    """Group attributes (core/groups.py): columns of the evaluation table (sex, accent, speaker, source)
+    """Group attributes (core/evaluation/groups.py): columns of the evaluation table (sex, accent, speaker, source)
     whose values split the test set; the report gives every metric per group value, with its count."""
     group_source: str | None = None
     """The table the group metrics read; None: data.test_source, else the test table of a source folder."""
@@ -311,7 +311,7 @@ class EvalConfig(Section):
     """Binary classification: the label that is the "selected" outcome of the fairness view (selection
     rate, TPR, FPR); None: the second of the model's labels (sorted labels: "1" of 0/1, ">50K")."""
     retention: str | None = None
-    """Retention (core/retention.py): a general-domain set scored before and after fine-tuning."""
+    """Retention (core/evaluation/retention.py): a general-domain set scored before and after fine-tuning."""
     retention_mode: Literal["auto", "metrics", "linear_probe"] = "auto"
     """metrics: the task's own metrics on it (LM perplexity, WER). linear_probe: accuracy of a
     logistic regression on the features the head reads. auto: linear_probe for tasks with a label set."""

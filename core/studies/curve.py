@@ -4,7 +4,7 @@ When does pretraining pay off? The recipe is trained at each training-set size, 
 weights and from scratch (``model.pretrained: false``: the same architecture, random weights), and
 with any other strategies listed; the test metric is plotted against the size on a log axis.
 
-The data, like cross-validation's (core/cv.py): the recipe's rows are read once (every split of the
+The data, like cross-validation's (core/studies/cv.py): the recipe's rows are read once (every split of the
 source, or the task's manifest rows for file tasks), exact duplicates dropped, and a **fixed** test
 and validation split carved off (``data.test_size`` / ``data.val_size``, stratified, ``seed``): every
 point of the curve is scored on the same test rows. The rest is the pool. For repeat ``r`` (seed

@@ -1,4 +1,4 @@
-"""Data-size curves (core/curve.py): nested stratified subsets; a tiny curve end to end."""
+"""Data-size curves (core/studies/curve.py): nested stratified subsets; a tiny curve end to end."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Data checks every domain runs through core/data.py: train/evaluation overlap is counted and
+"""Data checks every domain runs through core/base/data.py: train/evaluation overlap is counted and
 dropped from the evaluation split; a classification set needs two classes; one hub: parser and
 one split-name table."""
 

@@ -1,4 +1,4 @@
-"""The run verdict from synthetic learning curves (core/diagnosis.py)."""
+"""The run verdict from synthetic learning curves (core/evaluation/diagnosis.py)."""
 
 from __future__ import annotations
 

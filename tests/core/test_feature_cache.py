@@ -1,4 +1,4 @@
-"""Frozen-trunk feature cache (core/feature_cache.py): a cached run trains the same weights as an
+"""Frozen-trunk feature cache (core/loop/feature_cache.py): a cached run trains the same weights as an
 uncached one, caches only when nothing random happens below the trained groups (or when told to,
 saying what it turned off), and large caches go to a memory-mapped file that is deleted after."""
 

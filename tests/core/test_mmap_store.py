@@ -1,4 +1,4 @@
-"""core/mmap_store.py: the disk store behind data.storage: disk (images, audio)."""
+"""core/base/mmap_store.py: the disk store behind data.storage: disk (images, audio)."""
 
 from __future__ import annotations
 

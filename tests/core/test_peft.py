@@ -1,6 +1,6 @@
 """PEFT: only adapter parameters train, adapter-only save/load, resume, merge, switching, QLoRA error.
 
-LoRA and IA3 come through peft, bottleneck adapters through core/bottleneck.py; the tests that are
+LoRA and IA3 come through peft, bottleneck adapters through core/adapters/bottleneck.py; the tests that are
 parametrised over the method hold both to the same contract."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ONNX export of the VITS generator (speech/tts_export.py, the text-to-speech entry of core/export.py):
+"""ONNX export of the VITS generator (speech/tts_export.py, the text-to-speech entry of core/deploy/export.py):
 the length regulation on a hand-made case, a tiny VITS run exported and reproduced by ONNX Runtime
 at phoneme lengths other than the traced one, `predict --onnx` writing the WAV PyTorch writes, the
 int8 refusal; slow: the Joe voice against PyTorch and against Piper's own ONNX file."""

@@ -1,4 +1,4 @@
-"""core/mixing.py: Mixup/CutMix targets agree with what was pasted, and a seed reproduces them."""
+"""core/loop/mixing.py: Mixup/CutMix targets agree with what was pasted, and a seed reproduces them."""
 
 from __future__ import annotations
 
