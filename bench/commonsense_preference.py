@@ -63,7 +63,7 @@ def option_accuracy(task, model, questions, batch: int = 16) -> dict[str, float]
     scores: dict[int, list[tuple[float, float]]] = {}
     for i in range(0, len(rows), batch):
         part = rows[i:i + batch]
-        data = task.encode([r for _, r in part])
+        data = task.pairs.encode([r for _, r in part])
         b = task.collate([data[j] for j in range(len(data))])
         n = len(part)
         ids, mask, resp = b["input_ids"][:n], b["attention_mask"][:n], b["response_mask"][:n]
@@ -104,8 +104,8 @@ def sft_recipe(task, bundle, folder: Path, steps: int, out_dir: str) -> dict:
 
     rows = []
     for r in bundle.train.rows:
-        prompt = task.render_prompt(r["prompt"])
-        rows.append({"prompt": prompt, "response": task.render_response(r["prompt"], prompt, r["chosen"])})
+        prompt = task.pairs.render_prompt(r["prompt"])
+        rows.append({"prompt": prompt, "response": task.pairs.render_response(r["prompt"], prompt, r["chosen"])})
     path = folder / "sft.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return {"name": "smollm2-commonsense-sft", "task": "causal-lm", "seed": 42,

@@ -177,7 +177,8 @@ class RewardModelTask:
         self.backbone = Backbone(model, pad_with_eos=True)  # padding is masked everywhere
         self.pairs = Pairs(self.backbone, model, data, seed)
 
-    # --- backbone and pairs: composed (text/backbone.py, text/pairs.py), the same in both tasks
+    # --- backbone and pairs: composed (text/backbone.py, text/pairs.py); rendering and encoding are
+    # task.pairs' (render_prompt, render_response, encode, uses_chat_template)
     @property
     def model_path(self) -> str:
         return self.backbone.path
@@ -192,18 +193,6 @@ class RewardModelTask:
     def restore(self, model_dir: Path) -> None:
         self.backbone.restore(model_dir)
 
-    def uses_chat_template(self) -> bool:
-        return self.pairs.uses_chat_template()
-
-    def render_prompt(self, prompt: str) -> str:
-        return self.pairs.render_prompt(prompt)
-
-    def render_response(self, prompt: str, rendered_prompt: str, response: str) -> str:
-        return self.pairs.render_response(prompt, rendered_prompt, response)
-
-    def encode(self, rows: list[dict[str, str]], report: DataReport | None = None, split: str = "") -> PairDataset:
-        return self.pairs.encode(rows, report, split)
-
     def build_datasets(self) -> DataBundle:
         return self.pairs.build_datasets()
 
@@ -212,9 +201,6 @@ class RewardModelTask:
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return self.pairs.collate(samples)
-
-    def report_extras(self, out_dir: Path, split: str, predictions, references, dataset) -> list[str]:
-        return []
 
     def build_model(self) -> nn.Module:
         from transformers import AutoModelForSequenceClassification
@@ -267,7 +253,7 @@ class RewardModelTask:
         for i in range(0, len(prompts), batch_size):
             rows = [{"prompt": p, "chosen": r, "rejected": r} for p, r in zip(prompts[i:i + batch_size],
                                                                                 responses[i:i + batch_size])]
-            data = self.encode(rows)
+            data = self.pairs.encode(rows)
             batch = self.collate([data[j] for j in range(len(data))])
             n = len(rows)
             mask = batch["attention_mask"][:n].to(device)
@@ -313,7 +299,8 @@ class PreferenceTask:
         self._reference: nn.Module | None = None
         self._reward: Callable | None = None
 
-    # --- backbone and pairs: composed (text/backbone.py, text/pairs.py), the same in both tasks
+    # --- backbone and pairs: composed (text/backbone.py, text/pairs.py); rendering and encoding are
+    # task.pairs' (render_prompt, render_response, encode, uses_chat_template)
     @property
     def model_path(self) -> str:
         return self.backbone.path
@@ -328,18 +315,6 @@ class PreferenceTask:
     def restore(self, model_dir: Path) -> None:
         self.backbone.restore(model_dir)
 
-    def uses_chat_template(self) -> bool:
-        return self.pairs.uses_chat_template()
-
-    def render_prompt(self, prompt: str) -> str:
-        return self.pairs.render_prompt(prompt)
-
-    def render_response(self, prompt: str, rendered_prompt: str, response: str) -> str:
-        return self.pairs.render_response(prompt, rendered_prompt, response)
-
-    def encode(self, rows: list[dict[str, str]], report: DataReport | None = None, split: str = "") -> PairDataset:
-        return self.pairs.encode(rows, report, split)
-
     def build_datasets(self) -> DataBundle:
         return self.pairs.build_datasets()
 
@@ -348,9 +323,6 @@ class PreferenceTask:
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return self.pairs.collate(samples)
-
-    def report_extras(self, out_dir: Path, split: str, predictions, references, dataset) -> list[str]:
-        return []
 
     # --- model
     def _load_lm(self) -> nn.Module:
@@ -531,7 +503,7 @@ class PreferenceTask:
         rows = [{"prompt": t, "chosen": "x", "rejected": "y"} for t in inputs]
         out = []
         for i, row in enumerate(rows):
-            data = self.encode([row])
+            data = self.pairs.encode([row])
             batch = self.collate([data[0]])
             _, _, _, _, texts = self._sample(model, batch, 1, sample=False)
             out.append({"input": inputs[i], "completion": texts[0]})

@@ -126,14 +126,14 @@ def test_chat_template_renders_response_tokens_only(tmp_path):
     tok = task.tokenizer
     tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} </s> {% endfor %}"
                          "{% if add_generation_prompt %}assistant: {% endif %}")
-    assert task.uses_chat_template()
-    data = task.encode([{"prompt": "the film was good", "chosen": "yes", "rejected": "no"}])
+    assert task.pairs.uses_chat_template()
+    data = task.pairs.encode([{"prompt": "the film was good", "chosen": "yes", "rejected": "no"}])
     words = tok.convert_ids_to_tokens(data[0]["prompt_ids"])
     assert words[-1] == "<unk>" and tok.convert_ids_to_tokens(data[0]["chosen_ids"]) == ["yes", "</s>"]
     # A template that drops the assistant's content is an error, not a silent empty response.
     tok.chat_template = "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}"
     with pytest.raises(DataError, match="does not render the assistant response"):
-        task.encode([{"prompt": "the film was good", "chosen": "yes", "rejected": "no"}])
+        task.pairs.encode([{"prompt": "the film was good", "chosen": "yes", "rejected": "no"}])
 
 
 # ----------------------------------------------------------------------------- the LoRA reference
