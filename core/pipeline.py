@@ -260,9 +260,11 @@ def final_evaluation(rec: BaseRecipe, plan: Plan, built: Built, state, start: St
     eval_seconds = time.perf_counter() - t_eval
     metrics.update(best_step=state.best_step, selected_by=plan.metric, stop_reason=state.stop_reason,
                    steps=state.step, epochs_completed=state.epoch)
-    if state.planned_steps:  # train.time_budget_minutes cut the plan on this machine
-        metrics["time_budget"] = {"minutes": rec.train.time_budget_minutes, "chosen_steps": state.planned_steps,
-                                  "epochs": round(state.planned_steps / trainer.updates_per_epoch, 3)}
+    if trainer.budget:  # train.time_budget_minutes: the plan on this machine, and each re-plan that led to it
+        chosen = trainer.total_steps
+        metrics["time_budget"] = {"minutes": rec.train.time_budget_minutes, "recipe_steps": trainer.recipe_steps,
+                                  "chosen_steps": chosen, "epochs": round(chosen / trainer.updates_per_epoch, 3),
+                                  "replans": state.budget_history}
     metrics["diagnosis"] = diagnose(state.history, plan.metric, plan.mode, strategy=rec.finetune.strategy,
                                     peft=rec.finetune.peft is not None)  # read from the run's own curves
     trainable, total = peft_lib.trainable_share(built.model)

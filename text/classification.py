@@ -20,6 +20,7 @@ from omnitune.core.base.metrics import compute as compute_metric
 from omnitune.core.base.recipe import DataConfig, ModelConfig, RegularizationConfig
 from omnitune.core.evaluation.report import confusion_matrix_png, per_class_table
 from omnitune.core.base.task import DataBundle, DataReport, LayerGroup
+from omnitune.core.loop.feature_cache import Ragged
 
 from . import data as tdata
 from . import long_text, pipeline
@@ -443,41 +444,44 @@ class TextClassificationTask:
 
     def frozen_features(self, model: nn.Module, batch: dict[str, Any], depth: int) -> dict[str, Any] | None:
         """Outputs of the frozen bottom (core/loop/feature_cache.py) of a BERT-style model (a pooler reading
-        the first token): with only the head training, the first token's hidden state; with the
-        embeddings and the first ``depth - 1`` blocks frozen, the hidden states after them, padded to
-        ``model.max_length``, and the attention mask. None for other models or long texts in chunks."""
+        the first token): with only the head training, the first token's hidden state (the last layer
+        computes that position only); with the embeddings and the first ``depth - 1`` blocks frozen, each
+        text's hidden states and attention mask without their padding (Ragged). None for other models
+        or long texts in chunks."""
         base = model.base_model
         if "chunk_of" in batch or getattr(base, "pooler", None) is None or not hasattr(model, "classifier"):
             return None
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         if depth == len(self.layer_groups(model)) - 1:
-            first = base(**inputs).last_hidden_state[:, 0]
+            with first_token_only(model):
+                first = base(**inputs).last_hidden_state[:, 0]
             return {"first_token": first, "labels": batch["labels"], "index": batch["index"]}
-        width, mask = self.model_cfg.max_length, batch["attention_mask"]
-        if not (hasattr(base, "_create_attention_masks") and hasattr(base.encoder, "layer")) or mask.shape[1] > width:
+        if not (hasattr(base, "_create_attention_masks") and hasattr(base.encoder, "layer")):
             return None
+        mask = batch["attention_mask"]
         hidden = base.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
         full = base._create_attention_masks(mask, None, hidden, None, None)[0]
         for layer in base.encoder.layer[:depth - 1]:
             hidden = layer(hidden, full)
-        pad = width - mask.shape[1]
-        return {"hidden": F.pad(hidden, (0, 0, 0, pad)), "attention_mask": F.pad(mask, (0, pad)),
+        lengths = mask.sum(1)  # right-padded: a text is its first `length` positions
+        return {"hidden": Ragged(hidden, lengths), "attention_mask": Ragged(mask, lengths),
                 "labels": batch["labels"], "index": batch["index"]}
 
     def forward_features(self, model: nn.Module, batch: dict[str, Any], depth: int, train: bool) -> dict[str, Any]:
-        """:meth:`forward` from :meth:`frozen_features`: the trained blocks (on the batch's own width),
-        pooler, dropout and classifier as the model runs them."""
+        """:meth:`forward` from :meth:`frozen_features`: the trained blocks (the batch padded to its
+        longest text, the last block computing the first token only, as in :meth:`_logits`), pooler,
+        dropout and classifier as the model runs them."""
         from types import SimpleNamespace
 
         base = model.base_model
         if "first_token" in batch:
             hidden = batch["first_token"][:, None, :]
         else:
-            width = max(int(batch["attention_mask"].sum(1).max()), 1)
-            hidden, mask = batch["hidden"][:, :width], batch["attention_mask"][:, :width]
+            hidden, mask = batch["hidden"], batch["attention_mask"]
             full = base._create_attention_masks(mask, None, hidden, None, None)[0]
-            for layer in base.encoder.layer[depth - 1:]:
-                hidden = layer(hidden, full)
+            with first_token_only(model):
+                for layer in base.encoder.layer[depth - 1:]:
+                    hidden = layer(hidden, full)
         pooled = base.pooler(hidden)
         logits = model.classifier(model.dropout(pooled) if hasattr(model, "dropout") else pooled)
         return self.forward(lambda **_: SimpleNamespace(logits=logits), {"labels": batch["labels"]}, train)

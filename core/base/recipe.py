@@ -231,10 +231,11 @@ class TrainConfig(Section):
     max_steps: int | None = Field(default=None, gt=0)
     """Stops after this many optimiser steps even if epochs remain."""
     time_budget_minutes: float | None = Field(default=None, gt=0)
-    """A training-time budget (minutes of optimiser steps, evaluation not counted). After the first
-    steps the loop measures its speed; when the planned steps would not fit, it plans fewer, so the
-    schedule still ends at its final LR, and says so (console, events, metrics.json). The run then
-    depends on the machine's speed; a resumed run keeps the steps chosen the first time."""
+    """A training-time budget (minutes of optimiser steps, evaluation not counted). The loop measures
+    its speed over each window of 50 steps (one length group) and plans the steps that fit the budget
+    left: fewer when it is slow, more again (up to what epochs/max_steps ask) when it speeds up, with
+    the schedule going on without a jump to end at its final LR; it says so (console, events,
+    metrics.json). The run then depends on the machine's speed; a resumed run keeps its plan history."""
     batch_size: int = Field(default=32, gt=0)
     """Samples per micro-batch (per process when training on several)."""
     eval_batch_size: int | None = Field(default=None, gt=0)

@@ -273,7 +273,8 @@ class FeatureCacheable(Protocol):
     def frozen_features(self, model: nn.Module, batch: dict, depth: int) -> dict[str, torch.Tensor] | None:
         """For a collated batch (model in eval mode, no grad): the outputs of the first ``depth``
         groups plus whatever forward_features needs (labels, sample indices), each with the batch on
-        dim 0 and the same shape for every sample. None when the model cannot be split there."""
+        dim 0 and the same shape for every sample, or a ``feature_cache.Ragged`` (values and lengths)
+        for a sequence kept without its padding. None when the model cannot be split there."""
 
     def forward_features(self, model: nn.Module, batch: dict, depth: int, train: bool) -> dict:
         """What ``forward`` returns, from a batch of stacked frozen_features values; the same loss

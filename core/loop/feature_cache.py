@@ -6,7 +6,10 @@ happens before the first trained group: no active dropout, drop-path or batch-no
 in the frozen groups, and no train-time augmentation or mixing of the input. Then its outputs are
 computed once per sample, kept (in memory, or in a memory-mapped ``.npy`` file in the OS temp folder
 for large sets), and every epoch trains the top groups from them: one pass of the trunk instead of
-one per epoch.
+one per epoch. Extraction batches samples of similar length together (when the dataset knows its
+lengths), each padded only to its longest; values with a sequence dimension come as :class:`Ragged`
+and are stored per sample without padding, so the cache holds the same per-sample values however the
+extraction batches were padded.
 
 ``train.cache_features`` picks the behaviour: ``auto`` caches when the above holds (the results
 equal an uncached run's up to float rounding), ``true`` also caches when it does not, turning that
@@ -34,7 +37,7 @@ import time
 import weakref
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -48,41 +51,144 @@ DEFAULT_MAX_RAM_BYTES = 1 << 30
 
 
 # ----------------------------------------------------------------------------------- the store
+class Ragged(NamedTuple):
+    """A frozen_features value with a sequence dimension: sample ``i`` is ``values[i, :lengths[i]]``.
+    The store keeps each row without its padding (so the cache does not depend on how the extraction
+    batches were padded, and a short text costs its own length, not ``max_length``); a gathered batch
+    is padded with zeros to its longest row."""
+
+    values: torch.Tensor  # (batch, padded length, *shape)
+    lengths: torch.Tensor  # (batch,)
+
+
+class _RaggedArray:
+    """Rows ``(length, *shape)`` of different lengths, written in any order: one array per sample in
+    RAM or, once spilled, appended to one flat ``(tokens, *shape)`` file read back memory-mapped."""
+
+    def __init__(self, n: int, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        self.dtype, self.shape = dtype, shape
+        self.rows: list[np.ndarray | None] = [None] * n
+        self.offsets = np.zeros(n, dtype=np.int64)
+        self.lengths = np.zeros(n, dtype=np.int64)
+        self.nbytes, self.tokens = 0, 0
+        self.path: Path | None = None
+        self._file: Any = None
+        self._flat: np.ndarray | None = None
+
+    @property
+    def on_disk(self) -> bool:
+        return self.path is not None
+
+    def write(self, positions: Sequence[int], values: np.ndarray, lengths: np.ndarray) -> None:
+        for i, row, n in zip(positions, values, lengths):
+            row = np.ascontiguousarray(row[:n], dtype=self.dtype)
+            self.lengths[i] = n
+            self.nbytes += row.nbytes
+            if self._file is None:
+                self.rows[i] = row.copy()  # not a view: the padded batch is freed
+            else:
+                self.offsets[i], self.tokens = self.tokens, self.tokens + int(n)
+                self._file.write(row.tobytes())
+
+    def spill(self, path: Path) -> None:
+        """Move the rows so far to ``path`` and append every later one there."""
+        self.path, self._file = path, open(path, "wb")  # closed in finish()
+        rows, self.rows = self.rows, [None] * len(self.rows)
+        self.nbytes = 0
+        self.write([i for i, r in enumerate(rows) if r is not None], [r for r in rows if r is not None],
+                   [len(r) for r in rows if r is not None])
+
+    def finish(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._flat = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.tokens, *self.shape)) \
+                if self.tokens else np.empty((0, *self.shape), dtype=self.dtype)
+
+    def gather(self, idx: np.ndarray) -> torch.Tensor:
+        lengths = self.lengths[idx]
+        out = np.zeros((len(idx), int(lengths.max(initial=0)), *self.shape), dtype=self.dtype)
+        for j, (i, n) in enumerate(zip(idx, lengths)):
+            out[j, :n] = self.rows[i] if self._flat is None else self._flat[self.offsets[i]:self.offsets[i] + n]
+        return torch.from_numpy(out)
+
+
 class FeatureStore:
     """Per-sample arrays by name, each ``(n, *shape)``: in RAM, or memory-mapped ``.npy`` files in a
-    temporary folder deleted with the store."""
+    temporary folder deleted with the store; :class:`Ragged` values are kept per sample without their
+    padding (in RAM until the store passes ``max_ram_bytes``, then in a memory-mapped file)."""
 
-    def __init__(self, n: int, first: dict[str, torch.Tensor], max_ram_bytes: int, folder: Path | None = None):
-        self.n = n
-        per_sample = sum(_np_dtype(t).itemsize * int(np.prod(t.shape[1:], dtype=np.int64)) for t in first.values())
-        self.nbytes = per_sample * n
-        self.on_disk = self.nbytes > max_ram_bytes
+    def __init__(self, n: int, first: dict[str, torch.Tensor | Ragged], max_ram_bytes: int,
+                 folder: Path | None = None):
+        self.n, self.max_ram_bytes, self.parent = n, max_ram_bytes, folder
+        fixed = {k: t for k, t in first.items() if not isinstance(t, Ragged)}
+        self.ragged = {k: _RaggedArray(n, _np_dtype(t.values), tuple(t.values.shape[2:]))
+                       for k, t in first.items() if isinstance(t, Ragged)}
+        per_sample = sum(_np_dtype(t).itemsize * int(np.prod(t.shape[1:], dtype=np.int64)) for t in fixed.values())
+        self.fixed_nbytes = per_sample * n
+        self.fixed_on_disk = self.fixed_nbytes > max_ram_bytes
         self.folder: Path | None = None
         self.arrays: dict[str, np.ndarray] = {}
-        if self.on_disk:
-            self.folder = Path(tempfile.mkdtemp(prefix="omnitune-features-", dir=folder))
-            weakref.finalize(self, shutil.rmtree, str(self.folder), True)
-        for name, t in first.items():
+        if self.fixed_on_disk:
+            self._make_folder()
+        for name, t in fixed.items():
             shape = (n, *t.shape[1:])
-            if self.on_disk:
+            if self.fixed_on_disk:
                 self.arrays[name] = np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+",
                                                               dtype=_np_dtype(t), shape=shape)
             else:
                 self.arrays[name] = np.empty(shape, dtype=_np_dtype(t))
 
-    def write(self, start: int, values: dict[str, torch.Tensor]) -> None:
-        for name, array in self.arrays.items():
+    def _make_folder(self) -> Path:
+        if self.folder is None:
+            self.folder = Path(tempfile.mkdtemp(prefix="omnitune-features-", dir=self.parent))
+            weakref.finalize(self, shutil.rmtree, str(self.folder), True)
+        return self.folder
+
+    @property
+    def nbytes(self) -> int:
+        return self.fixed_nbytes + sum(r.nbytes for r in self.ragged.values())
+
+    @property
+    def on_disk(self) -> bool:
+        return self.fixed_on_disk or any(r.on_disk for r in self.ragged.values())
+
+    def write(self, start: int | Sequence[int], values: dict[str, torch.Tensor | Ragged]) -> None:
+        """Rows for the samples ``start, start + 1, ...`` (an int) or at the given positions."""
+        for name in (*self.arrays, *self.ragged):
             t = values.get(name)
-            if t is None or tuple(t.shape[1:]) != array.shape[1:]:
-                got = None if t is None else tuple(t.shape[1:])
-                raise ValueError(f"frozen_features: {name!r} is {got} per sample here, {array.shape[1:]} before "
+            want = self.arrays[name].shape[1:] if name in self.arrays else self.ragged[name].shape
+            got = None if t is None or isinstance(t, Ragged) != (name in self.ragged) else \
+                tuple((t.values.shape[2:] if isinstance(t, Ragged) else t.shape[1:]))
+            if got != want:
+                raise ValueError(f"frozen_features: {name!r} is {got} per sample here, {want} before "
                                  "(every sample must give the same shapes)")
-            t = t.detach().cpu()
-            array[start:start + t.shape[0]] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+        first = next(iter(values.values()))
+        batch = (first.values if isinstance(first, Ragged) else first).shape[0]
+        rows = np.arange(start, start + batch) if isinstance(start, int) else np.asarray(start)
+        for name, array in self.arrays.items():
+            array[rows] = _numpy(values[name])
+        for name, ragged in self.ragged.items():
+            v = values[name]
+            ragged.write(rows, _numpy(v.values), v.lengths.cpu().numpy())
+        if self.ragged and not self.on_disk and self.nbytes > self.max_ram_bytes:
+            for name, ragged in self.ragged.items():
+                ragged.spill(self._make_folder() / f"{name}.ragged")
+
+    def finish(self) -> None:
+        """After the last write: ragged rows on disk are read back memory-mapped."""
+        for ragged in self.ragged.values():
+            ragged.finish()
 
     def gather(self, indices: list[int]) -> dict[str, torch.Tensor]:
         idx = np.asarray(indices)
-        return {name: torch.from_numpy(np.ascontiguousarray(array[idx])) for name, array in self.arrays.items()}
+        out = {name: torch.from_numpy(np.ascontiguousarray(array[idx])) for name, array in self.arrays.items()}
+        return out | {name: ragged.gather(idx) for name, ragged in self.ragged.items()}
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def _np_dtype(t: torch.Tensor) -> np.dtype:
@@ -201,26 +307,47 @@ def plan(rec: Any, task: Any, trainer: Any) -> tuple[int, list[str], str | None]
 
 
 # ----------------------------------------------------------------------------------- extraction
+@runtime_checkable
+class HasLengths(Protocol):
+    """A dataset that knows each sample's length (tokens, audio duration): extraction batches
+    samples of similar length together, so a batch padded to its longest wastes little."""
+
+    def lengths(self) -> Sequence[int]: ...
+
+
+def extraction_batches(n: int, batch_size: int, lengths: Sequence[int] | None) -> list[list[int]]:
+    """Sample positions per extraction batch: by increasing length when lengths are known (the
+    cached values are per sample, so the order changes nothing but the padding), else in order."""
+    order = np.argsort(np.asarray(lengths), kind="stable") if lengths is not None else np.arange(n)
+    return [order[i:i + batch_size].tolist() for i in range(0, n, batch_size)]
+
+
 @torch.no_grad()
 def extract(task: Any, model: nn.Module, dataset, depth: int, batch_size: int, device: torch.device,
-            autocast: Callable = nullcontext, max_ram_bytes: int = DEFAULT_MAX_RAM_BYTES) -> FeatureStore | None:
-    """The frozen part's outputs for every sample of ``dataset`` in order (model in eval mode, the
-    global RNG left as it was); None when the task cannot split the model at ``depth``."""
+            autocast: Callable = nullcontext, max_ram_bytes: int = DEFAULT_MAX_RAM_BYTES,
+            lengths: Sequence[int] | None = None) -> FeatureStore | None:
+    """The frozen part's outputs for every sample of ``dataset``, stored in its order (model in eval
+    mode, the global RNG left as it was); None when the task cannot split the model at ``depth``.
+    With ``lengths`` (default: the dataset's own, when it has them) the batches group samples of
+    similar length, each padded only to its longest (the collate's dynamic padding)."""
     from accelerate.utils import send_to_device
 
+    if lengths is None and isinstance(dataset, HasLengths):
+        lengths = dataset.lengths()
     model.eval()
     store = None
     with torch.random.fork_rng(devices=[]):
-        for start in range(0, len(dataset), batch_size):
-            samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            batch = send_to_device(task.collate(samples), device)
+        for positions in extraction_batches(len(dataset), batch_size, lengths):
+            batch = send_to_device(task.collate([dataset[i] for i in positions]), device)
             with autocast():
                 values = task.frozen_features(model, batch, depth)
             if values is None:
                 return None
             if store is None:
                 store = FeatureStore(len(dataset), values, max_ram_bytes)
-            store.write(start, values)
+            store.write(positions, values)
+    if store is not None:
+        store.finish()
     return store
 
 

@@ -4,6 +4,12 @@ The schedule sets every parameter group's LR as ``base_lr * lr_scale * factor(st
 ``factor`` is warmup followed by one decay shape, written once in :func:`lr_factor` (the shape of
 nanoGPT's ``get_lr``). ``plateau`` is warmup + constant, multiplied down when the validation metric
 stops improving.
+
+Re-planning (``train.time_budget_minutes``). When the total changes from T_old to T_new after s
+updates, the decay goes on from where it is: progress p(t) = p_s + (1 - p_s) * (t - s) / (T_new - s)
+for t >= s, with p_s the progress at s under the old plan, so the LR at s is unchanged and the last
+update's schedule value is still the end value. A re-plan during warmup leaves warmup as it is (its
+step count was fixed from the first plan) and the decay runs from the end of warmup to T_new.
 """
 
 from __future__ import annotations
@@ -45,10 +51,13 @@ def lr_factor(
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    return decay_factor(min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)), kind, min_ratio, power)
+
+
+def decay_factor(progress: float, kind: str, min_ratio: float = 0.0, power: float = 1.0) -> float:
+    """The LR multiplier after warmup at ``progress`` (0 at the end of warmup, 1 at the last step)."""
     if kind in ("constant", "plateau"):
         return 1.0
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
     if kind == "linear":
         shape = 1.0 - progress
     elif kind == "cosine":
@@ -61,7 +70,8 @@ def lr_factor(
 
 
 class LRSchedule:
-    """Sets group LRs from the update count; `step_metric` drives reduce-on-plateau."""
+    """Sets group LRs from the update count; `step_metric` drives reduce-on-plateau; `replan` changes
+    the total mid-run without a jump in the LR (see the module docstring)."""
 
     def __init__(
         self, optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_steps: int,
@@ -75,10 +85,28 @@ class LRSchedule:
         self.plateau_scale = 1.0
         self._best: float | None = None
         self._bad = 0
+        self._first_total = total_steps
+        self.replans: list[list[int]] = []  # [step, new total] of each re-plan, in order (checkpointed)
+        self._anchor = (warmup_steps, 0.0)  # (step, progress) the decay runs on from, to total_steps
         self.step_update(0)
 
+    def progress(self, step: int) -> float:
+        """How far the decay is before update ``step`` (0 at the end of warmup, 1 at the end)."""
+        start, p = self._anchor
+        return min(1.0, p + (1.0 - p) * (step - start) / max(1, self.total_steps - start))
+
     def factor(self, step: int) -> float:
-        return lr_factor(step, self.total_steps, self.warmup_steps, self.kind, self.min_ratio, self.power)
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        return decay_factor(self.progress(step), self.kind, self.min_ratio, self.power)
+
+    def replan(self, step: int, total_steps: int) -> None:
+        """Train ``total_steps`` in all, ``step`` updates being done: the decay continues from its
+        progress at ``step`` to the end over the new horizon (warmup, if not over, is kept)."""
+        if step > self.warmup_steps:
+            self._anchor = (step, self.progress(step))
+        self.total_steps = total_steps
+        self.replans.append([step, total_steps])
 
     def step_update(self, num_updates: int) -> None:
         f = self.factor(num_updates) * self.plateau_scale
@@ -101,10 +129,15 @@ class LRSchedule:
         return False
 
     def state_dict(self) -> dict:
-        return {"plateau_scale": self.plateau_scale, "best": self._best, "bad": self._bad}
+        return {"plateau_scale": self.plateau_scale, "best": self._best, "bad": self._bad,
+                "replans": [list(r) for r in self.replans]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Load ``state`` into a schedule built as the saved one was (same first total)."""
         self.plateau_scale, self._best, self._bad = state["plateau_scale"], state["best"], state["bad"]
+        self.total_steps, self._anchor, self.replans = self._first_total, (self.warmup_steps, 0.0), []
+        for step, total in state.get("replans", []):  # replayed: the same anchor, the same totals
+            self.replan(int(step), int(total))
 
 
 # ---- several optimisers, resumed state ------------------------------------------------------

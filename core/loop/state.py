@@ -63,7 +63,11 @@ class TrainerState:
     early_stopping: dict | None = None
     baseline: dict | None = None
     history: list[dict] = field(default_factory=list)
-    planned_steps: int | None = None  # the steps a time budget chose (kept on resume)
+    planned_steps: int | None = None  # the steps the time budget planned last (kept on resume)
+    # Time budget: each re-plan ({step, seconds_per_step, planned_steps}), and where the window of
+    # the next speed measure starts ([step, train_seconds]), so a resume plans as the run would have.
+    budget_history: list[dict] = field(default_factory=list)
+    budget_window: list[float] | None = None
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -88,7 +88,7 @@ class Trainer:
         ema_decay: float | None = None, unfreezer: GradualUnfreezer | None = None, freeze_norm_stats: bool = False,
         l1: float = 0.0, adapter_names: set[str] | None = None, baseline: bool = False,
         loss_fn: Callable | None = None, extra_metrics: dict[str, Callable] | None = None,
-        callbacks: list[Callable[["Trainer"], None]] = (),
+        callbacks: list[Callable[["Trainer"], None]] = (), clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
@@ -99,6 +99,7 @@ class Trainer:
         self.l1, self.baseline, self.loss_fn = l1, baseline, loss_fn
         self.extra_metrics = dict(extra_metrics or {})
         self.callbacks = list(callbacks)
+        self.clock = clock  # times the optimiser steps (train_seconds, the time budget); tests pass a fake one
         self.state = TrainerState()
         self._stop_requested = False
 
@@ -152,7 +153,9 @@ class Trainer:
             self.total_steps = min(self.total_steps, math.ceil(loop.max_steps / k) * k)
         self.schedules = {name: make_schedule(opt, self.total_steps) for name, opt in self.optimizers.items()}
         self.schedule = list(self.schedules.values())[-1]
+        self.recipe_steps = self.total_steps  # what the recipe asked; a time budget plans at most this many
         self.budget = TimeBudget(loop.time_budget, unit=k) if loop.time_budget else None
+        self.budget_every = self.budget.interval(self.total_steps) if self.budget else 0
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -282,37 +285,58 @@ class Trainer:
         rank = self.accelerator.process_index
         ckpt.set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
         if self.state.planned_steps:
-            self._replan(self.state.planned_steps)
+            self.total_steps = self.state.planned_steps
+            for schedule in self.schedules.values():  # re-plans came back with the schedule's state; a
+                # checkpoint without them (an older omnitune) decays over the chosen steps from the start
+                if getattr(schedule, "total_steps", self.total_steps) != self.total_steps:
+                    schedule.total_steps = self.total_steps
         for schedule in self.schedules.values():
             schedule.step_update(self.state.step)
         self.log.event("resume", step=self.state.step, epoch=self.state.epoch)
 
-    def _replan(self, steps: int) -> None:
-        """Train ``steps`` optimiser steps in all: the schedules decay over them instead."""
+    def _replan(self, step: int, steps: int) -> None:
+        """Train ``steps`` optimiser steps in all, ``step`` being done: the schedules' decay goes on
+        from where it is and ends there (LRSchedule.replan)."""
         self.total_steps = self.state.planned_steps = steps
         for schedule in self.schedules.values():
-            if hasattr(schedule, "total_steps"):
+            if hasattr(schedule, "replan"):
+                schedule.replan(step, steps)
+            elif hasattr(schedule, "total_steps"):
                 schedule.total_steps = steps
 
-    def _check_budget(self, bar) -> None:
+    def _budget_after_step(self, step_seconds: float, first: bool, bar) -> None:
+        """The time budget after an optimiser step: a process's first step (warm-up) is left out of
+        the speed window; at a window's end (every ``budget_every`` steps) the plan is revisited."""
         s = self.state
-        seconds = torch.tensor([s.train_seconds, self.budget.first_step_seconds or 0.0], dtype=torch.float64)
+        if first:  # on a resume, the window saved in the checkpoint goes on, without this step
+            start = s.budget_window
+            s.budget_window = [s.step, s.train_seconds] if start is None else [start[0] + 1, start[1] + step_seconds]
+        if s.step % self.budget_every == 0 and s.step < self.total_steps:
+            self._check_budget(bar)
+
+    def _check_budget(self, bar) -> None:
+        s, (start_step, start_seconds) = self.state, self.state.budget_window
+        seconds = torch.tensor([s.train_seconds, s.train_seconds - start_seconds], dtype=torch.float64)
         if self.world > 1:  # every process must choose the same plan: the slowest one's
             seconds = self.accelerator.reduce(seconds.to(self.accelerator.device), "max").cpu()
-        if self.budget.first_step_seconds is not None:
-            self.budget.first_step_seconds = float(seconds[1])
-        steps = self.budget.steps(s.step, float(seconds[0]), self.total_steps)
+        so_far, window_seconds, window_steps = float(seconds[0]), float(seconds[1]), s.step - int(start_step)
+        s.budget_window = [s.step, s.train_seconds]
+        planned = self.total_steps
+        steps = self.budget.plan(s.step, so_far, window_steps, window_seconds, planned, self.recipe_steps)
         if steps is None:
             return
-        planned, per_step = self.total_steps, self.budget.per_step
-        self._replan(steps)
+        per_step = self.budget.per_step
+        self._replan(s.step, steps)
+        s.budget_history.append({"step": s.step, "seconds_per_step": round(per_step, 6), "planned_steps": steps})
         bar.total = steps
-        self.log.event("time_budget", budget_seconds=self.budget.seconds, seconds_per_step=round(per_step, 4),
-                       planned_steps=planned, chosen_steps=steps)
+        self.log.event("time_budget", step=s.step, budget_seconds=self.budget.seconds, seconds_so_far=round(so_far, 3),
+                       seconds_per_step=round(per_step, 4), window_steps=window_steps, planned_steps=planned,
+                       chosen_steps=steps)
         if self.is_main:
-            print(f"train.time_budget_minutes={self.budget.seconds / 60:g}: {per_step:.2f} s per step here, so "
-                  f"{steps} of the {planned} planned steps ({steps / self.updates_per_epoch:.2f} epochs); the "
-                  f"schedule now ends at step {steps}", flush=True)
+            print(f"train.time_budget_minutes={self.budget.seconds / 60:g}: {per_step:.2f} s per step over the last "
+                  f"{window_steps} steps, {max(0.0, self.budget.seconds - so_far):.0f} s left, so {steps} steps in all "
+                  f"instead of {planned} ({steps / self.updates_per_epoch:.2f} epochs); the schedule now ends at step "
+                  f"{steps}", flush=True)
 
     def _optimizer_states(self) -> dict:
         """Optimiser and schedule state; by part name for a task with several optimisers."""
@@ -401,6 +425,7 @@ class Trainer:
                    disable=not (sys.stderr.isatty() and self.is_main))
         rng_after_update = ckpt.rng_state()
         mid_batch = False  # between the inner steps of an InnerLoop task's batch
+        warm = False  # this process has taken a step
         try:
             self._train_mode()
             while s.epoch < cfg.epochs and not s.finished:
@@ -409,26 +434,25 @@ class Trainer:
                 first = s.micro_in_epoch // cfg.grad_accum
                 loader = iter(self._loader([b for group in steps[first:] for b in group], s.epoch))
                 for group in steps[first:]:
-                    t0 = time.perf_counter()
+                    t0 = self.clock()
                     # An InnerLoop task makes the batches of several optimiser steps from this one;
                     # evaluation, checkpoints and stopping wait for the last (resume stays exact).
                     inner = self._inner_batches(next(loader)) if self.inner_loop else None
                     mid_batch = inner is not None
                     for i in range(self.inner_steps):
-                        t0 = t0 if i == 0 else time.perf_counter()
+                        t0 = t0 if i == 0 else self.clock()
                         loss_sum, items = self._train_step(group, loader if inner is None else iter(inner[i:i + 1]))
                         last_inner = i == self.inner_steps - 1
                         n_samples = sum(len(b) for b in group) * self.world if last_inner else 0
                         s.step += 1
                         s.micro_in_epoch += len(group) if last_inner else 0
                         s.samples_seen += n_samples
-                        s.train_seconds += time.perf_counter() - t0
+                        step_seconds = self.clock() - t0
+                        s.train_seconds += step_seconds
                         mid_batch = mid_batch and not last_inner
-                        if self.budget and s.planned_steps is None:
-                            if s.step == 1:
-                                self.budget.first_step_seconds = s.train_seconds
-                            if s.step == self.budget.measure_at(self.total_steps):
-                                self._check_budget(bar)
+                        if self.budget:
+                            self._budget_after_step(step_seconds, not warm, bar)
+                        warm = True
                         for schedule in self.schedules.values():
                             schedule.step_update(s.step)
                         rng_after_update = ckpt.rng_state()
@@ -463,7 +487,8 @@ class Trainer:
                         self._save("last", rng=rng_after_update)
                     if at_max and not s.finished:
                         s.finished = True
-                        s.stop_reason = ("reached the steps train.time_budget_minutes allows" if s.planned_steps
+                        cut = s.planned_steps is not None and s.planned_steps < self.recipe_steps
+                        s.stop_reason = ("reached the steps train.time_budget_minutes allows" if cut
                                          else "reached train.max_steps" if cfg.max_steps else "finished all epochs")
                     if self._stop_agreed():
                         raise KeyboardInterrupt

@@ -199,12 +199,10 @@ def test_stop_request_mid_batch_stops_at_the_batch_end(tmp_path):
 def test_step_counts_are_whole_batches(tmp_path):
     assert make_trainer(tmp_path / "a", max_steps=5).total_steps == 8  # rounds up to a batch's end
     budget = TimeBudget(60.0, measure_steps=50, unit=4)
-    assert budget.measure_at(32) == 8 and budget.measure_at(100) == 28
-    budget.first_step_seconds = 1.0
-    assert budget.steps(8, 8.0, 32) is None  # 1 s per step: 60 steps fit in the 32 planned
+    assert budget.interval(32) == 8 and budget.interval(100) == 28
+    assert budget.plan(8, 8.0, 7, 7.0, 32, 32) is None  # 1 s per step: 60 steps fit in the 32 planned
     budget = TimeBudget(10.0, unit=4)
-    budget.first_step_seconds = 1.0
-    assert budget.steps(8, 8.0, 32) == 12  # 10 affordable, rounded up to whole batches
+    assert budget.plan(8, 8.0, 7, 7.0, 32, 32) == 12  # 8 done + 2 affordable, rounded up to whole batches
 
 
 def test_inner_loop_refuses_what_it_cannot_combine_with(tmp_path):

@@ -60,3 +60,57 @@ def test_sgd_momentum():
     opt = build_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": 0, "lr_scale": 1}],
                           "sgd", lr=0.1, momentum=0.9)
     assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
+
+
+# ---- re-planning (train.time_budget_minutes) -------------------------------------------------
+END = {"linear": 0.1, "cosine": 0.1, "polynomial": 0.1, "constant": 1.0, "plateau": 1.0}
+
+
+@pytest.mark.parametrize("kind", sorted(END))
+@pytest.mark.parametrize("replans", [[(40, 70)], [(40, 200)], [(5, 60)], [(10, 30)], [(30, 90), (60, 65), (64, 120)]])
+def test_replan_continues_without_a_jump_and_ends_at_the_end_value(kind, replans):
+    sched = LRSchedule(_optimizer([1.0]), kind, total_steps=110, warmup_steps=10, min_ratio=0.1, power=2.0)
+    used = {}  # the factor of each update, as the run would use it
+    step = 0
+    for at, total in replans:
+        used.update({t: sched.factor(t) for t in range(step, at)})
+        before = sched.factor(at)
+        sched.replan(at, total)
+        assert sched.factor(at) == pytest.approx(before, abs=1e-9)  # right before and right after the re-plan
+        step = at
+    used.update({t: sched.factor(t) for t in range(step, total + 1)})
+    assert sched.factor(total) == pytest.approx(END[kind], abs=1e-12)  # the last step reaches the end value
+    assert sched.factor(total - 1) > END[kind] or kind in ("constant", "plateau")
+    assert all(used[t] == pytest.approx((t + 1) / 10) for t in range(10))  # warmup as first planned
+    decay = [used[t] for t in range(10, total + 1)]
+    assert all(a >= b - 1e-12 for a, b in zip(decay, decay[1:]))  # never back up
+
+
+def test_replan_by_hand():
+    # linear, warmup 10, 110 planned: at update 60 the decay is halfway (0.5). Re-planned to 85 there,
+    # the other half runs over 25 updates: progress 0.5 + 0.5 * 10 / 25 = 0.7 at update 70.
+    sched = LRSchedule(_optimizer([1.0]), "linear", total_steps=110, warmup_steps=10)
+    sched.replan(60, 85)
+    assert [sched.factor(t) for t in (60, 70, 85)] == pytest.approx([0.5, 0.3, 0.0])
+    cos = LRSchedule(_optimizer([1.0]), "cosine", total_steps=110, warmup_steps=10)
+    cos.replan(60, 85)
+    assert cos.factor(70) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.7)))
+    # During warmup: warmup stays 10 updates; the decay then runs from update 10 to the new total.
+    early = LRSchedule(_optimizer([1.0]), "linear", total_steps=110, warmup_steps=10)
+    early.replan(5, 60)
+    assert [early.factor(t) for t in (4, 9, 10, 35, 60)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
+
+
+def test_replans_come_back_with_the_state():
+    sched = LRSchedule(_optimizer([1.0]), "cosine", total_steps=110, warmup_steps=10)
+    sched.replan(30, 90)
+    sched.replan(60, 70)
+    state = sched.state_dict()
+    assert state["replans"] == [[30, 90], [60, 70]]
+    other = LRSchedule(_optimizer([1.0]), "cosine", total_steps=110, warmup_steps=10)
+    other.load_state_dict(state)
+    other.load_state_dict(state)  # loading twice replays once
+    assert other.total_steps == 70 and [other.factor(t) for t in range(71)] == [sched.factor(t) for t in range(71)]
+    fresh = LRSchedule(_optimizer([1.0]), "cosine", total_steps=110, warmup_steps=10)
+    fresh.load_state_dict({k: v for k, v in state.items() if k != "replans"})  # a checkpoint from before re-plans
+    assert fresh.total_steps == 110 and fresh.factor(60) == pytest.approx(0.5)

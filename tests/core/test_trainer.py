@@ -124,16 +124,22 @@ def test_time_budget_plans_fewer_steps_by_hand():
     from omnitune.core.loop.trainer import TimeBudget
 
     budget = TimeBudget(60.0, measure_steps=10)
-    assert budget.measure_at(100) == 10 and budget.measure_at(24) == 6 and budget.measure_at(4) == 2
-    assert budget.steps(10, 20.0, 100) == 30     # 2 s per step: 60 s buy 30 steps
-    assert budget.steps(10, 1.0, 100) is None    # 0.1 s per step: all 100 fit
-    assert budget.steps(5, 20.0, 100) is None    # decided once, at the measuring step
-    assert budget.steps(10, 1e6, 100) == 11      # at least one more step than already done
-    budget.first_step_seconds = 11.0             # a slow first step (warm-up) is left out:
-    assert budget.steps(10, 20.0, 100) == 60     # (20 - 11) / 9 = 1 s per step
+    assert budget.interval(100) == 10 and budget.interval(24) == 6 and budget.interval(4) == 2
+
+    def plan(done, so_far, window_steps, window_seconds, current=100, ceiling=100):
+        return budget.plan(done, so_far, window_steps, window_seconds, current, ceiling)
+
+    assert plan(10, 20.0, 9, 18.0) == 30       # 2 s per step: the 40 s left buy 20 more steps
+    assert plan(10, 1.0, 9, 0.9) is None       # 0.1 s per step: all 100 fit
+    assert plan(10, 1e6, 9, 9e5) == 11         # at least one more step than already done
+    assert plan(10, 20.0, 9, 9.0) == 50        # a slow first step (warm-up) left out of the window: 1 s per step
     assert budget.per_step == 1.0
-
-
+    # Later windows: up when the speed recovers (never above what the recipe asked), down when it drops.
+    assert plan(60, 50.0, 10, 2.0, current=80, ceiling=90) == 90   # 0.2 s per step: 10 s buy 50 more, capped
+    assert plan(60, 50.0, 10, 10.0, current=80) == 70              # 1 s per step: 10 more
+    # Hysteresis: no change within 5% of the steps the current plan still has to go.
+    assert plan(10, 10.0, 10, 10.0, current=62) is None            # 60 fit: 2 off, of 52 to go
+    assert plan(10, 10.0, 10, 10.0, current=64) == 60              # 4 off, of 54 to go
 def test_time_budget_cuts_the_schedule_and_resumes_with_the_same_plan(tmp_path, tiny_bert, reviews_csv):
     # 96 samples, batch 4, 1 epoch = 24 planned steps; a budget of 6 ms cannot hold them, so after a
     # quarter of the plan (6 steps) the loop plans 7, and the linear schedule reaches 0 at step 7.
