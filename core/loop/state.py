@@ -27,7 +27,7 @@ class Interrupted(OmnituneError):
 
 @dataclass
 class LoopSettings:
-    """What the loop needs of the recipe's ``train`` section (see core/recipe.py for each field)."""
+    """What the loop needs of the recipe's ``train`` section (see core/base/recipe.py for each field)."""
 
     epochs: int
     batch_size: int
