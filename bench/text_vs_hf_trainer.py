@@ -42,6 +42,7 @@ average around each run.
 
     .venv/bin/python bench/text_vs_hf_trainer.py                         # full train split, 1 epoch, 1 round
     .venv/bin/python bench/text_vs_hf_trainer.py --rounds 3              # drift and order visible
+    .venv/bin/python bench/text_vs_hf_trainer.py --seeds 5 --configs omnitune,hf-grouped   # accuracy parity
     .venv/bin/python bench/text_vs_hf_trainer.py --train-samples 64 --eval-samples 32 --out /tmp/b  # smoke
     .venv/bin/python bench/text_vs_hf_trainer.py --precision fp32        # fp32 on any CPU (issue 13's setting)
 
@@ -57,7 +58,7 @@ reaches it, as a share of the Trainer's whole job (target <= 0.6x). Writes time_
     .venv/bin/python bench/text_vs_hf_trainer.py --mode time-to-accuracy --train-samples 64 --eval-samples 32 \
         --curve-every 1 --out /tmp/tta   # smoke
 
-Writes text_vs_hf_trainer.json and text_vs_hf_trainer.md to --out (default bench/results/, git-ignored).
+Writes text_vs_hf_trainer.json and text_vs_hf_trainer.md to --out (default bench/results/, committed).
 """
 
 from __future__ import annotations
@@ -359,16 +360,17 @@ def _fresh_env(root: Path, name: str, assets_dir: Path, threads: int) -> dict:
             "PYTHONUNBUFFERED": "1"}
 
 
-def prepare(args, root: Path, assets_dir: Path) -> tuple[dict, list[int], object]:
-    """Builds the splits once with omnitune's text task and writes them as JSON lines for the Trainer."""
-    os.environ.update({k: v for k, v in _fresh_env(root, "parent", assets_dir, args.threads).items()
+def prepare(args, root: Path, assets_dir: Path, seed: int) -> tuple[dict, list[int], object]:
+    """Builds the splits of ``seed`` once with omnitune's text task and writes them as JSON lines for the
+    Trainer, so every configuration of that seed trains and is tested on the same reviews."""
+    os.environ.update({k: v for k, v in _fresh_env(root, f"parent-{seed}", assets_dir, args.threads).items()
                        if k in ("OMNITUNE_CACHE", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")})
     from transformers import AutoConfig
 
     from omnitune.core.api import as_recipe, build_task
 
     job = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
-           "precision": args.precision, "seed": args.seed, "train_samples": args.train_samples,
+           "precision": args.precision, "seed": seed, "train_samples": args.train_samples,
            "eval_samples": args.eval_samples}
     recipe = as_recipe(RECIPE, overrides_for(job))
     task = build_task(recipe)
@@ -376,7 +378,7 @@ def prepare(args, root: Path, assets_dir: Path) -> tuple[dict, list[int], object
     data_files = {}
     for split in ("train", "validation", "test"):
         d = getattr(bundle, split)
-        path = root / f"{split}.jsonl"
+        path = root / f"{split}-{seed}.jsonl"
         path.write_text("".join(json.dumps({"text": t, "label": int(y)}) + "\n" for t, y in zip(d.texts, d.labels)))
         data_files[split] = str(path)
     job.update(data_files=data_files, model_path=str(Path(task.model_path).resolve()),
@@ -468,6 +470,32 @@ def markdown_tta(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_interval(diffs: list[float], level: float = 0.95) -> dict:
+    """Mean of seed-paired differences with its two-sided t interval (n - 1 degrees of freedom)."""
+    from scipy import stats
+
+    n = len(diffs)
+    mean = statistics.fmean(diffs)
+    if n < 2:
+        return {"n": n, "mean": mean, "sd": None, "low": None, "high": None, "half_width": None}
+    sd = statistics.stdev(diffs)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / n ** 0.5
+    return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "half_width": half,
+            "level": level}
+
+
+def seed_paired(runs: list[dict], a: str, b: str) -> dict | None:
+    """Test accuracy of ``a`` minus ``b`` in points, paired by seed (each seed's median over rounds)."""
+    by = {}
+    for r in runs:
+        if "error" not in r and r["config"] in (a, b):
+            by.setdefault(r.get("seed"), {}).setdefault(r["config"], []).append(r["test_accuracy"])
+    diffs = {s: 100 * (statistics.median(v[a]) - statistics.median(v[b])) for s, v in by.items() if a in v and b in v}
+    if not diffs:
+        return None
+    return {"per_seed_points": diffs, **paired_interval(list(diffs.values()))}
+
+
 def summarise(runs: list[dict]) -> dict:
     out = {}
     for config in CONFIGS:
@@ -484,7 +512,8 @@ def summarise(runs: list[dict]) -> dict:
                 out[f"omnitune_vs_{other}"] = {
                     "samples_per_s_ratio": o["samples_per_s"] / h["samples_per_s"],
                     "end_to_end_ratio": h["end_to_end_seconds"] / o["end_to_end_seconds"],
-                    "accuracy_gap_points": 100 * (o["test_accuracy"] - h["test_accuracy"])}
+                    "accuracy_gap_points": 100 * (o["test_accuracy"] - h["test_accuracy"]),
+                    "accuracy_seed_paired": seed_paired(runs, "omnitune", other)}
     return out
 
 
@@ -515,15 +544,19 @@ def markdown(report: dict) -> str:
             lines.append(f"\nAgainst the {LABELS[other]}: omnitune trains {c['samples_per_s_ratio']:.2f}x its "
                          f"samples/s and finishes the whole job {c['end_to_end_ratio']:.2f}x as fast "
                          f"({s['omnitune']['end_to_end_seconds']:.0f} s against {s[other]['end_to_end_seconds']:.0f} s "
-                         f"end to end); test accuracy {c['accuracy_gap_points']:+.2f} points.")
+                         f"end to end); test accuracy {c['accuracy_gap_points']:+.2f} points (medians).")
+            if (sp := c.get("accuracy_seed_paired")) and sp["n"] >= 2:
+                lines.append(f"Seed-paired test accuracy difference (omnitune minus {LABELS[other]}, {sp['n']} seeds): "
+                             f"mean {sp['mean']:+.2f} points, sd {sp['sd']:.2f}, 95% interval "
+                             f"[{sp['low']:+.2f}, {sp['high']:+.2f}] (half-width {sp['half_width']:.2f}).")
     lines += ["", "Every run, in order (load = 1-minute load average before / after):", "",
-              "| round | position | configuration | train samples/s | end-to-end s | test accuracy | load |",
-              "|---|---|---|---|---|---|---|"]
+              "| seed | round | position | configuration | train samples/s | end-to-end s | test accuracy | load |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         if "error" in r:
-            lines.append(f"| {r['round']} | {r['position']} | {r['config']} | failed: {r['error']} | | | |")
+            lines.append(f"| {r.get('seed', '')} | {r['round']} | {r['position']} | {r['config']} | failed: {r['error']} | | | |")
         else:
-            lines.append(f"| {r['round']} | {r['position']} | {r['config']} | {r['samples_per_s']:.1f} | "
+            lines.append(f"| {r.get('seed', '')} | {r['round']} | {r['position']} | {r['config']} | {r['samples_per_s']:.1f} | "
                          f"{r['end_to_end_seconds']:.1f} | {r['test_accuracy']:.4f} | "
                          f"{r['load_before']:.2f} / {r['load_after']:.2f} |")
     return "\n".join(lines) + "\n"
@@ -542,6 +575,9 @@ def main() -> None:
                    help="auto: bf16 where oneDNN has a native bf16 path (avx512_bf16/AMX), else fp32")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--rounds", type=int, default=1, help="repeat the three runs, rotating their order")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="throughput mode: N seeds (--seed, --seed+1, ...), each with its own split and training "
+                        "seed shared by every configuration; the summary adds the seed-paired accuracy difference")
     p.add_argument("--configs", default=None, help="subset of " + ",".join(CONFIGS) + " (throughput mode)")
     p.add_argument("--mode", choices=["throughput", "time-to-accuracy"], default="throughput",
                    help="time-to-accuracy: omnitune's shipped recipe against the Trainer's documented one "
@@ -571,26 +607,32 @@ def main() -> None:
     t_all = time.perf_counter()
     try:
         machine = machine_info()
-        job, lengths, model_config = prepare(args, root, assets_dir)
-        if tta:
-            job["curve_every"] = args.curve_every
-        job_file = root / "job.json"
-        job_file.write_text(json.dumps(job))
+        if tta and args.seeds != 1:
+            p.error("--seeds is for the throughput mode")
+        seeds = [args.seed + i for i in range(args.seeds)]
+        jobs = {}
+        for seed in seeds:
+            job, lengths, model_config = prepare(args, root, assets_dir, seed)
+            if tta:
+                job["curve_every"] = args.curve_every
+            jobs[seed] = (job, root / f"job-{seed}.json")
+            jobs[seed][1].write_text(json.dumps(job))
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
         peak = {"before": matmul_peak(dtype, args.threads)}
         print(f"{machine['cpu_model']}; {args.precision} matmul peak {peak['before']:.0f} GFLOP/s "
               f"({args.threads} threads)", flush=True)
         flops_per_sample = useful_train_flops(model_config, lengths, 1) / max(len(lengths), 1)
         runs = []
-        for rnd in range(args.rounds):
+        for seed, rnd in ((s, r) for s in seeds for r in range(args.rounds)):
+            job_file = jobs[seed][1]
             order = configs[rnd % len(configs):] + configs[:rnd % len(configs)]
             for position, config in enumerate(order):
-                result_file = root / f"result-{rnd}-{config}.json"
+                result_file = root / f"result-{seed}-{rnd}-{config}.json"
                 load_before, t = os.getloadavg()[0], time.perf_counter()
                 proc = subprocess.run([sys.executable, __file__, "--worker", config, "--job", str(job_file),
                                        "--result", str(result_file)],
-                                      env=_fresh_env(root, f"{rnd}-{config}", assets_dir, args.threads))
-                run = {"round": rnd, "position": position, "config": config, "load_before": load_before,
+                                      env=_fresh_env(root, f"{seed}-{rnd}-{config}", assets_dir, args.threads))
+                run = {"seed": seed, "round": rnd, "position": position, "config": config, "load_before": load_before,
                        "load_after": os.getloadavg()[0], "process_seconds": time.perf_counter() - t}
                 if proc.returncode != 0 or not result_file.exists():
                     run["error"] = f"exit code {proc.returncode}"
@@ -598,12 +640,12 @@ def main() -> None:
                     run.update(json.loads(result_file.read_text()))
                     run.pop("model_dir")
                     run["useful_gflops"] = flops_per_sample * run["samples_trained"] / run["train_seconds"] / 1e9
-                    print(f"round {rnd} {config}: {run['samples_per_s']:.1f} samples/s, end-to-end "
+                    print(f"seed {seed} round {rnd} {config}: {run['samples_per_s']:.1f} samples/s, end-to-end "
                           f"{run['end_to_end_seconds']:.1f} s, test accuracy {run['test_accuracy']:.4f}", flush=True)
                 runs.append(run)
         peak["after"] = matmul_peak(dtype, args.threads)
         report = {"machine": machine, "job": {k: v for k, v in job.items() if k not in ("data_files", "work_dir")},
-                  "rounds": args.rounds, "matmul_peak_gflops": peak, "mode": args.mode,
+                  "rounds": args.rounds, "seeds": seeds, "command": " ".join(["python", "bench/text_vs_hf_trainer.py", *sys.argv[1:]]), "matmul_peak_gflops": peak, "mode": args.mode,
                   "useful_train_gflop_per_epoch": flops_per_sample * len(lengths) / 1e9,
                   "runs": runs, "summary": summarise_tta(runs) if tta else summarise(runs),
                   "bench_seconds": time.perf_counter() - t_all}
